@@ -1,0 +1,228 @@
+//! The selective scan as a burn backend extension with its own backward pass.
+//!
+//! `h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t`, `y_t = C_t·h_t + D u_t`, `Δ = softplus(δ + bias)`,
+//! in VMamba's layout: `u, δ: [B, K·E, L]`, `A: [K·E, N]`, `B, C: [B, K, N, L]`, `D, bias: [K·E]`.
+//!
+//! Backends get the fused CPU kernel ([`cpu`]) through host memory by default; autodiff wraps any
+//! [`ScanBackend`] with the kernel's hand-written backward, so no `[B, D, L, N]` tensor is ever stored.
+
+pub mod cpu;
+pub mod reference;
+pub mod tensor_reference;
+
+use burn::backend::autodiff::{
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+    Autodiff,
+};
+use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
+
+use cpu::{ScanDims, ScanInputs};
+
+/// A backend's float tensor primitive.
+pub type FloatTensor<B> = <B as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// The seven inputs of the scan (or their seven gradients), as backend primitives.
+#[derive(Clone, Debug)]
+pub struct ScanTensors<B: Backend> {
+    /// `[B, D, L]` input sequence.
+    pub u: FloatTensor<B>,
+    /// `[B, D, L]` step size before bias and softplus.
+    pub delta: FloatTensor<B>,
+    /// `[D, N]` state matrix (diagonal per channel; negative for stability).
+    pub a: FloatTensor<B>,
+    /// `[B, K, N, L]` input projection, shared by the channels of one direction.
+    pub bm: FloatTensor<B>,
+    /// `[B, K, N, L]` output projection, shared by the channels of one direction.
+    pub cm: FloatTensor<B>,
+    /// `[D]` skip connection.
+    pub d_skip: FloatTensor<B>,
+    /// `[D]` step-size bias, added before softplus.
+    pub delta_bias: FloatTensor<B>,
+}
+
+/// A burn backend that can run the selective scan and its backward pass.
+pub trait ScanBackend: Backend {
+    /// Forward scan: returns `y: [B, D, L]`.
+    fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
+        host_forward::<Self>(x)
+    }
+
+    /// Gradients of every input given `dy: [B, D, L]`.
+    fn selective_scan_backward(x: ScanTensors<Self>, dy: FloatTensor<Self>) -> ScanTensors<Self> {
+        host_backward::<Self>(x, dy)
+    }
+}
+
+impl ScanBackend for burn::backend::Flex {}
+
+/// Runs the selective scan (see the module docs for shapes); differentiable on `Autodiff` backends.
+pub fn selective_scan<B: ScanBackend>(
+    u: Tensor<B, 3>,
+    delta: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    bm: Tensor<B, 4>,
+    cm: Tensor<B, 4>,
+    d_skip: Tensor<B, 1>,
+    delta_bias: Tensor<B, 1>,
+) -> Tensor<B, 3> {
+    let x = ScanTensors {
+        u: u.into_primitive().tensor(),
+        delta: delta.into_primitive().tensor(),
+        a: a.into_primitive().tensor(),
+        bm: bm.into_primitive().tensor(),
+        cm: cm.into_primitive().tensor(),
+        d_skip: d_skip.into_primitive().tensor(),
+        delta_bias: delta_bias.into_primitive().tensor(),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(B::selective_scan(x)))
+}
+
+fn host_vec<B: Backend>(t: FloatTensor<B>) -> (Vec<f32>, Vec<usize>) {
+    let tensor = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+    let dims = tensor.shape().to_vec();
+    let data = tensor.into_data().convert::<f32>();
+    let values = data
+        .into_vec::<f32>()
+        .expect("converted tensor data is f32");
+    (values, dims)
+}
+
+fn device_tensor<B: Backend>(values: Vec<f32>, dims: Vec<usize>, device: &B::Device) -> FloatTensor<B> {
+    B::float_from_data(TensorData::new(values, dims), device)
+}
+
+struct HostScan {
+    dims: ScanDims,
+    shapes: [Vec<usize>; 7],
+    values: [Vec<f32>; 7],
+}
+
+impl HostScan {
+    fn load<B: Backend>(x: ScanTensors<B>) -> Self {
+        let parts = [x.u, x.delta, x.a, x.bm, x.cm, x.d_skip, x.delta_bias].map(host_vec::<B>);
+        let shapes = parts.clone().map(|(_, s)| s);
+        let values = parts.map(|(v, _)| v);
+        let (u, bm, a) = (&shapes[0], &shapes[3], &shapes[2]);
+        assert!(
+            u.len() == 3 && bm.len() == 4 && a.len() == 2,
+            "selective_scan: u must be [B, D, L], bm [B, K, N, L], a [D, N]; got {u:?}, {bm:?}, {a:?}"
+        );
+        let dims = ScanDims {
+            batch: u[0],
+            channels: u[1],
+            len: u[2],
+            k_dirs: bm[1],
+            d_state: bm[2],
+        };
+        Self { dims, shapes, values }
+    }
+
+    fn inputs(&self) -> ScanInputs<'_> {
+        let v = &self.values;
+        let inputs = ScanInputs {
+            u: &v[0],
+            delta: &v[1],
+            a: &v[2],
+            bm: &v[3],
+            cm: &v[4],
+            d_skip: &v[5],
+            delta_bias: &v[6],
+        };
+        if let Err(e) = self.dims.check(&inputs) {
+            panic!("selective_scan: inconsistent input shapes {:?}: {e}", self.shapes);
+        }
+        inputs
+    }
+}
+
+fn host_forward<B: Backend>(x: ScanTensors<B>) -> FloatTensor<B> {
+    let device = B::float_device(&x.u);
+    let host = HostScan::load::<B>(x);
+    let y = cpu::scan_forward(host.dims, &host.inputs());
+    device_tensor::<B>(y, host.shapes[0].clone(), &device)
+}
+
+fn host_backward<B: Backend>(x: ScanTensors<B>, dy: FloatTensor<B>) -> ScanTensors<B> {
+    let device = B::float_device(&x.u);
+    let host = HostScan::load::<B>(x);
+    let (dy, _) = host_vec::<B>(dy);
+    let g = cpu::scan_backward(host.dims, &host.inputs(), &dy);
+    let s = &host.shapes;
+    ScanTensors {
+        u: device_tensor::<B>(g.u, s[0].clone(), &device),
+        delta: device_tensor::<B>(g.delta, s[1].clone(), &device),
+        a: device_tensor::<B>(g.a, s[2].clone(), &device),
+        bm: device_tensor::<B>(g.bm, s[3].clone(), &device),
+        cm: device_tensor::<B>(g.cm, s[4].clone(), &device),
+        d_skip: device_tensor::<B>(g.d_skip, s[5].clone(), &device),
+        delta_bias: device_tensor::<B>(g.delta_bias, s[6].clone(), &device),
+    }
+}
+
+#[derive(Debug)]
+struct ScanBackward;
+
+impl<B: ScanBackend> Backward<B, 7> for ScanBackward {
+    type State = ScanTensors<B>;
+
+    fn backward(self, ops: Ops<Self::State, 7>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node);
+        let g = B::selective_scan_backward(ops.state, dy);
+        let [u, delta, a, bm, cm, d_skip, delta_bias] = ops.parents;
+        let pairs = [
+            (u, g.u),
+            (delta, g.delta),
+            (a, g.a),
+            (bm, g.bm),
+            (cm, g.cm),
+            (d_skip, g.d_skip),
+            (delta_bias, g.delta_bias),
+        ];
+        for (parent, grad) in pairs {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: ScanBackend, C: CheckpointStrategy> ScanBackend for Autodiff<B, C> {
+    fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
+        let nodes = [
+            x.u.node.clone(),
+            x.delta.node.clone(),
+            x.a.node.clone(),
+            x.bm.node.clone(),
+            x.cm.node.clone(),
+            x.d_skip.node.clone(),
+            x.delta_bias.node.clone(),
+        ];
+        let inner = ScanTensors::<B> {
+            u: x.u.primitive,
+            delta: x.delta.primitive,
+            a: x.a.primitive,
+            bm: x.bm.primitive,
+            cm: x.cm.primitive,
+            d_skip: x.d_skip.primitive,
+            delta_bias: x.delta_bias.primitive,
+        };
+        match ScanBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::selective_scan(inner.clone());
+                prep.finish(inner, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::selective_scan(inner)),
+        }
+    }
+
+    fn selective_scan_backward(_: ScanTensors<Self>, _: FloatTensor<Self>) -> ScanTensors<Self> {
+        // The backward is called by the autodiff graph on the inner backend; reaching it on the
+        // autodiff backend would mean a second-order derivative, which the scan does not provide.
+        unimplemented!("second-order gradients of the selective scan are not supported")
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl ScanBackend for burn::backend::Cuda {}
