@@ -1,0 +1,15 @@
+//! Medical scans in and out: a NIfTI-1 reader/writer that checks header sizes before allocating, and
+//! datasets in the Medical Segmentation Decathlon and nnU-Net v2 layouts.
+
+#![warn(missing_docs)]
+
+mod dataset;
+mod error;
+mod nifti;
+
+pub use dataset::{find_cases, load_case, load_dataset, Case, Dataset, LoadedCase};
+pub use error::{IoError, Result};
+pub use nifti::{
+    read_nifti, read_nifti_raw, write_labels, write_nifti, NiftiData, NiftiHeader, Volume,
+    MAX_VOXELS,
+};
