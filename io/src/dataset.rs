@@ -132,6 +132,16 @@ pub fn load_dataset(dir: &Path) -> Result<Dataset> {
     })
 }
 
+/// Reads only the label names of a `dataset.json` (either layout), e.g. for evaluation.
+pub fn read_dataset_labels(json_path: &Path) -> Result<BTreeMap<u8, String>> {
+    let text = fs::read_to_string(json_path).map_err(|e| io_error(json_path, e))?;
+    let value: Value = serde_json::from_str(&text).map_err(|source| IoError::Json {
+        path: json_path.to_path_buf(),
+        source,
+    })?;
+    parse_labels(value.get("labels"), json_path)
+}
+
 /// Accepts both label styles: Decathlon {"0": "background"} and nnU-Net v2 {"background": 0}.
 fn parse_labels(value: Option<&Value>, json_path: &Path) -> Result<BTreeMap<u8, String>> {
     let obj = value

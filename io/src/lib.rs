@@ -7,7 +7,9 @@ mod dataset;
 mod error;
 mod nifti;
 
-pub use dataset::{find_cases, load_case, load_dataset, Case, Dataset, LoadedCase};
+pub use dataset::{
+    find_cases, load_case, load_dataset, read_dataset_labels, Case, Dataset, LoadedCase,
+};
 pub use error::{IoError, Result};
 pub use nifti::{
     read_nifti, read_nifti_raw, write_labels, write_nifti, NiftiData, NiftiHeader, Volume,

@@ -1,0 +1,145 @@
+//! Experiment configuration: model architecture and training recipe, read from TOML presets.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelConfig;
+
+/// Names of the built-in presets, for `--preset`.
+pub const PRESETS: [&str; 2] = ["tiny", "swin-umamba"];
+
+/// The training recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Number of epochs (an upper bound when a time budget is set).
+    pub epochs: usize,
+    /// Optimiser steps per epoch.
+    pub steps_per_epoch: usize,
+    /// 2D slices per step.
+    pub batch_size: usize,
+    /// Peak learning rate of AdamW.
+    pub learning_rate: f64,
+    /// Decoupled weight decay of AdamW.
+    pub weight_decay: f64,
+    /// Linear warm-up steps before the polynomial decay.
+    pub warmup_steps: usize,
+    /// Gradients are clipped to this global L2 norm.
+    pub grad_clip_norm: f64,
+    /// Validate on held-out volumes every this many epochs (and after the last).
+    pub val_every: usize,
+    /// Fraction of samples centred on a labelled voxel.
+    pub foreground_fraction: f64,
+    /// Patches are at most this many pixels on a side; larger slices are tiled.
+    pub max_patch_side: usize,
+}
+
+/// Model and training configuration of one run; written to `<RUN_DIR>/config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Network architecture.
+    pub model: ModelConfig,
+    /// Training recipe.
+    pub train: TrainConfig,
+}
+
+impl ExperimentConfig {
+    /// The built-in preset `name` (the same text as `configs/<name>.toml`).
+    pub fn preset(name: &str) -> Result<Self> {
+        let text = match name {
+            "tiny" => include_str!("../../configs/tiny.toml"),
+            "swin-umamba" => include_str!("../../configs/swin-umamba.toml"),
+            other => bail!("unknown preset '{other}'; choose one of: {}", PRESETS.join(", ")),
+        };
+        Self::parse(text).with_context(|| format!("built-in preset '{name}'"))
+    }
+
+    /// Reads a TOML config; fields it leaves out keep the values of `base`.
+    pub fn load_over(base: &Self, path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        let overlay: toml::Table = text.parse().with_context(|| format!("{}: invalid TOML", path.display()))?;
+        let mut merged = toml::Table::try_from(base)?;
+        merge_tables(&mut merged, overlay);
+        let config: Self = merged.try_into().with_context(|| format!("{}: invalid config", path.display()))?;
+        config.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(config)
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that would otherwise fail deep inside training.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate().map_err(anyhow::Error::msg)?;
+        let t = &self.train;
+        if t.batch_size == 0 || t.steps_per_epoch == 0 || t.val_every == 0 {
+            bail!("train.batch_size, train.steps_per_epoch and train.val_every must be positive");
+        }
+        if !(0.0..=1.0).contains(&t.foreground_fraction) {
+            bail!("train.foreground_fraction must be within 0..1, got {}", t.foreground_fraction);
+        }
+        if t.max_patch_side < crate::model::DOWNSAMPLING {
+            bail!("train.max_patch_side must be at least {}", crate::model::DOWNSAMPLING);
+        }
+        if !(t.learning_rate > 0.0) {
+            bail!("train.learning_rate must be positive");
+        }
+        Ok(())
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// Reads a run's `config.toml`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        Self::parse(&text).with_context(|| format!("{}: invalid config", path.display()))
+    }
+}
+
+fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_and_match_the_paper() {
+        let tiny = ExperimentConfig::preset("tiny").unwrap();
+        assert_eq!(tiny.model.dims, [32, 64, 128, 256]);
+        let paper = ExperimentConfig::preset("swin-umamba").unwrap();
+        assert_eq!(paper.model, ModelConfig::swin_umamba());
+        assert!(ExperimentConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn a_config_file_overrides_only_what_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[train]\nbatch_size = 3\n").unwrap();
+        let base = ExperimentConfig::preset("tiny").unwrap();
+        let merged = ExperimentConfig::load_over(&base, &path).unwrap();
+        assert_eq!(merged.train.batch_size, 3);
+        assert_eq!(merged.train.epochs, base.train.epochs);
+        std::fs::write(&path, "[train]\nbatch_sise = 3\n").unwrap();
+        let err = ExperimentConfig::load_over(&base, &path).unwrap_err();
+        assert!(format!("{err:#}").contains("batch_sise"), "{err:#}");
+    }
+}

@@ -1,0 +1,280 @@
+//! Training samples: 2D patches cut from normalised volumes, with foreground oversampling and
+//! augmentation (rotation, scaling, mirroring, brightness, contrast, gamma, noise), drawn in parallel
+//! and reproducible from a seed.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use crate::plan::SliceGeometry;
+
+/// A training volume after normalisation, indexed for fast sampling.
+pub struct TrainVolume {
+    /// Case identifier, for messages.
+    pub id: String,
+    /// Normalised channels, each in file order.
+    pub channels: Vec<Vec<f32>>,
+    /// Label map in file order.
+    pub label: Vec<u8>,
+    /// Slicing of the volume.
+    pub geometry: SliceGeometry,
+    /// Slices holding at least one labelled voxel.
+    pub foreground_slices: Vec<usize>,
+}
+
+impl TrainVolume {
+    /// Indexes a normalised case for sampling.
+    pub fn new(id: String, channels: Vec<Vec<f32>>, label: Vec<u8>, geometry: SliceGeometry) -> Self {
+        let foreground_slices =
+            (0..geometry.count()).filter(|&s| geometry.extract(&label, s).iter().any(|&l| l != 0)).collect();
+        Self { id, channels, label, geometry, foreground_slices }
+    }
+}
+
+/// A batch of patches: images `[batch, channels, rows, cols]`, labels `[batch, rows, cols]`.
+pub struct Batch {
+    /// Patches in a row.
+    pub batch: usize,
+    /// Image values, row-major `[batch, channels, rows, cols]`.
+    pub images: Vec<f32>,
+    /// Label values, row-major `[batch, rows, cols]`.
+    pub labels: Vec<u8>,
+    /// How many patches were centred on foreground.
+    pub foreground_centred: usize,
+}
+
+/// Augmentation probabilities and ranges (nnU-Net's defaults for 2D, slightly reduced).
+#[derive(Clone, Debug)]
+pub struct Augmentation {
+    /// Probability of a rotation/scaling.
+    pub p_spatial: f64,
+    /// Probability of mirroring each axis.
+    pub p_mirror: f64,
+    /// Probability of each intensity transform.
+    pub p_intensity: f64,
+}
+
+impl Default for Augmentation {
+    fn default() -> Self {
+        Self { p_spatial: 0.2, p_mirror: 0.5, p_intensity: 0.15 }
+    }
+}
+
+/// Draws training batches from volumes.
+pub struct Sampler<'a> {
+    /// The training volumes.
+    pub volumes: &'a [TrainVolume],
+    /// Patch `[rows, cols]`.
+    pub patch_size: [usize; 2],
+    /// Fraction of patches centred on a labelled voxel.
+    pub foreground_fraction: f64,
+    /// Augmentation settings.
+    pub augmentation: Augmentation,
+    /// Base seed: batch `step` is a function of (seed, step) only.
+    pub seed: u64,
+}
+
+struct Transform {
+    origin: [f64; 2],
+    // Maps patch offsets from the patch centre to source offsets.
+    matrix: [[f64; 2]; 2],
+}
+
+impl Sampler<'_> {
+    /// Draws batch number `step`, reproducibly.
+    pub fn batch(&self, step: u64, batch_size: usize) -> Batch {
+        let channels = self.volumes[0].channels.len();
+        let [rows, cols] = self.patch_size;
+        let samples: Vec<(Vec<f32>, Vec<u8>, bool)> = (0..batch_size)
+            .into_par_iter()
+            .map(|i| {
+                let seed = self.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                let mut rng = SmallRng::seed_from_u64(seed);
+                // The first ceil(f·B) samples of a batch are foreground-centred, so the fraction
+                // holds per batch and not only on average.
+                let want_fg = (i as f64) < (self.foreground_fraction * batch_size as f64).ceil();
+                self.sample(&mut rng, want_fg)
+            })
+            .collect();
+        let mut images = Vec::with_capacity(batch_size * channels * rows * cols);
+        let mut labels = Vec::with_capacity(batch_size * rows * cols);
+        let mut foreground_centred = 0;
+        for (img, lab, fg) in samples {
+            images.extend(img);
+            labels.extend(lab);
+            foreground_centred += fg as usize;
+        }
+        Batch { batch: batch_size, images, labels, foreground_centred }
+    }
+
+    fn sample(&self, rng: &mut SmallRng, want_fg: bool) -> (Vec<f32>, Vec<u8>, bool) {
+        let candidates: Vec<usize> = (0..self.volumes.len()).filter(|&v| !want_fg || !self.volumes[v].foreground_slices.is_empty()).collect();
+        let fg = want_fg && !candidates.is_empty();
+        let volume = if fg { &self.volumes[candidates[rng.random_range(0..candidates.len())]] } else { &self.volumes[rng.random_range(0..self.volumes.len())] };
+        let geometry = volume.geometry;
+        let slice = if fg {
+            volume.foreground_slices[rng.random_range(0..volume.foreground_slices.len())]
+        } else {
+            rng.random_range(0..geometry.count())
+        };
+        let [src_rows, src_cols] = geometry.slice_shape();
+        let label = geometry.extract(&volume.label, slice);
+        let [rows, cols] = self.patch_size;
+        // Patch centre in source coordinates: a random labelled pixel, or anywhere such that the
+        // patch stays mostly inside the slice.
+        let centre = if fg {
+            let fg_pixels: Vec<usize> = label.iter().enumerate().filter(|(_, &l)| l != 0).map(|(i, _)| i).collect();
+            let p = fg_pixels[rng.random_range(0..fg_pixels.len())];
+            [(p / src_cols) as f64, (p % src_cols) as f64]
+        } else {
+            let axis = |src: usize, patch: usize, rng: &mut SmallRng| {
+                let half = patch as f64 / 2.0;
+                let (lo, hi) = if src as f64 > patch as f64 { (half, src as f64 - half) } else { (src as f64 - half, half) };
+                let (lo, hi) = (lo.min(hi), lo.max(hi));
+                if hi > lo { rng.random_range(lo..hi) } else { lo }
+            };
+            [axis(src_rows, rows, rng), axis(src_cols, cols, rng)]
+        };
+        let transform = self.random_transform(rng, centre);
+        let mut image = Vec::with_capacity(volume.channels.len() * rows * cols);
+        for channel in &volume.channels {
+            let src = geometry.extract(channel, slice);
+            image.extend(resample(&src, [src_rows, src_cols], [rows, cols], &transform, Interp::Linear));
+        }
+        let label_u: Vec<f32> = label.iter().map(|&l| l as f32).collect();
+        let label_out: Vec<u8> = resample(&label_u, [src_rows, src_cols], [rows, cols], &transform, Interp::Nearest).into_iter().map(|v| v as u8).collect();
+        self.intensity(rng, &mut image, volume.channels.len());
+        (image, label_out, fg)
+    }
+
+    fn random_transform(&self, rng: &mut SmallRng, centre: [f64; 2]) -> Transform {
+        let aug = &self.augmentation;
+        let mut matrix = [[1.0, 0.0], [0.0, 1.0]];
+        if rng.random_bool(aug.p_spatial) {
+            let angle: f64 = rng.random_range(-std::f64::consts::PI..std::f64::consts::PI);
+            let scale: f64 = rng.random_range(0.7..1.4);
+            let (s, c) = angle.sin_cos();
+            matrix = [[c / scale, -s / scale], [s / scale, c / scale]];
+        }
+        for axis in 0..2 {
+            if rng.random_bool(aug.p_mirror) {
+                matrix[0][axis] = -matrix[0][axis];
+                matrix[1][axis] = -matrix[1][axis];
+            }
+        }
+        Transform { origin: centre, matrix }
+    }
+
+    fn intensity(&self, rng: &mut SmallRng, image: &mut [f32], channels: usize) {
+        let p = self.augmentation.p_intensity;
+        let per_channel = image.len() / channels.max(1);
+        for channel in image.chunks_mut(per_channel.max(1)) {
+            if rng.random_bool(p) {
+                let factor: f32 = rng.random_range(0.75..1.25);
+                channel.iter_mut().for_each(|v| *v *= factor);
+            }
+            if rng.random_bool(p) {
+                let factor: f32 = rng.random_range(0.75..1.25);
+                let mean = channel.iter().sum::<f32>() / channel.len() as f32;
+                channel.iter_mut().for_each(|v| *v = (*v - mean) * factor + mean);
+            }
+            if rng.random_bool(p) {
+                let gamma: f32 = rng.random_range(0.7..1.5);
+                let (lo, hi) = channel.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let range = (hi - lo).max(1e-6);
+                channel.iter_mut().for_each(|v| *v = ((*v - lo) / range).powf(gamma) * range + lo);
+            }
+            if rng.random_bool(p / 1.5) {
+                let sigma: f32 = rng.random_range(0.0..0.1);
+                for v in channel.iter_mut() {
+                    // Box–Muller from two uniforms keeps us off an extra distribution crate.
+                    let (u1, u2): (f32, f32) = (rng.random_range(1e-7..1.0), rng.random());
+                    *v += sigma * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos();
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Interp {
+    Linear,
+    Nearest,
+}
+
+fn resample(src: &[f32], [sr, sc]: [usize; 2], [pr, pc]: [usize; 2], t: &Transform, interp: Interp) -> Vec<f32> {
+    let mut out = vec![0.0f32; pr * pc];
+    let (hr, hc) = (pr as f64 / 2.0, pc as f64 / 2.0);
+    let at = |r: isize, c: isize| if r < 0 || c < 0 || r >= sr as isize || c >= sc as isize { 0.0 } else { src[r as usize * sc + c as usize] };
+    for i in 0..pr {
+        for j in 0..pc {
+            let (di, dj) = (i as f64 + 0.5 - hr, j as f64 + 0.5 - hc);
+            let y = t.origin[0] + t.matrix[0][0] * di + t.matrix[0][1] * dj;
+            let x = t.origin[1] + t.matrix[1][0] * di + t.matrix[1][1] * dj;
+            out[i * pc + j] = match interp {
+                Interp::Nearest => at(y.floor() as isize, x.floor() as isize),
+                Interp::Linear => {
+                    let (y, x) = (y - 0.5, x - 0.5);
+                    let (y0, x0) = (y.floor(), x.floor());
+                    let (fy, fx) = ((y - y0) as f32, (x - x0) as f32);
+                    let (y0, x0) = (y0 as isize, x0 as isize);
+                    at(y0, x0) * (1.0 - fy) * (1.0 - fx) + at(y0, x0 + 1) * (1.0 - fy) * fx + at(y0 + 1, x0) * fy * (1.0 - fx) + at(y0 + 1, x0 + 1) * fy * fx
+                }
+            };
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(seed: u64) -> TrainVolume {
+        let shape = [20, 24, 10];
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let image: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut label = vec![0u8; image.len()];
+        // A small labelled cube in slices 4..6 only.
+        for z in 4..6 {
+            for y in 10..13 {
+                for x in 5..8 {
+                    label[x + 20 * (y + 24 * z)] = 1;
+                }
+            }
+        }
+        TrainVolume::new(format!("case{seed}"), vec![image], label, SliceGeometry { shape, slice_axis: 2 })
+    }
+
+    #[test]
+    fn foreground_fraction_follows_the_setting_and_batches_are_reproducible() {
+        let volumes = vec![volume(1), volume(2)];
+        let sampler = Sampler { volumes: &volumes, patch_size: [32, 32], foreground_fraction: 0.33, augmentation: Augmentation::default(), seed: 5 };
+        let (mut with_fg, mut total) = (0, 0);
+        for step in 0..30 {
+            let batch = sampler.batch(step, 12);
+            assert_eq!(batch.images.len(), 12 * 32 * 32);
+            with_fg += batch.labels.chunks(32 * 32).filter(|p| p.iter().any(|&l| l != 0)).count();
+            total += 12;
+            assert_eq!(batch.foreground_centred, 4);
+        }
+        // Foreground-centred patches always hold the label; random ones rarely (2 of 10 slices).
+        let fraction = with_fg as f64 / total as f64;
+        assert!((0.33..0.6).contains(&fraction), "foreground fraction {fraction}");
+        let (a, b) = (sampler.batch(3, 4), sampler.batch(3, 4));
+        assert_eq!(a.images, b.images);
+        assert_eq!(a.labels, b.labels);
+        assert_ne!(sampler.batch(4, 4).images, a.images);
+    }
+
+    #[test]
+    fn identity_transform_copies_the_slice_into_the_patch_centre() {
+        let src: Vec<f32> = (0..12).map(|v| v as f32).collect(); // 3 x 4
+        let t = Transform { origin: [1.5, 2.0], matrix: [[1.0, 0.0], [0.0, 1.0]] };
+        let out = resample(&src, [3, 4], [5, 6], &t, Interp::Linear);
+        // Patch centre (2.5, 3.0) maps to source (1.5, 2.0): patch pixel (1, 1) is source pixel (0, 0).
+        assert_eq!(&out[6 + 1..6 + 5], &[0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(out[0], 0.0);
+        assert_eq!(&out[3 * 6 + 1..3 * 6 + 5], &[8.0, 9.0, 10.0, 11.0]);
+    }
+}

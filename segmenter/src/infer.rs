@@ -1,0 +1,173 @@
+//! Inference: every slice of a volume through the network with a Gaussian-weighted sliding window,
+//! argmax, back into the volume's own grid.
+
+use burn::prelude::*;
+use burn::tensor::activation;
+use vision_ssm::ScanBackend;
+
+use crate::model::SwinUMamba;
+use crate::plan::{Plan, SliceGeometry};
+
+/// Sliding-window settings.
+#[derive(Clone, Debug)]
+pub struct WindowSettings {
+    /// Step between windows as a fraction of the patch size.
+    pub step_fraction: f64,
+    /// Windows run through the network together.
+    pub batch_windows: usize,
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        Self { step_fraction: 0.5, batch_windows: 16 }
+    }
+}
+
+/// Window start positions along one axis of length `len` (≥ patch) with the given step fraction.
+pub fn window_starts(len: usize, patch: usize, step_fraction: f64) -> Vec<usize> {
+    if len <= patch {
+        return vec![0];
+    }
+    let step = (patch as f64 * step_fraction).max(1.0);
+    let steps = ((len - patch) as f64 / step).ceil() as usize + 1;
+    let span = (len - patch) as f64;
+    (0..steps).map(|i| (span * i as f64 / (steps - 1) as f64).round() as usize).collect()
+}
+
+/// Gaussian importance map over a patch, sigma = side/8, peak 1 (nnU-Net's weighting).
+pub fn gaussian_weights([rows, cols]: [usize; 2]) -> Vec<f32> {
+    let axis = |n: usize| -> Vec<f64> {
+        let sigma = n as f64 / 8.0;
+        let centre = (n as f64 - 1.0) / 2.0;
+        (0..n).map(|i| (-((i as f64 - centre).powi(2)) / (2.0 * sigma * sigma)).exp()).collect()
+    };
+    let (r, c) = (axis(rows), axis(cols));
+    r.iter().flat_map(|&a| c.iter().map(move |&b| ((a * b) as f32).max(1e-4))).collect()
+}
+
+struct Window {
+    slice: usize,
+    row: usize,
+    col: usize,
+}
+
+/// Predicts the label map of one normalised volume (channels in file order) of shape `shape`.
+pub fn predict_volume<B: ScanBackend>(
+    model: &SwinUMamba<B>,
+    plan: &Plan,
+    channels: &[Vec<f32>],
+    shape: [usize; 3],
+    settings: &WindowSettings,
+    device: &B::Device,
+) -> Vec<u8> {
+    let geometry = SliceGeometry { shape, slice_axis: plan.slice_axis };
+    let [rows, cols] = geometry.slice_shape();
+    let [pr, pc] = plan.patch_size;
+    let (canvas_r, canvas_c) = (rows.max(pr), cols.max(pc));
+    let (off_r, off_c) = ((canvas_r - rows) / 2, (canvas_c - cols) / 2);
+    let classes = plan.num_classes();
+    let weights = gaussian_weights(plan.patch_size);
+    let starts_r = window_starts(canvas_r, pr, settings.step_fraction);
+    let starts_c = window_starts(canvas_c, pc, settings.step_fraction);
+
+    // Each slice padded onto a canvas at least one patch large, centred.
+    let canvases: Vec<Vec<f32>> = (0..geometry.count())
+        .map(|s| {
+            let mut canvas = vec![0.0f32; channels.len() * canvas_r * canvas_c];
+            for (ch, values) in channels.iter().enumerate() {
+                let slice = geometry.extract(values, s);
+                for r in 0..rows {
+                    let dst = ch * canvas_r * canvas_c + (r + off_r) * canvas_c + off_c;
+                    canvas[dst..dst + cols].copy_from_slice(&slice[r * cols..(r + 1) * cols]);
+                }
+            }
+            canvas
+        })
+        .collect();
+    let mut windows = Vec::new();
+    for slice in 0..geometry.count() {
+        for &row in &starts_r {
+            for &col in &starts_c {
+                windows.push(Window { slice, row, col });
+            }
+        }
+    }
+
+    let mut scores = vec![0.0f32; geometry.count() * classes * canvas_r * canvas_c];
+    let mut norm = vec![0.0f32; canvas_r * canvas_c];
+    for &row in &starts_r {
+        for &col in &starts_c {
+            for i in 0..pr {
+                for j in 0..pc {
+                    norm[(row + i) * canvas_c + col + j] += weights[i * pc + j];
+                }
+            }
+        }
+    }
+    for group in windows.chunks(settings.batch_windows.max(1)) {
+        let mut input = Vec::with_capacity(group.len() * channels.len() * pr * pc);
+        for w in group {
+            for ch in 0..channels.len() {
+                for i in 0..pr {
+                    let src = ch * canvas_r * canvas_c + (w.row + i) * canvas_c + w.col;
+                    input.extend_from_slice(&canvases[w.slice][src..src + pc]);
+                }
+            }
+        }
+        let x = Tensor::<B, 4>::from_data(TensorData::new(input, [group.len(), channels.len(), pr, pc]), device);
+        let probs = activation::softmax(model.logits(x), 1).into_data().convert::<f32>();
+        let probs = probs.as_slice::<f32>().expect("f32 probabilities");
+        for (n, w) in group.iter().enumerate() {
+            for k in 0..classes {
+                let base = ((w.slice * classes + k) * canvas_r + w.row) * canvas_c + w.col;
+                let src = &probs[(n * classes + k) * pr * pc..(n * classes + k + 1) * pr * pc];
+                for i in 0..pr {
+                    for j in 0..pc {
+                        scores[base + i * canvas_c + j] += src[i * pc + j] * weights[i * pc + j];
+                    }
+                }
+            }
+        }
+    }
+
+    let mut labels = vec![0u8; shape.iter().product()];
+    for s in 0..geometry.count() {
+        let mut slice_labels = vec![0u8; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                let p = (r + off_r) * canvas_c + c + off_c;
+                let mut best = (0usize, f32::MIN);
+                for k in 0..classes {
+                    let v = scores[(s * classes + k) * canvas_r * canvas_c + p] / norm[p];
+                    if v > best.1 {
+                        best = (k, v);
+                    }
+                }
+                slice_labels[r * cols + c] = best.0 as u8;
+            }
+        }
+        geometry.insert(&mut labels, s, &slice_labels);
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_the_axis_with_the_requested_overlap() {
+        assert_eq!(window_starts(64, 64, 0.5), vec![0]);
+        assert_eq!(window_starts(40, 64, 0.5), vec![0]);
+        assert_eq!(window_starts(128, 64, 0.5), vec![0, 32, 64]);
+        let starts = window_starts(100, 64, 0.5);
+        assert_eq!((starts[0], *starts.last().unwrap()), (0, 36));
+        assert!(starts.windows(2).all(|w| w[1] - w[0] <= 32));
+    }
+
+    #[test]
+    fn gaussian_peaks_in_the_centre() {
+        let w = gaussian_weights([8, 8]);
+        assert!(w[3 * 8 + 3] > 0.9 && w[0] < 0.01 && w[0] > 0.0);
+    }
+}

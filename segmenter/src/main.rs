@@ -1,0 +1,216 @@
+//! The `segmenter` command line: train, predict, evaluate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use segmenter::config::{ExperimentConfig, PRESETS};
+use segmenter::model::EncoderKind;
+use segmenter::predict::{describe, PredictOptions};
+use segmenter::train::TrainOptions;
+
+/// Segment organs and tissues in medical scans with a Swin-UMamba-style network.
+///
+/// Typical use: `segmenter train` on a Decathlon or nnU-Net v2 dataset folder, `segmenter predict`
+/// on new scans, `segmenter evaluate` against reference label maps.
+#[derive(Parser, Debug)]
+#[command(name = "segmenter", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Compute device: `cpu` (burn's Flex backend) or `cuda` (needs a build with `--features cuda`).
+    #[arg(long, global = true, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model on a dataset folder and write a run folder.
+    Train {
+        /// Dataset folder with dataset.json (Decathlon or nnU-Net v2 layout).
+        #[arg(long)]
+        data: PathBuf,
+        /// Run folder to create (weights, config, plan, splits, log).
+        #[arg(long)]
+        out: PathBuf,
+        /// Built-in preset: tiny (CPU, minutes) or swin-umamba (the paper's encoder, GPU).
+        #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
+        preset: String,
+        /// TOML file overriding fields of the preset (see configs/).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Number of epochs (overrides the config).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Optimiser steps per epoch (overrides the config).
+        #[arg(long)]
+        steps_per_epoch: Option<usize>,
+        /// Stop after this many minutes; the learning-rate schedule decays to fit.
+        #[arg(long)]
+        time_budget_min: Option<f64>,
+        /// Fraction of cases held out for validation.
+        #[arg(long, default_value_t = 0.2)]
+        val_fraction: f64,
+        /// Seed of the split, initialisation and sampling.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Encoder blocks: vss (Swin-UMamba) or conv (residual convolutions, for ablations).
+        #[arg(long, value_enum)]
+        encoder: Option<EncoderKind>,
+    },
+    /// Predict label maps for a scan or a folder of scans.
+    Predict {
+        /// Run folder written by `segmenter train`.
+        #[arg(long)]
+        model: PathBuf,
+        /// A .nii/.nii.gz scan or a folder of them (CASE_0000.nii.gz channels are grouped).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output folder: one label map per case, same name, header and affine as the input.
+        #[arg(long)]
+        output: PathBuf,
+        /// Predict again cases whose output already exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Compare predicted label maps with references: per-class Dice and IoU, summary.json.
+    Evaluate {
+        /// Folder of predicted label maps.
+        #[arg(long)]
+        pred: PathBuf,
+        /// Folder of reference label maps (same file names).
+        #[arg(long = "ref")]
+        reference: PathBuf,
+        /// The dataset's dataset.json, for the label names.
+        #[arg(long)]
+        dataset_json: PathBuf,
+        /// Folder for summary.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Train { data, out, preset, config, epochs, steps_per_epoch, time_budget_min, val_fraction, seed, encoder } => {
+            let mut experiment = ExperimentConfig::preset(&preset)?;
+            if let Some(path) = config {
+                experiment = ExperimentConfig::load_over(&experiment, &path)?;
+            }
+            if let Some(e) = epochs {
+                experiment.train.epochs = e;
+            }
+            if let Some(s) = steps_per_epoch {
+                experiment.train.steps_per_epoch = s;
+            }
+            if let Some(kind) = encoder {
+                experiment.model.encoder = kind;
+            }
+            experiment.validate()?;
+            let time_budget = time_budget_min.map(|m| Duration::from_secs_f64(m * 60.0));
+            let options = TrainOptions { data, out, time_budget, val_fraction, seed };
+            backend::train(cli.device, &experiment, &options)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict { model, input, output, overwrite } => {
+            let options = PredictOptions { model, input, output: output.clone(), overwrite };
+            let report = backend::predict(cli.device, &options)?;
+            eprintln!("{}", describe(&report, &output));
+            if report.failed.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for (id, reason) in &report.failed {
+                    eprintln!("failed: {id}: {reason}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Evaluate { pred, reference, dataset_json, out } => {
+            let summary = segmenter::evaluate::evaluate(&pred, &reference, &dataset_json)?;
+            let labels = segmenter_io::read_dataset_labels(&dataset_json)?;
+            let table = segmenter::evaluate::write_report(&summary, &labels, &out)?;
+            println!("{table}");
+            println!("Report: {}", out.join("summary.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The backend is chosen once, here; everything else is generic over it.
+mod backend {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    pub fn train(device: DeviceKind, config: &ExperimentConfig, options: &TrainOptions) -> Result<()> {
+        match device {
+            DeviceKind::Cpu => segmenter::train::train::<Autodiff<Flex>>(config, options, &Default::default()).map(|_| ()),
+            DeviceKind::Cuda => cuda::train(config, options),
+        }
+    }
+
+    pub fn predict(device: DeviceKind, options: &PredictOptions) -> Result<segmenter::predict::PredictReport> {
+        match device {
+            DeviceKind::Cpu => segmenter::predict::predict::<Flex>(options, &Default::default()),
+            DeviceKind::Cuda => cuda::predict(options),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    mod cuda {
+        use super::*;
+        use burn::backend::Cuda;
+
+        fn device() -> Result<burn::backend::cuda::CudaDevice> {
+            // cudarc panics when the driver library is absent; check first and say so.
+            let found = ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+                ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/lib64", "/usr/lib/wsl/lib"]
+                    .iter()
+                    .any(|dir| std::path::Path::new(dir).join(name).exists())
+            }) || std::env::var_os("LD_LIBRARY_PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("libcuda.so.1").exists()));
+            anyhow::ensure!(found, "--device cuda: no NVIDIA driver library (libcuda.so.1) found on this machine");
+            Ok(Default::default())
+        }
+
+        pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<()> {
+            segmenter::train::train::<Autodiff<Cuda>>(config, options, &device()?).map(|_| ())
+        }
+
+        pub fn predict(options: &PredictOptions) -> Result<segmenter::predict::PredictReport> {
+            segmenter::predict::predict::<Cuda>(options, &device()?)
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    mod cuda {
+        use super::*;
+
+        const MESSAGE: &str = "--device cuda: this binary was built without CUDA support; rebuild with `cargo build --release --features cuda`";
+
+        pub fn train(_: &ExperimentConfig, _: &TrainOptions) -> Result<()> {
+            anyhow::bail!(MESSAGE)
+        }
+
+        pub fn predict(_: &PredictOptions) -> Result<segmenter::predict::PredictReport> {
+            anyhow::bail!(MESSAGE)
+        }
+    }
+}

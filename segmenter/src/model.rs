@@ -1,0 +1,267 @@
+//! The Swin-UMamba-style 2D network, readable top to bottom with the paper's names.
+//!
+//! ```text
+//! input ─► stem (7×7 conv, stride 2) ─► patch embed (2×2) ─► stage 1 (VSS×d1) ─► merge ─► stage 2 ─► merge ─► stage 3 ─► merge ─► stage 4
+//!   │           │ 1/2                                          │ 1/4                      │ 1/8              │ 1/16             │ 1/32
+//!  enc0        enc1                                          enc2                       enc3               enc4               enc5 (bottleneck)
+//!   │           │                                              │                          │                  │                  │
+//!  head ◄─ up(enc0) ◄────── up(enc1) ◄──────────────────── up(enc2) ◄──────────────── up(enc3) ◄────────── up(enc4) ◄────────────┘
+//! ```
+//! Encoder skips are residual conv blocks (UNETR style); each decoder step is a 2×2 transposed
+//! convolution, concatenation with the skip and a residual conv block. Deep supervision adds
+//! 1×1 heads at 1/2 and 1/4 resolution.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::{InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation;
+use serde::{Deserialize, Serialize};
+use vision_ssm::{
+    PatchEmbed, PatchEmbedConfig, PatchMerging, PatchMergingConfig, ScanBackend, VssBlock,
+    VssBlockConfig,
+};
+
+/// Total downsampling of the network: inputs must have sides divisible by this.
+pub const DOWNSAMPLING: usize = 32;
+
+/// Which mixer the encoder stages use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderKind {
+    /// VSS blocks (selective scan): Swin-UMamba.
+    #[default]
+    Vss,
+    /// Residual convolution blocks of similar size, for ablations.
+    Conv,
+}
+
+/// Architecture hyper-parameters of [`SwinUMamba`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Channels of the 7×7 stem (and of the two highest-resolution skips).
+    pub stem_channels: usize,
+    /// Channels of the four encoder stages (each twice the previous).
+    pub dims: [usize; 4],
+    /// Number of blocks in each stage.
+    pub depths: [usize; 4],
+    /// State size N of the selective scan.
+    pub d_state: usize,
+    /// Inner expansion of SS2D.
+    pub expand: usize,
+    /// VSS (default) or convolutional encoder blocks.
+    #[serde(default)]
+    pub encoder: EncoderKind,
+}
+
+impl ModelConfig {
+    /// Small network that trains on a laptop CPU in minutes.
+    pub fn tiny() -> Self {
+        Self { stem_channels: 16, dims: [32, 64, 128, 256], depths: [1, 1, 2, 1], d_state: 8, expand: 2, encoder: EncoderKind::Vss }
+    }
+
+    /// The Swin-UMamba paper's encoder: stem 48, dims 96/192/384/768, depths 2/2/9/2, d_state 16.
+    pub fn swin_umamba() -> Self {
+        Self { stem_channels: 48, dims: [96, 192, 384, 768], depths: [2, 2, 9, 2], d_state: 16, expand: 2, encoder: EncoderKind::Vss }
+    }
+
+    /// Checks that the stage widths double (patch merging doubles the channels).
+    pub fn validate(&self) -> Result<(), String> {
+        for i in 1..4 {
+            if self.dims[i] != 2 * self.dims[i - 1] {
+                return Err(format!("model dims must double from stage to stage, got {:?}", self.dims));
+            }
+        }
+        if self.depths.contains(&0) || self.stem_channels == 0 || self.d_state == 0 {
+            return Err("model depths, stem_channels and d_state must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Builds the network for `in_channels` input channels and `num_classes` output classes.
+    pub fn init<B: Backend>(&self, in_channels: usize, num_classes: usize, device: &B::Device) -> SwinUMamba<B> {
+        let (stem, dims) = (self.stem_channels, self.dims);
+        let stages = (0..4)
+            .map(|i| {
+                let blocks = (0..self.depths[i]).map(|_| match self.encoder {
+                    EncoderKind::Vss => StageBlock::Vss(VssBlockConfig::new(dims[i]).with_d_state(self.d_state).with_expand(self.expand).init(device)),
+                    EncoderKind::Conv => StageBlock::Conv(ChannelsLastRes::new(dims[i], device)),
+                });
+                Stage {
+                    blocks: blocks.collect(),
+                    merge: (i < 3).then(|| PatchMergingConfig::new(dims[i]).init(device)),
+                }
+            })
+            .collect();
+        let ds_heads = vec![conv(stem, num_classes, 1, 1, device), conv(dims[0], num_classes, 1, 1, device)];
+        SwinUMamba {
+            stem: conv(in_channels, stem, 7, 2, device),
+            stem_norm: LayerNormConfig::new(stem).init(device),
+            patch_embed: PatchEmbedConfig::new(stem, dims[0]).init(device),
+            stages,
+            enc0: ResBlock::new(in_channels, stem, device),
+            enc1: ResBlock::new(stem, stem, device),
+            enc_stages: dims.iter().map(|&c| ResBlock::new(c, c, device)).collect(),
+            decoders: vec![
+                UpBlock::new(dims[3], dims[2], device),
+                UpBlock::new(dims[2], dims[1], device),
+                UpBlock::new(dims[1], dims[0], device),
+                UpBlock::new(dims[0], stem, device),
+                UpBlock::new(stem, stem, device),
+            ],
+            head: conv(stem, num_classes, 1, 1, device),
+            ds_heads,
+        }
+    }
+}
+
+fn conv<B: Backend>(cin: usize, cout: usize, kernel: usize, stride: usize, device: &B::Device) -> Conv2d<B> {
+    Conv2dConfig::new([cin, cout], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+        .init(device)
+}
+
+fn norm<B: Backend>(channels: usize, device: &B::Device) -> InstanceNorm<B> {
+    InstanceNormConfig::new(channels).with_affine(true).init(device)
+}
+
+/// Residual block of two 3×3 conv + instance norm + leaky ReLU (UNETR's `UnetResBlock`).
+#[derive(Module, Debug)]
+pub struct ResBlock<B: Backend> {
+    conv1: Conv2d<B>,
+    norm1: InstanceNorm<B>,
+    conv2: Conv2d<B>,
+    norm2: InstanceNorm<B>,
+    shortcut: Option<Conv2d<B>>,
+}
+
+impl<B: Backend> ResBlock<B> {
+    fn new(cin: usize, cout: usize, device: &B::Device) -> Self {
+        Self {
+            conv1: conv(cin, cout, 3, 1, device),
+            norm1: norm(cout, device),
+            conv2: conv(cout, cout, 3, 1, device),
+            norm2: norm(cout, device),
+            shortcut: (cin != cout).then(|| conv(cin, cout, 1, 1, device)),
+        }
+    }
+
+    /// `[B, cin, H, W]` -> `[B, cout, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let residual = match &self.shortcut {
+            Some(proj) => proj.forward(x.clone()),
+            None => x.clone(),
+        };
+        let y = activation::leaky_relu(self.norm1.forward(self.conv1.forward(x)), 0.01);
+        let y = self.norm2.forward(self.conv2.forward(y));
+        activation::leaky_relu(y + residual, 0.01)
+    }
+}
+
+/// A residual conv block on channels-last maps, standing in for a VSS block in `--encoder conv`.
+#[derive(Module, Debug)]
+pub struct ChannelsLastRes<B: Backend> {
+    norm: LayerNorm<B>,
+    block: ResBlock<B>,
+}
+
+impl<B: Backend> ChannelsLastRes<B> {
+    fn new(channels: usize, device: &B::Device) -> Self {
+        Self { norm: LayerNormConfig::new(channels).init(device), block: ResBlock::new(channels, channels, device) }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let y = self.norm.forward(x.clone()).permute([0, 3, 1, 2]);
+        x + self.block.forward(y).permute([0, 2, 3, 1])
+    }
+}
+
+/// One block of an encoder stage.
+#[derive(Module, Debug)]
+pub enum StageBlock<B: Backend> {
+    /// A visual state-space block.
+    Vss(VssBlock<B>),
+    /// A residual convolution block (ablation).
+    Conv(ChannelsLastRes<B>),
+}
+
+/// An encoder stage: blocks at one resolution, then patch merging (except the last stage).
+#[derive(Module, Debug)]
+pub struct Stage<B: Backend> {
+    blocks: Vec<StageBlock<B>>,
+    merge: Option<PatchMerging<B>>,
+}
+
+/// Decoder step: 2× transposed conv, concatenation with the skip, residual block.
+#[derive(Module, Debug)]
+pub struct UpBlock<B: Backend> {
+    up: ConvTranspose2d<B>,
+    block: ResBlock<B>,
+}
+
+impl<B: Backend> UpBlock<B> {
+    fn new(cin: usize, cout: usize, device: &B::Device) -> Self {
+        Self {
+            up: ConvTranspose2dConfig::new([cin, cout], [2, 2]).with_stride([2, 2]).init(device),
+            block: ResBlock::new(2 * cout, cout, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>, skip: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.block.forward(Tensor::cat(vec![self.up.forward(x), skip], 1))
+    }
+}
+
+/// The Swin-UMamba-style U-shaped network.
+#[derive(Module, Debug)]
+pub struct SwinUMamba<B: Backend> {
+    stem: Conv2d<B>,
+    stem_norm: LayerNorm<B>,
+    patch_embed: PatchEmbed<B>,
+    stages: Vec<Stage<B>>,
+    enc0: ResBlock<B>,
+    enc1: ResBlock<B>,
+    enc_stages: Vec<ResBlock<B>>,
+    decoders: Vec<UpBlock<B>>,
+    head: Conv2d<B>,
+    ds_heads: Vec<Conv2d<B>>,
+}
+
+impl<B: ScanBackend> SwinUMamba<B> {
+    /// `[batch, channels, H, W]` (H, W divisible by 32) -> logits at full, 1/2 and 1/4 resolution
+    /// (`[batch, classes, H/s, W/s]`), full resolution first.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        let enc0 = self.enc0.forward(x.clone());
+        let stem = self.stem.forward(x).permute([0, 2, 3, 1]);
+        let stem = self.stem_norm.forward(stem).permute([0, 3, 1, 2]);
+        let enc1 = self.enc1.forward(stem.clone());
+        let mut hidden = self.patch_embed.forward(stem); // channels-last, 1/4
+        let mut stage_outputs = Vec::with_capacity(4);
+        for stage in &self.stages {
+            for block in &stage.blocks {
+                hidden = match block {
+                    StageBlock::Vss(b) => b.forward(hidden),
+                    StageBlock::Conv(b) => b.forward(hidden),
+                };
+            }
+            stage_outputs.push(hidden.clone().permute([0, 3, 1, 2]));
+            if let Some(merge) = &stage.merge {
+                hidden = merge.forward(hidden);
+            }
+        }
+        let skips: Vec<_> = stage_outputs.into_iter().zip(&self.enc_stages).map(|(s, block)| block.forward(s)).collect();
+        let [s2, s3, s4, s5]: [Tensor<B, 4>; 4] = skips.try_into().expect("four stages");
+        let d4 = self.decoders[0].forward(s5, s4);
+        let d3 = self.decoders[1].forward(d4, s3);
+        let d2 = self.decoders[2].forward(d3, s2);
+        let d1 = self.decoders[3].forward(d2.clone(), enc1);
+        let d0 = self.decoders[4].forward(d1.clone(), enc0);
+        vec![self.head.forward(d0), self.ds_heads[0].forward(d1), self.ds_heads[1].forward(d2)]
+    }
+
+    /// Full-resolution logits only (inference).
+    pub fn logits(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward(x).swap_remove(0)
+    }
+}

@@ -1,0 +1,278 @@
+//! The preprocessing plan of a run: how volumes become normalised 2D slices for the network, and
+//! back. Written to `<RUN_DIR>/plan.json` so predictions can be traced to the plan.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use segmenter_io::{Dataset, LoadedCase};
+use serde::{Deserialize, Serialize};
+
+use crate::model::DOWNSAMPLING;
+
+/// How one input channel's intensities are normalised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "scheme", rename_all = "snake_case")]
+pub enum Normalization {
+    /// Per-case z-score (MRI and everything that is not CT).
+    ZScore,
+    /// CT: clip to the dataset's foreground percentiles, then z-score with the foreground statistics.
+    Ct {
+        /// 0.5th percentile of foreground intensities.
+        lower: f32,
+        /// 99.5th percentile of foreground intensities.
+        upper: f32,
+        /// Mean of clipped foreground intensities.
+        mean: f32,
+        /// Standard deviation of clipped foreground intensities.
+        std: f32,
+    },
+}
+
+impl Normalization {
+    /// Normalises one channel in place.
+    pub fn apply(&self, values: &mut [f32]) {
+        match *self {
+            Normalization::ZScore => {
+                let n = values.len().max(1) as f64;
+                let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+                let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+                let std = var.sqrt().max(1e-8);
+                for v in values {
+                    *v = ((*v as f64 - mean) / std) as f32;
+                }
+            }
+            Normalization::Ct { lower, upper, mean, std } => {
+                let std = std.max(1e-8);
+                for v in values {
+                    *v = (v.clamp(lower, upper) - mean) / std;
+                }
+            }
+        }
+    }
+}
+
+/// Everything predict needs to turn a scan into network input and the output into a label map.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Dataset name, for reports.
+    pub dataset_name: String,
+    /// Channel names (`"MRI"`, `"CT"`, …), one per input file of a case.
+    pub channel_names: Vec<String>,
+    /// Label id -> name, background included.
+    pub labels: BTreeMap<u8, String>,
+    /// File ending of the dataset's images (`.nii.gz`).
+    pub file_ending: String,
+    /// Volume axis (0, 1 or 2 in file order) the network slices along.
+    pub slice_axis: usize,
+    /// Patch size `[rows, cols]` of the 2D network input, multiples of 32.
+    pub patch_size: [usize; 2],
+    /// Normalisation per channel.
+    pub normalization: Vec<Normalization>,
+}
+
+impl Plan {
+    /// Number of output classes (background included).
+    pub fn num_classes(&self) -> usize {
+        self.labels.keys().max().map_or(1, |&m| m as usize + 1)
+    }
+
+    /// Derives the plan from a dataset and its loaded training cases.
+    pub fn from_dataset(dataset: &Dataset, cases: &[LoadedCase], max_patch_side: usize) -> Self {
+        // Slice along the axis with the coarsest spacing (ties: the last axis), as nnU-Net's 2D
+        // configuration does, so each slice is sampled at the finest in-plane resolution.
+        let mut spacing_sum = [0.0f64; 3];
+        for case in cases {
+            let s = case.header.spacing();
+            for a in 0..3 {
+                spacing_sum[a] += s[a];
+            }
+        }
+        let slice_axis = (0..3).max_by(|&a, &b| spacing_sum[a].total_cmp(&spacing_sum[b])).unwrap_or(2);
+        let [r, c] = in_plane_axes(slice_axis);
+        let max_rows = cases.iter().map(|k| k.shape[r]).max().unwrap_or(1);
+        let max_cols = cases.iter().map(|k| k.shape[c]).max().unwrap_or(1);
+        let side = |n: usize| n.div_ceil(DOWNSAMPLING).max(1) * DOWNSAMPLING;
+        let cap = (max_patch_side / DOWNSAMPLING).max(1) * DOWNSAMPLING;
+        let patch_size = [side(max_rows).min(cap), side(max_cols).min(cap)];
+        let normalization = dataset
+            .channel_names
+            .iter()
+            .enumerate()
+            .map(|(ch, name)| {
+                if name.eq_ignore_ascii_case("CT") {
+                    ct_statistics(cases, ch)
+                } else {
+                    Normalization::ZScore
+                }
+            })
+            .collect();
+        Plan {
+            dataset_name: dataset.name.clone(),
+            channel_names: dataset.channel_names.clone(),
+            labels: dataset.labels.clone(),
+            file_ending: dataset.file_ending.clone(),
+            slice_axis,
+            patch_size,
+            normalization,
+        }
+    }
+
+    /// A short description in plain words, printed before training.
+    pub fn describe(&self) -> String {
+        let norms: Vec<String> = self
+            .normalization
+            .iter()
+            .zip(&self.channel_names)
+            .map(|(n, name)| match n {
+                Normalization::ZScore => format!("{name}: per-case z-score"),
+                Normalization::Ct { lower, upper, .. } => format!("{name}: clip to [{lower:.0}, {upper:.0}] then z-score"),
+            })
+            .collect();
+        let labels: Vec<String> = self.labels.iter().filter(|(k, _)| **k != 0).map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "slices along axis {} of {}×{} pixels; classes {}; normalisation {}",
+            self.slice_axis,
+            self.patch_size[0],
+            self.patch_size[1],
+            labels.join(", "),
+            norms.join("; ")
+        )
+    }
+
+    /// Writes `plan.json` (atomically).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::fsutil::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    /// Reads a `plan.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid plan", path.display()))
+    }
+
+    /// Normalises the channels of a case (in place) as the plan says.
+    pub fn normalize(&self, channels: &mut [Vec<f32>]) {
+        for (values, norm) in channels.iter_mut().zip(&self.normalization) {
+            norm.apply(values);
+        }
+    }
+}
+
+fn ct_statistics(cases: &[LoadedCase], channel: usize) -> Normalization {
+    // Foreground voxels of every case, subsampled to keep memory bounded on large datasets.
+    let mut values = Vec::new();
+    for case in cases {
+        let (Some(label), Some(image)) = (&case.label, case.channels.get(channel)) else { continue };
+        let fg: Vec<f32> = image.data.iter().zip(label).filter(|(_, &l)| l != 0).map(|(&v, _)| v).collect();
+        let stride = (fg.len() / 100_000).max(1);
+        values.extend(fg.into_iter().step_by(stride));
+    }
+    if values.is_empty() {
+        return Normalization::ZScore;
+    }
+    values.sort_by(f32::total_cmp);
+    let pct = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
+    let (lower, upper) = (pct(0.005), pct(0.995));
+    let clipped: Vec<f64> = values.iter().map(|v| v.clamp(lower, upper) as f64).collect();
+    let mean = clipped.iter().sum::<f64>() / clipped.len() as f64;
+    let std = (clipped.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / clipped.len() as f64).sqrt();
+    Normalization::Ct { lower, upper, mean: mean as f32, std: std as f32 }
+}
+
+/// The two in-plane axes (rows, cols) for a slice axis.
+pub fn in_plane_axes(slice_axis: usize) -> [usize; 2] {
+    match slice_axis {
+        0 => [1, 2],
+        1 => [0, 2],
+        _ => [0, 1],
+    }
+}
+
+/// A 3D array in NIfTI file order (x fastest) viewed as a stack of 2D slices along one axis.
+#[derive(Clone, Copy, Debug)]
+pub struct SliceGeometry {
+    /// Volume shape `[x, y, z]`.
+    pub shape: [usize; 3],
+    /// Axis the slices are taken along.
+    pub slice_axis: usize,
+}
+
+impl SliceGeometry {
+    /// Number of slices.
+    pub fn count(&self) -> usize {
+        self.shape[self.slice_axis]
+    }
+
+    /// `[rows, cols]` of each slice.
+    pub fn slice_shape(&self) -> [usize; 2] {
+        let [r, c] = in_plane_axes(self.slice_axis);
+        [self.shape[r], self.shape[c]]
+    }
+
+    fn index(&self, slice: usize, row: usize, col: usize) -> usize {
+        let [r, c] = in_plane_axes(self.slice_axis);
+        let mut p = [0usize; 3];
+        p[self.slice_axis] = slice;
+        p[r] = row;
+        p[c] = col;
+        p[0] + self.shape[0] * (p[1] + self.shape[1] * p[2])
+    }
+
+    /// Copies slice `slice` of `volume` into a row-major `[rows, cols]` buffer.
+    pub fn extract<T: Copy>(&self, volume: &[T], slice: usize) -> Vec<T> {
+        let [rows, cols] = self.slice_shape();
+        let mut out = Vec::with_capacity(rows * cols);
+        for row in 0..rows {
+            for col in 0..cols {
+                out.push(volume[self.index(slice, row, col)]);
+            }
+        }
+        out
+    }
+
+    /// Writes a row-major `[rows, cols]` buffer back into slice `slice` of `volume`.
+    pub fn insert<T: Copy>(&self, volume: &mut [T], slice: usize, values: &[T]) {
+        let [rows, cols] = self.slice_shape();
+        for row in 0..rows {
+            for col in 0..cols {
+                volume[self.index(slice, row, col)] = values[row * cols + col];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_round_trip_along_every_axis() {
+        let shape = [3, 4, 5];
+        let volume: Vec<u32> = (0..60).collect();
+        for axis in 0..3 {
+            let geometry = SliceGeometry { shape, slice_axis: axis };
+            let mut rebuilt = vec![0u32; 60];
+            for s in 0..geometry.count() {
+                let slice = geometry.extract(&volume, s);
+                assert_eq!(slice.len(), geometry.slice_shape()[0] * geometry.slice_shape()[1]);
+                geometry.insert(&mut rebuilt, s, &slice);
+            }
+            assert_eq!(rebuilt, volume, "axis {axis}");
+        }
+        // Axis 2, slice 1, row 2 (x), col 3 (y): voxel x=2, y=3, z=1.
+        let g = SliceGeometry { shape, slice_axis: 2 };
+        assert_eq!(g.extract(&volume, 1)[2 * 4 + 3], (2 + 3 * (3 + 4)) as u32);
+    }
+
+    #[test]
+    fn zscore_and_ct_normalisation_match_hand_computed_values() {
+        let mut v = vec![1.0, 2.0, 3.0, 4.0];
+        Normalization::ZScore.apply(&mut v);
+        let std = 1.25f32.sqrt();
+        assert!((v[0] - (-1.5 / std)).abs() < 1e-6 && (v[3] - 1.5 / std).abs() < 1e-6);
+        let mut ct = vec![-2000.0, 0.0, 100.0, 5000.0];
+        Normalization::Ct { lower: -1000.0, upper: 1000.0, mean: 50.0, std: 10.0 }.apply(&mut ct);
+        assert_eq!(ct, vec![-105.0, -5.0, 5.0, 95.0]);
+    }
+}

@@ -1,0 +1,107 @@
+//! Batch prediction: label maps for a file or a folder of cases, skipping finished ones, going on
+//! past failures and writing every output atomically.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use segmenter_io::{find_cases, load_case, write_labels, Case};
+use vision_ssm::ScanBackend;
+
+use crate::infer::{predict_volume, WindowSettings};
+use crate::run::RunDir;
+
+/// Options of `segmenter predict`.
+#[derive(Clone, Debug)]
+pub struct PredictOptions {
+    /// Run folder of `segmenter train`.
+    pub model: PathBuf,
+    /// A scan, or a folder of scans.
+    pub input: PathBuf,
+    /// Folder for the label maps.
+    pub output: PathBuf,
+    /// Predict cases whose output already exists.
+    pub overwrite: bool,
+}
+
+/// What a batch prediction did.
+#[derive(Debug, Default)]
+pub struct PredictReport {
+    /// Label maps written.
+    pub written: Vec<PathBuf>,
+    /// Cases skipped because their output existed.
+    pub skipped: Vec<String>,
+    /// Cases that failed, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+fn output_name(case: &Case) -> String {
+    let first = case.images[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ending = if first.ends_with(".nii.gz") { ".nii.gz" } else { ".nii" };
+    format!("{}{ending}", case.id)
+}
+
+/// Predicts every case under `options.input` with the run in `options.model`.
+pub fn predict<B: ScanBackend>(options: &PredictOptions, device: &B::Device) -> Result<PredictReport> {
+    let run = RunDir::open(&options.model)?;
+    let (model, plan) = run.load_model::<B>(device)?;
+    let cases = find_cases(&options.input, Some(&plan.file_ending))?;
+    if cases.is_empty() {
+        bail!("{}: no .nii or .nii.gz scans found", options.input.display());
+    }
+    std::fs::create_dir_all(&options.output).with_context(|| format!("{}: cannot create output folder", options.output.display()))?;
+    let bar = ProgressBar::new(cases.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} cases (eta {eta}) {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut report = PredictReport::default();
+    let (mut voxels, started) = (0usize, Instant::now());
+    for case in &cases {
+        let target = options.output.join(output_name(case));
+        if target.exists() && !options.overwrite {
+            report.skipped.push(case.id.clone());
+            bar.inc(1);
+            continue;
+        }
+        let result = (|| -> Result<usize> {
+            if case.images.len() != plan.channel_names.len() {
+                bail!("has {} channel file(s), the model expects {} ({})", case.images.len(), plan.channel_names.len(), plan.channel_names.join(", "));
+            }
+            let loaded = load_case(&Case { label: None, ..case.clone() }, &plan.labels)?;
+            let mut channels: Vec<Vec<f32>> = loaded.channels.into_iter().map(|v| v.data).collect();
+            plan.normalize(&mut channels);
+            let labels = predict_volume(&model, &plan, &channels, loaded.shape, &WindowSettings::default(), device);
+            write_labels(&target, &loaded.header, &labels)?;
+            Ok(labels.len())
+        })();
+        match result {
+            Ok(n) => {
+                voxels += n;
+                report.written.push(target);
+            }
+            Err(e) => {
+                bar.println(format!("error: case '{}': {e:#}", case.id));
+                report.failed.push((case.id.clone(), format!("{e:#}")));
+            }
+        }
+        bar.inc(1);
+        bar.set_message(format!("{:.0} voxels/s", voxels as f64 / started.elapsed().as_secs_f64().max(1e-9)));
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// The default output folder name for a prediction next to an input.
+pub fn describe(report: &PredictReport, output: &Path) -> String {
+    let mut s = format!("{} label map(s) written to {}", report.written.len(), output.display());
+    if !report.skipped.is_empty() {
+        s += &format!("; {} skipped (already predicted; --overwrite to redo)", report.skipped.len());
+    }
+    if !report.failed.is_empty() {
+        s += &format!("; {} failed: {}", report.failed.len(), report.failed.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", "));
+    }
+    s
+}

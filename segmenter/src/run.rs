@@ -1,0 +1,98 @@
+//! The run folder: everything predict needs (weights, config, plan, label names) plus the log.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use serde::Serialize;
+
+use crate::config::ExperimentConfig;
+use crate::model::SwinUMamba;
+use crate::plan::Plan;
+
+/// A run folder on disk.
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates a new run folder; refuses to reuse one that already holds a run.
+    pub fn create(path: &Path) -> Result<Self> {
+        if path.join("plan.json").exists() || path.join("model.mpk").exists() {
+            bail!("{}: already holds a run; choose another --out (nothing was overwritten)", path.display());
+        }
+        std::fs::create_dir_all(path).with_context(|| format!("{}: cannot create run folder", path.display()))?;
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    /// Opens an existing run folder for prediction.
+    pub fn open(path: &Path) -> Result<Self> {
+        for needed in ["plan.json", "config.toml", "model.mpk"] {
+            if !path.join(needed).exists() {
+                bail!("{}: not a run folder ({} is missing); pass the --out folder of `segmenter train`", path.display(), needed);
+            }
+        }
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a JSON file into the run (atomically).
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        crate::fsutil::write_atomic(&self.path.join(name), serde_json::to_string_pretty(value)?.as_bytes())
+    }
+
+    /// Writes `plan.json`.
+    pub fn write_plan(&self, plan: &Plan) -> Result<()> {
+        plan.write(&self.path.join("plan.json"))
+    }
+
+    /// Writes `config.toml`.
+    pub fn write_config(&self, config: &ExperimentConfig) -> Result<()> {
+        crate::fsutil::write_atomic(&self.path.join("config.toml"), config.to_toml()?.as_bytes())
+    }
+
+    /// Reads `plan.json`.
+    pub fn plan(&self) -> Result<Plan> {
+        Plan::read(&self.path.join("plan.json"))
+    }
+
+    /// Reads `config.toml`.
+    pub fn config(&self) -> Result<ExperimentConfig> {
+        ExperimentConfig::read(&self.path.join("config.toml"))
+    }
+
+    /// Appends one JSON line to `log.jsonl`.
+    pub fn append_log<T: Serialize>(&self, entry: &T) -> Result<()> {
+        let path = self.path.join("log.jsonl");
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
+        writeln!(file, "{}", serde_json::to_string(entry)?).with_context(|| format!("{}: cannot write", path.display()))
+    }
+
+    /// Saves weights as `<name>.mpk` (atomically).
+    pub fn save_model<B: Backend>(&self, name: &str, model: &SwinUMamba<B>) -> Result<()> {
+        let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+            .record(model.clone().into_record(), ())
+            .context("cannot serialise the model")?;
+        crate::fsutil::write_atomic(&self.path.join(format!("{name}.mpk")), &bytes)
+    }
+
+    /// Builds the network of this run and loads its weights from `model.mpk`.
+    pub fn load_model<B: Backend>(&self, device: &B::Device) -> Result<(SwinUMamba<B>, Plan)> {
+        let plan = self.plan()?;
+        let config = self.config()?;
+        let path = self.path.join("model.mpk");
+        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+            .load(bytes, device)
+            .with_context(|| format!("{}: not a model of this run's architecture", path.display()))?;
+        let model = config.model.init::<B>(plan.channel_names.len(), plan.num_classes(), device).load_record(record);
+        Ok((model, plan))
+    }
+}
