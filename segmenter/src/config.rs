@@ -52,19 +52,29 @@ impl ExperimentConfig {
         let text = match name {
             "tiny" => include_str!("../../configs/tiny.toml"),
             "swin-umamba" => include_str!("../../configs/swin-umamba.toml"),
-            other => bail!("unknown preset '{other}'; choose one of: {}", PRESETS.join(", ")),
+            other => bail!(
+                "unknown preset '{other}'; choose one of: {}",
+                PRESETS.join(", ")
+            ),
         };
         Self::parse(text).with_context(|| format!("built-in preset '{name}'"))
     }
 
     /// Reads a TOML config; fields it leaves out keep the values of `base`.
     pub fn load_over(base: &Self, path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        let overlay: toml::Table = text.parse().with_context(|| format!("{}: invalid TOML", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read config", path.display()))?;
+        let overlay: toml::Table = text
+            .parse()
+            .with_context(|| format!("{}: invalid TOML", path.display()))?;
         let mut merged = toml::Table::try_from(base)?;
         merge_tables(&mut merged, overlay);
-        let config: Self = merged.try_into().with_context(|| format!("{}: invalid config", path.display()))?;
-        config.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+        let config: Self = merged
+            .try_into()
+            .with_context(|| format!("{}: invalid config", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("{}: invalid config", path.display()))?;
         Ok(config)
     }
 
@@ -82,10 +92,16 @@ impl ExperimentConfig {
             bail!("train.batch_size, train.steps_per_epoch and train.val_every must be positive");
         }
         if !(0.0..=1.0).contains(&t.foreground_fraction) {
-            bail!("train.foreground_fraction must be within 0..1, got {}", t.foreground_fraction);
+            bail!(
+                "train.foreground_fraction must be within 0..1, got {}",
+                t.foreground_fraction
+            );
         }
         if t.max_patch_side < crate::model::DOWNSAMPLING {
-            bail!("train.max_patch_side must be at least {}", crate::model::DOWNSAMPLING);
+            bail!(
+                "train.max_patch_side must be at least {}",
+                crate::model::DOWNSAMPLING
+            );
         }
         if !(t.learning_rate > 0.0) {
             bail!("train.learning_rate must be positive");
@@ -100,7 +116,8 @@ impl ExperimentConfig {
 
     /// Reads a run's `config.toml`.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         Self::parse(&text).with_context(|| format!("{}: invalid config", path.display()))
     }
 }

@@ -24,10 +24,22 @@ pub struct TrainVolume {
 
 impl TrainVolume {
     /// Indexes a normalised case for sampling.
-    pub fn new(id: String, channels: Vec<Vec<f32>>, label: Vec<u8>, geometry: SliceGeometry) -> Self {
-        let foreground_slices =
-            (0..geometry.count()).filter(|&s| geometry.extract(&label, s).iter().any(|&l| l != 0)).collect();
-        Self { id, channels, label, geometry, foreground_slices }
+    pub fn new(
+        id: String,
+        channels: Vec<Vec<f32>>,
+        label: Vec<u8>,
+        geometry: SliceGeometry,
+    ) -> Self {
+        let foreground_slices = (0..geometry.count())
+            .filter(|&s| geometry.extract(&label, s).iter().any(|&l| l != 0))
+            .collect();
+        Self {
+            id,
+            channels,
+            label,
+            geometry,
+            foreground_slices,
+        }
     }
 }
 
@@ -56,7 +68,11 @@ pub struct Augmentation {
 
 impl Default for Augmentation {
     fn default() -> Self {
-        Self { p_spatial: 0.2, p_mirror: 0.5, p_intensity: 0.15 }
+        Self {
+            p_spatial: 0.2,
+            p_mirror: 0.5,
+            p_intensity: 0.15,
+        }
     }
 }
 
@@ -88,7 +104,9 @@ impl Sampler<'_> {
         let samples: Vec<(Vec<f32>, Vec<u8>, bool)> = (0..batch_size)
             .into_par_iter()
             .map(|i| {
-                let seed = self.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                let seed = self.seed
+                    ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
                 let mut rng = SmallRng::seed_from_u64(seed);
                 // The first ceil(f·B) samples of a batch are foreground-centred, so the fraction
                 // holds per batch and not only on average.
@@ -104,13 +122,24 @@ impl Sampler<'_> {
             labels.extend(lab);
             foreground_centred += fg as usize;
         }
-        Batch { batch: batch_size, images, labels, foreground_centred }
+        Batch {
+            batch: batch_size,
+            images,
+            labels,
+            foreground_centred,
+        }
     }
 
     fn sample(&self, rng: &mut SmallRng, want_fg: bool) -> (Vec<f32>, Vec<u8>, bool) {
-        let candidates: Vec<usize> = (0..self.volumes.len()).filter(|&v| !want_fg || !self.volumes[v].foreground_slices.is_empty()).collect();
+        let candidates: Vec<usize> = (0..self.volumes.len())
+            .filter(|&v| !want_fg || !self.volumes[v].foreground_slices.is_empty())
+            .collect();
         let fg = want_fg && !candidates.is_empty();
-        let volume = if fg { &self.volumes[candidates[rng.random_range(0..candidates.len())]] } else { &self.volumes[rng.random_range(0..self.volumes.len())] };
+        let volume = if fg {
+            &self.volumes[candidates[rng.random_range(0..candidates.len())]]
+        } else {
+            &self.volumes[rng.random_range(0..self.volumes.len())]
+        };
         let geometry = volume.geometry;
         let slice = if fg {
             volume.foreground_slices[rng.random_range(0..volume.foreground_slices.len())]
@@ -123,15 +152,28 @@ impl Sampler<'_> {
         // Patch centre in source coordinates: a random labelled pixel, or anywhere such that the
         // patch stays mostly inside the slice.
         let centre = if fg {
-            let fg_pixels: Vec<usize> = label.iter().enumerate().filter(|(_, &l)| l != 0).map(|(i, _)| i).collect();
+            let fg_pixels: Vec<usize> = label
+                .iter()
+                .enumerate()
+                .filter(|(_, &l)| l != 0)
+                .map(|(i, _)| i)
+                .collect();
             let p = fg_pixels[rng.random_range(0..fg_pixels.len())];
             [(p / src_cols) as f64, (p % src_cols) as f64]
         } else {
             let axis = |src: usize, patch: usize, rng: &mut SmallRng| {
                 let half = patch as f64 / 2.0;
-                let (lo, hi) = if src as f64 > patch as f64 { (half, src as f64 - half) } else { (src as f64 - half, half) };
+                let (lo, hi) = if src as f64 > patch as f64 {
+                    (half, src as f64 - half)
+                } else {
+                    (src as f64 - half, half)
+                };
                 let (lo, hi) = (lo.min(hi), lo.max(hi));
-                if hi > lo { rng.random_range(lo..hi) } else { lo }
+                if hi > lo {
+                    rng.random_range(lo..hi)
+                } else {
+                    lo
+                }
             };
             [axis(src_rows, rows, rng), axis(src_cols, cols, rng)]
         };
@@ -139,10 +181,25 @@ impl Sampler<'_> {
         let mut image = Vec::with_capacity(volume.channels.len() * rows * cols);
         for channel in &volume.channels {
             let src = geometry.extract(channel, slice);
-            image.extend(resample(&src, [src_rows, src_cols], [rows, cols], &transform, Interp::Linear));
+            image.extend(resample(
+                &src,
+                [src_rows, src_cols],
+                [rows, cols],
+                &transform,
+                Interp::Linear,
+            ));
         }
         let label_u: Vec<f32> = label.iter().map(|&l| l as f32).collect();
-        let label_out: Vec<u8> = resample(&label_u, [src_rows, src_cols], [rows, cols], &transform, Interp::Nearest).into_iter().map(|v| v as u8).collect();
+        let label_out: Vec<u8> = resample(
+            &label_u,
+            [src_rows, src_cols],
+            [rows, cols],
+            &transform,
+            Interp::Nearest,
+        )
+        .into_iter()
+        .map(|v| v as u8)
+        .collect();
         self.intensity(rng, &mut image, volume.channels.len());
         (image, label_out, fg)
     }
@@ -162,7 +219,10 @@ impl Sampler<'_> {
                 matrix[1][axis] = -matrix[1][axis];
             }
         }
-        Transform { origin: centre, matrix }
+        Transform {
+            origin: centre,
+            matrix,
+        }
     }
 
     fn intensity(&self, rng: &mut SmallRng, image: &mut [f32], channels: usize) {
@@ -176,13 +236,19 @@ impl Sampler<'_> {
             if rng.random_bool(p) {
                 let factor: f32 = rng.random_range(0.75..1.25);
                 let mean = channel.iter().sum::<f32>() / channel.len() as f32;
-                channel.iter_mut().for_each(|v| *v = (*v - mean) * factor + mean);
+                channel
+                    .iter_mut()
+                    .for_each(|v| *v = (*v - mean) * factor + mean);
             }
             if rng.random_bool(p) {
                 let gamma: f32 = rng.random_range(0.7..1.5);
-                let (lo, hi) = channel.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let (lo, hi) = channel
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
                 let range = (hi - lo).max(1e-6);
-                channel.iter_mut().for_each(|v| *v = ((*v - lo) / range).powf(gamma) * range + lo);
+                channel
+                    .iter_mut()
+                    .for_each(|v| *v = ((*v - lo) / range).powf(gamma) * range + lo);
             }
             if rng.random_bool(p / 1.5) {
                 let sigma: f32 = rng.random_range(0.0..0.1);
@@ -202,10 +268,22 @@ enum Interp {
     Nearest,
 }
 
-fn resample(src: &[f32], [sr, sc]: [usize; 2], [pr, pc]: [usize; 2], t: &Transform, interp: Interp) -> Vec<f32> {
+fn resample(
+    src: &[f32],
+    [sr, sc]: [usize; 2],
+    [pr, pc]: [usize; 2],
+    t: &Transform,
+    interp: Interp,
+) -> Vec<f32> {
     let mut out = vec![0.0f32; pr * pc];
     let (hr, hc) = (pr as f64 / 2.0, pc as f64 / 2.0);
-    let at = |r: isize, c: isize| if r < 0 || c < 0 || r >= sr as isize || c >= sc as isize { 0.0 } else { src[r as usize * sc + c as usize] };
+    let at = |r: isize, c: isize| {
+        if r < 0 || c < 0 || r >= sr as isize || c >= sc as isize {
+            0.0
+        } else {
+            src[r as usize * sc + c as usize]
+        }
+    };
     for i in 0..pr {
         for j in 0..pc {
             let (di, dj) = (i as f64 + 0.5 - hr, j as f64 + 0.5 - hc);
@@ -218,7 +296,10 @@ fn resample(src: &[f32], [sr, sc]: [usize; 2], [pr, pc]: [usize; 2], t: &Transfo
                     let (y0, x0) = (y.floor(), x.floor());
                     let (fy, fx) = ((y - y0) as f32, (x - x0) as f32);
                     let (y0, x0) = (y0 as isize, x0 as isize);
-                    at(y0, x0) * (1.0 - fy) * (1.0 - fx) + at(y0, x0 + 1) * (1.0 - fy) * fx + at(y0 + 1, x0) * fy * (1.0 - fx) + at(y0 + 1, x0 + 1) * fy * fx
+                    at(y0, x0) * (1.0 - fy) * (1.0 - fx)
+                        + at(y0, x0 + 1) * (1.0 - fy) * fx
+                        + at(y0 + 1, x0) * fy * (1.0 - fx)
+                        + at(y0 + 1, x0 + 1) * fy * fx
                 }
             };
         }
@@ -233,7 +314,9 @@ mod tests {
     fn volume(seed: u64) -> TrainVolume {
         let shape = [20, 24, 10];
         let mut rng = SmallRng::seed_from_u64(seed);
-        let image: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let image: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let mut label = vec![0u8; image.len()];
         // A small labelled cube in slices 4..6 only.
         for z in 4..6 {
@@ -243,24 +326,45 @@ mod tests {
                 }
             }
         }
-        TrainVolume::new(format!("case{seed}"), vec![image], label, SliceGeometry { shape, slice_axis: 2 })
+        TrainVolume::new(
+            format!("case{seed}"),
+            vec![image],
+            label,
+            SliceGeometry {
+                shape,
+                slice_axis: 2,
+            },
+        )
     }
 
     #[test]
     fn foreground_fraction_follows_the_setting_and_batches_are_reproducible() {
         let volumes = vec![volume(1), volume(2)];
-        let sampler = Sampler { volumes: &volumes, patch_size: [32, 32], foreground_fraction: 0.33, augmentation: Augmentation::default(), seed: 5 };
+        let sampler = Sampler {
+            volumes: &volumes,
+            patch_size: [32, 32],
+            foreground_fraction: 0.33,
+            augmentation: Augmentation::default(),
+            seed: 5,
+        };
         let (mut with_fg, mut total) = (0, 0);
         for step in 0..30 {
             let batch = sampler.batch(step, 12);
             assert_eq!(batch.images.len(), 12 * 32 * 32);
-            with_fg += batch.labels.chunks(32 * 32).filter(|p| p.iter().any(|&l| l != 0)).count();
+            with_fg += batch
+                .labels
+                .chunks(32 * 32)
+                .filter(|p| p.iter().any(|&l| l != 0))
+                .count();
             total += 12;
             assert_eq!(batch.foreground_centred, 4);
         }
         // Foreground-centred patches always hold the label; random ones rarely (2 of 10 slices).
         let fraction = with_fg as f64 / total as f64;
-        assert!((0.33..0.6).contains(&fraction), "foreground fraction {fraction}");
+        assert!(
+            (0.33..0.6).contains(&fraction),
+            "foreground fraction {fraction}"
+        );
         let (a, b) = (sampler.batch(3, 4), sampler.batch(3, 4));
         assert_eq!(a.images, b.images);
         assert_eq!(a.labels, b.labels);
@@ -270,7 +374,10 @@ mod tests {
     #[test]
     fn identity_transform_copies_the_slice_into_the_patch_centre() {
         let src: Vec<f32> = (0..12).map(|v| v as f32).collect(); // 3 x 4
-        let t = Transform { origin: [1.5, 2.0], matrix: [[1.0, 0.0], [0.0, 1.0]] };
+        let t = Transform {
+            origin: [1.5, 2.0],
+            matrix: [[1.0, 0.0], [0.0, 1.0]],
+        };
         let out = resample(&src, [3, 4], [5, 6], &t, Interp::Linear);
         // Patch centre (2.5, 3.0) maps to source (1.5, 2.0): patch pixel (1, 1) is source pixel (0, 0).
         assert_eq!(&out[6 + 1..6 + 5], &[0.0, 1.0, 2.0, 3.0]);

@@ -68,7 +68,10 @@ pub fn confusion(pred: &[u8], reference: &[u8], classes: usize) -> Vec<Counts> {
 
 /// Dice per class id (index = class), background included.
 pub fn dice_per_class(pred: &[u8], reference: &[u8], classes: usize) -> Vec<f64> {
-    confusion(pred, reference, classes).iter().map(|c| dice(c.tp, c.fp, c.fn_)).collect()
+    confusion(pred, reference, classes)
+        .iter()
+        .map(|c| dice(c.tp, c.fp, c.fn_))
+        .collect()
 }
 
 /// The result of an evaluation.
@@ -95,7 +98,10 @@ fn read_labels(path: &Path) -> Result<(Vec<u8>, [usize; 3])> {
             if v >= 0.0 && v <= 255.0 && v.fract() == 0.0 {
                 Ok(v as u8)
             } else {
-                bail!("{}: value {v} is not a label (expected whole numbers 0..=255)", path.display())
+                bail!(
+                    "{}: value {v} is not a label (expected whole numbers 0..=255)",
+                    path.display()
+                )
             }
         })
         .collect::<Result<Vec<u8>>>()?;
@@ -108,7 +114,10 @@ fn label_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("{}: cannot read folder", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             !name.starts_with('.') && (name.ends_with(".nii.gz") || name.ends_with(".nii"))
         })
         .collect();
@@ -130,7 +139,12 @@ pub fn evaluate(pred_dir: &Path, ref_dir: &Path, dataset_json: &Path) -> Result<
         .map(|r| r.file_name().expect("file").to_string_lossy().into_owned())
         .collect();
     if !missing.is_empty() {
-        bail!("{}: no prediction for {} reference case(s): {}", pred_dir.display(), missing.len(), missing.join(", "));
+        bail!(
+            "{}: no prediction for {} reference case(s): {}",
+            pred_dir.display(),
+            missing.len(),
+            missing.join(", ")
+        );
     }
     let foreground: Vec<u8> = labels.keys().copied().filter(|&k| k != 0).collect();
     let per_case: Vec<(PathBuf, PathBuf, Vec<Counts>)> = refs
@@ -140,7 +154,13 @@ pub fn evaluate(pred_dir: &Path, ref_dir: &Path, dataset_json: &Path) -> Result<
             let (r, rshape) = read_labels(reference)?;
             let (p, pshape) = read_labels(&pred)?;
             if rshape != pshape {
-                bail!("{}: shape {:?} does not match reference shape {:?} ({})", pred.display(), pshape, rshape, reference.display());
+                bail!(
+                    "{}: shape {:?} does not match reference shape {:?} ({})",
+                    pred.display(),
+                    pshape,
+                    rshape,
+                    reference.display()
+                );
             }
             Ok((reference.clone(), pred, confusion(&p, &r, classes)))
         })
@@ -170,7 +190,11 @@ pub fn evaluate(pred_dir: &Path, ref_dir: &Path, dataset_json: &Path) -> Result<
     }
     let mean_of = |v: &[f64]| {
         let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-        if f.is_empty() { f64::NAN } else { f.iter().sum::<f64>() / f.len() as f64 }
+        if f.is_empty() {
+            f64::NAN
+        } else {
+            f.iter().sum::<f64>() / f.len() as f64
+        }
     };
     let mut mean = BTreeMap::new();
     for &k in &foreground {
@@ -181,28 +205,66 @@ pub fn evaluate(pred_dir: &Path, ref_dir: &Path, dataset_json: &Path) -> Result<
     }
     let mut foreground_mean = BTreeMap::new();
     for metric in ["Dice", "IoU"] {
-        let values: Vec<f64> = mean.values().map(|m| m[metric].unwrap_or(f64::NAN)).collect();
+        let values: Vec<f64> = mean
+            .values()
+            .map(|m| m[metric].unwrap_or(f64::NAN))
+            .collect();
         foreground_mean.insert(metric.to_string(), finite(mean_of(&values)));
     }
-    Ok(Summary { metric_per_case, mean, foreground_mean })
+    Ok(Summary {
+        metric_per_case,
+        mean,
+        foreground_mean,
+    })
 }
 
 /// Writes `summary.json` into `out_dir` (atomically) and returns the table printed for humans.
-pub fn write_report(summary: &Summary, labels: &BTreeMap<u8, String>, out_dir: &Path) -> Result<String> {
-    std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create folder", out_dir.display()))?;
-    crate::fsutil::write_atomic(&out_dir.join("summary.json"), serde_json::to_string_pretty(summary)?.as_bytes())?;
+pub fn write_report(
+    summary: &Summary,
+    labels: &BTreeMap<u8, String>,
+    out_dir: &Path,
+) -> Result<String> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("{}: cannot create folder", out_dir.display()))?;
+    crate::fsutil::write_atomic(
+        &out_dir.join("summary.json"),
+        serde_json::to_string_pretty(summary)?.as_bytes(),
+    )?;
     Ok(table(summary, labels))
 }
 
 /// A one-screen table of mean Dice and IoU per class.
 pub fn table(summary: &Summary, labels: &BTreeMap<u8, String>) -> String {
     let fmt = |v: Option<f64>| v.map_or("   n/a".to_string(), |x| format!("{x:6.4}"));
-    let mut out = format!("{} cases\n{:<4} {:<24} {:>6} {:>6}\n", summary.metric_per_case.len(), "id", "class", "Dice", "IoU");
+    let mut out = format!(
+        "{} cases\n{:<4} {:<24} {:>6} {:>6}\n",
+        summary.metric_per_case.len(),
+        "id",
+        "class",
+        "Dice",
+        "IoU"
+    );
     for (k, m) in &summary.mean {
-        let name = k.parse::<u8>().ok().and_then(|id| labels.get(&id)).map_or("", String::as_str);
-        out += &format!("{:<4} {:<24} {} {}\n", k, name, fmt(m["Dice"]), fmt(m["IoU"]));
+        let name = k
+            .parse::<u8>()
+            .ok()
+            .and_then(|id| labels.get(&id))
+            .map_or("", String::as_str);
+        out += &format!(
+            "{:<4} {:<24} {} {}\n",
+            k,
+            name,
+            fmt(m["Dice"]),
+            fmt(m["IoU"])
+        );
     }
-    out += &format!("{:<4} {:<24} {} {}\n", "", "foreground mean", fmt(summary.foreground_mean["Dice"]), fmt(summary.foreground_mean["IoU"]));
+    out += &format!(
+        "{:<4} {:<24} {} {}\n",
+        "",
+        "foreground mean",
+        fmt(summary.foreground_mean["Dice"]),
+        fmt(summary.foreground_mean["IoU"])
+    );
     out
 }
 
@@ -216,7 +278,15 @@ mod tests {
         let reference = [1, 1, 1, 1, 0, 0, 2, 2];
         let pred = [1, 1, 0, 0, 1, 0, 2, 0];
         let c = confusion(&pred, &reference, 3);
-        assert_eq!(c[1], Counts { tp: 2, fp: 1, fn_: 2, tn: 3 });
+        assert_eq!(
+            c[1],
+            Counts {
+                tp: 2,
+                fp: 1,
+                fn_: 2,
+                tn: 3
+            }
+        );
         assert!((dice(2, 1, 2) - 4.0 / 7.0).abs() < 1e-12);
         assert!((iou(2, 1, 2) - 2.0 / 5.0).abs() < 1e-12);
         let d = dice_per_class(&pred, &reference, 3);

@@ -36,11 +36,15 @@ enum Command {
     /// Train a model on a dataset folder and write a run folder.
     Train {
         /// Dataset folder with dataset.json (Decathlon or nnU-Net v2 layout).
-        #[arg(long)]
-        data: PathBuf,
-        /// Run folder to create (weights, config, plan, splits, log).
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present = "resume")]
+        data: Option<PathBuf>,
+        /// Run folder to create (weights, config, plan, splits, log, checkpoint).
+        #[arg(long, required_unless_present = "resume")]
+        out: Option<PathBuf>,
+        /// Continue the run in this folder from its last checkpoint (other options are ignored:
+        /// the run's own config, plan, split and time budget apply).
+        #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder"])]
+        resume: Option<PathBuf>,
         /// Built-in preset: tiny (CPU, minutes) or swin-umamba (the paper's encoder, GPU).
         #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
         preset: String,
@@ -96,6 +100,31 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Benchmarks that print what they compare, the ratio and the machine.
+    Bench {
+        #[command(subcommand)]
+        what: BenchKind,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchKind {
+    /// Selective scan: fused kernel vs the plain reference, forward and forward+backward
+    /// (B=2, K=4, E=192, N=16).
+    Scan {
+        /// Sequence lengths L to time.
+        #[arg(long, value_delimiter = ',', default_values_t = [1024usize, 4096, 16384])]
+        lengths: Vec<usize>,
+        /// Timed runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,7 +140,29 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Train { data, out, preset, config, epochs, steps_per_epoch, time_budget_min, val_fraction, seed, encoder } => {
+        Command::Train {
+            resume: Some(run_dir),
+            ..
+        } => {
+            backend::resume(cli.device, &run_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train {
+            data,
+            out,
+            preset,
+            config,
+            epochs,
+            steps_per_epoch,
+            time_budget_min,
+            val_fraction,
+            seed,
+            encoder,
+            resume: None,
+        } => {
+            let (Some(data), Some(out)) = (data, out) else {
+                anyhow::bail!("--data and --out are required")
+            };
             let mut experiment = ExperimentConfig::preset(&preset)?;
             if let Some(path) = config {
                 experiment = ExperimentConfig::load_over(&experiment, &path)?;
@@ -127,12 +178,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             experiment.validate()?;
             let time_budget = time_budget_min.map(|m| Duration::from_secs_f64(m * 60.0));
-            let options = TrainOptions { data, out, time_budget, val_fraction, seed };
+            let options = TrainOptions {
+                data,
+                out,
+                time_budget,
+                val_fraction,
+                seed,
+            };
             backend::train(cli.device, &experiment, &options)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Predict { model, input, output, overwrite } => {
-            let options = PredictOptions { model, input, output: output.clone(), overwrite };
+        Command::Predict {
+            model,
+            input,
+            output,
+            overwrite,
+        } => {
+            let options = PredictOptions {
+                model,
+                input,
+                output: output.clone(),
+                overwrite,
+            };
             let report = backend::predict(cli.device, &options)?;
             eprintln!("{}", describe(&report, &output));
             if report.failed.is_empty() {
@@ -144,12 +211,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::Evaluate { pred, reference, dataset_json, out } => {
+        Command::Evaluate {
+            pred,
+            reference,
+            dataset_json,
+            out,
+        } => {
             let summary = segmenter::evaluate::evaluate(&pred, &reference, &dataset_json)?;
             let labels = segmenter_io::read_dataset_labels(&dataset_json)?;
             let table = segmenter::evaluate::write_report(&summary, &labels, &out)?;
             println!("{table}");
             println!("Report: {}", out.join("summary.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchKind::Scan {
+                    lengths,
+                    runs,
+                    threads,
+                    json,
+                },
+        } => {
+            segmenter::bench::run_scan_bench(&segmenter::bench::ScanBenchOptions {
+                lengths,
+                runs,
+                json,
+                threads,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -160,14 +249,33 @@ mod backend {
     use super::*;
     use burn::backend::{Autodiff, Flex};
 
-    pub fn train(device: DeviceKind, config: &ExperimentConfig, options: &TrainOptions) -> Result<()> {
+    pub fn train(
+        device: DeviceKind,
+        config: &ExperimentConfig,
+        options: &TrainOptions,
+    ) -> Result<()> {
         match device {
-            DeviceKind::Cpu => segmenter::train::train::<Autodiff<Flex>>(config, options, &Default::default()).map(|_| ()),
+            DeviceKind::Cpu => {
+                segmenter::train::train::<Autodiff<Flex>>(config, options, &Default::default())
+                    .map(|_| ())
+            }
             DeviceKind::Cuda => cuda::train(config, options),
         }
     }
 
-    pub fn predict(device: DeviceKind, options: &PredictOptions) -> Result<segmenter::predict::PredictReport> {
+    pub fn resume(device: DeviceKind, run_dir: &std::path::Path) -> Result<()> {
+        match device {
+            DeviceKind::Cpu => {
+                segmenter::train::resume::<Autodiff<Flex>>(run_dir, &Default::default()).map(|_| ())
+            }
+            DeviceKind::Cuda => cuda::resume(run_dir),
+        }
+    }
+
+    pub fn predict(
+        device: DeviceKind,
+        options: &PredictOptions,
+    ) -> Result<segmenter::predict::PredictReport> {
         match device {
             DeviceKind::Cpu => segmenter::predict::predict::<Flex>(options, &Default::default()),
             DeviceKind::Cuda => cuda::predict(options),
@@ -182,16 +290,30 @@ mod backend {
         fn device() -> Result<burn::backend::cuda::CudaDevice> {
             // cudarc panics when the driver library is absent; check first and say so.
             let found = ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
-                ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/lib64", "/usr/lib/wsl/lib"]
-                    .iter()
-                    .any(|dir| std::path::Path::new(dir).join(name).exists())
-            }) || std::env::var_os("LD_LIBRARY_PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("libcuda.so.1").exists()));
-            anyhow::ensure!(found, "--device cuda: no NVIDIA driver library (libcuda.so.1) found on this machine");
+                [
+                    "/usr/lib/x86_64-linux-gnu",
+                    "/usr/lib64",
+                    "/usr/local/nvidia/lib64",
+                    "/usr/lib/wsl/lib",
+                ]
+                .iter()
+                .any(|dir| std::path::Path::new(dir).join(name).exists())
+            }) || std::env::var_os("LD_LIBRARY_PATH").is_some_and(|p| {
+                std::env::split_paths(&p).any(|d| d.join("libcuda.so.1").exists())
+            });
+            anyhow::ensure!(
+                found,
+                "--device cuda: no NVIDIA driver library (libcuda.so.1) found on this machine"
+            );
             Ok(Default::default())
         }
 
         pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<()> {
             segmenter::train::train::<Autodiff<Cuda>>(config, options, &device()?).map(|_| ())
+        }
+
+        pub fn resume(run_dir: &std::path::Path) -> Result<()> {
+            segmenter::train::resume::<Autodiff<Cuda>>(run_dir, &device()?).map(|_| ())
         }
 
         pub fn predict(options: &PredictOptions) -> Result<segmenter::predict::PredictReport> {
@@ -206,6 +328,10 @@ mod backend {
         const MESSAGE: &str = "--device cuda: this binary was built without CUDA support; rebuild with `cargo build --release --features cuda`";
 
         pub fn train(_: &ExperimentConfig, _: &TrainOptions) -> Result<()> {
+            anyhow::bail!(MESSAGE)
+        }
+
+        pub fn resume(_: &std::path::Path) -> Result<()> {
             anyhow::bail!(MESSAGE)
         }
 

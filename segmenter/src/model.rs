@@ -11,9 +11,10 @@
 //! convolution, concatenation with the skip and a residual conv block. Deep supervision adds
 //! 1×1 heads at 1/2 and 1/4 resolution.
 
+use crate::norm::{FusedInstanceNorm, NormBackend};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
-use burn::nn::{InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig, PaddingConfig2d};
+use burn::nn::{LayerNorm, LayerNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation;
 use serde::{Deserialize, Serialize};
@@ -57,19 +58,36 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Small network that trains on a laptop CPU in minutes.
     pub fn tiny() -> Self {
-        Self { stem_channels: 16, dims: [32, 64, 128, 256], depths: [1, 1, 2, 1], d_state: 8, expand: 2, encoder: EncoderKind::Vss }
+        Self {
+            stem_channels: 16,
+            dims: [32, 64, 128, 256],
+            depths: [1, 1, 2, 1],
+            d_state: 8,
+            expand: 2,
+            encoder: EncoderKind::Vss,
+        }
     }
 
     /// The Swin-UMamba paper's encoder: stem 48, dims 96/192/384/768, depths 2/2/9/2, d_state 16.
     pub fn swin_umamba() -> Self {
-        Self { stem_channels: 48, dims: [96, 192, 384, 768], depths: [2, 2, 9, 2], d_state: 16, expand: 2, encoder: EncoderKind::Vss }
+        Self {
+            stem_channels: 48,
+            dims: [96, 192, 384, 768],
+            depths: [2, 2, 9, 2],
+            d_state: 16,
+            expand: 2,
+            encoder: EncoderKind::Vss,
+        }
     }
 
     /// Checks that the stage widths double (patch merging doubles the channels).
     pub fn validate(&self) -> Result<(), String> {
         for i in 1..4 {
             if self.dims[i] != 2 * self.dims[i - 1] {
-                return Err(format!("model dims must double from stage to stage, got {:?}", self.dims));
+                return Err(format!(
+                    "model dims must double from stage to stage, got {:?}",
+                    self.dims
+                ));
             }
         }
         if self.depths.contains(&0) || self.stem_channels == 0 || self.d_state == 0 {
@@ -79,12 +97,22 @@ impl ModelConfig {
     }
 
     /// Builds the network for `in_channels` input channels and `num_classes` output classes.
-    pub fn init<B: Backend>(&self, in_channels: usize, num_classes: usize, device: &B::Device) -> SwinUMamba<B> {
+    pub fn init<B: Backend>(
+        &self,
+        in_channels: usize,
+        num_classes: usize,
+        device: &B::Device,
+    ) -> SwinUMamba<B> {
         let (stem, dims) = (self.stem_channels, self.dims);
         let stages = (0..4)
             .map(|i| {
                 let blocks = (0..self.depths[i]).map(|_| match self.encoder {
-                    EncoderKind::Vss => StageBlock::Vss(VssBlockConfig::new(dims[i]).with_d_state(self.d_state).with_expand(self.expand).init(device)),
+                    EncoderKind::Vss => StageBlock::Vss(
+                        VssBlockConfig::new(dims[i])
+                            .with_d_state(self.d_state)
+                            .with_expand(self.expand)
+                            .init(device),
+                    ),
                     EncoderKind::Conv => StageBlock::Conv(ChannelsLastRes::new(dims[i], device)),
                 });
                 Stage {
@@ -93,7 +121,10 @@ impl ModelConfig {
                 }
             })
             .collect();
-        let ds_heads = vec![conv(stem, num_classes, 1, 1, device), conv(dims[0], num_classes, 1, 1, device)];
+        let ds_heads = vec![
+            conv(stem, num_classes, 1, 1, device),
+            conv(dims[0], num_classes, 1, 1, device),
+        ];
         SwinUMamba {
             stem: conv(in_channels, stem, 7, 2, device),
             stem_norm: LayerNormConfig::new(stem).init(device),
@@ -115,24 +146,40 @@ impl ModelConfig {
     }
 }
 
-fn conv<B: Backend>(cin: usize, cout: usize, kernel: usize, stride: usize, device: &B::Device) -> Conv2d<B> {
+fn conv<B: Backend>(
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
     Conv2dConfig::new([cin, cout], [kernel, kernel])
         .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+        .with_padding(PaddingConfig2d::Explicit(
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+        ))
         .init(device)
 }
 
-fn norm<B: Backend>(channels: usize, device: &B::Device) -> InstanceNorm<B> {
-    InstanceNormConfig::new(channels).with_affine(true).init(device)
+fn norm<B: Backend>(channels: usize, device: &B::Device) -> FusedInstanceNorm<B> {
+    FusedInstanceNorm::new(channels, device)
 }
+
+/// What the network needs of a backend: the selective scan and the fused instance norm.
+pub trait ModelBackend: ScanBackend + NormBackend {}
+
+impl<B: ScanBackend + NormBackend> ModelBackend for B {}
 
 /// Residual block of two 3×3 conv + instance norm + leaky ReLU (UNETR's `UnetResBlock`).
 #[derive(Module, Debug)]
 pub struct ResBlock<B: Backend> {
     conv1: Conv2d<B>,
-    norm1: InstanceNorm<B>,
+    norm1: FusedInstanceNorm<B>,
     conv2: Conv2d<B>,
-    norm2: InstanceNorm<B>,
+    norm2: FusedInstanceNorm<B>,
     shortcut: Option<Conv2d<B>>,
 }
 
@@ -146,7 +193,9 @@ impl<B: Backend> ResBlock<B> {
             shortcut: (cin != cout).then(|| conv(cin, cout, 1, 1, device)),
         }
     }
+}
 
+impl<B: NormBackend> ResBlock<B> {
     /// `[B, cin, H, W]` -> `[B, cout, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let residual = match &self.shortcut {
@@ -168,9 +217,14 @@ pub struct ChannelsLastRes<B: Backend> {
 
 impl<B: Backend> ChannelsLastRes<B> {
     fn new(channels: usize, device: &B::Device) -> Self {
-        Self { norm: LayerNormConfig::new(channels).init(device), block: ResBlock::new(channels, channels, device) }
+        Self {
+            norm: LayerNormConfig::new(channels).init(device),
+            block: ResBlock::new(channels, channels, device),
+        }
     }
+}
 
+impl<B: NormBackend> ChannelsLastRes<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = self.norm.forward(x.clone()).permute([0, 3, 1, 2]);
         x + self.block.forward(y).permute([0, 2, 3, 1])
@@ -203,13 +257,18 @@ pub struct UpBlock<B: Backend> {
 impl<B: Backend> UpBlock<B> {
     fn new(cin: usize, cout: usize, device: &B::Device) -> Self {
         Self {
-            up: ConvTranspose2dConfig::new([cin, cout], [2, 2]).with_stride([2, 2]).init(device),
+            up: ConvTranspose2dConfig::new([cin, cout], [2, 2])
+                .with_stride([2, 2])
+                .init(device),
             block: ResBlock::new(2 * cout, cout, device),
         }
     }
+}
 
+impl<B: NormBackend> UpBlock<B> {
     fn forward(&self, x: Tensor<B, 4>, skip: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.block.forward(Tensor::cat(vec![self.up.forward(x), skip], 1))
+        self.block
+            .forward(Tensor::cat(vec![self.up.forward(x), skip], 1))
     }
 }
 
@@ -228,7 +287,7 @@ pub struct SwinUMamba<B: Backend> {
     ds_heads: Vec<Conv2d<B>>,
 }
 
-impl<B: ScanBackend> SwinUMamba<B> {
+impl<B: ModelBackend> SwinUMamba<B> {
     /// `[batch, channels, H, W]` (H, W divisible by 32) -> logits at full, 1/2 and 1/4 resolution
     /// (`[batch, classes, H/s, W/s]`), full resolution first.
     pub fn forward(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
@@ -250,14 +309,22 @@ impl<B: ScanBackend> SwinUMamba<B> {
                 hidden = merge.forward(hidden);
             }
         }
-        let skips: Vec<_> = stage_outputs.into_iter().zip(&self.enc_stages).map(|(s, block)| block.forward(s)).collect();
+        let skips: Vec<_> = stage_outputs
+            .into_iter()
+            .zip(&self.enc_stages)
+            .map(|(s, block)| block.forward(s))
+            .collect();
         let [s2, s3, s4, s5]: [Tensor<B, 4>; 4] = skips.try_into().expect("four stages");
         let d4 = self.decoders[0].forward(s5, s4);
         let d3 = self.decoders[1].forward(d4, s3);
         let d2 = self.decoders[2].forward(d3, s2);
         let d1 = self.decoders[3].forward(d2.clone(), enc1);
         let d0 = self.decoders[4].forward(d1.clone(), enc0);
-        vec![self.head.forward(d0), self.ds_heads[0].forward(d1), self.ds_heads[1].forward(d2)]
+        vec![
+            self.head.forward(d0),
+            self.ds_heads[0].forward(d1),
+            self.ds_heads[1].forward(d2),
+        ]
     }
 
     /// Full-resolution logits only (inference).

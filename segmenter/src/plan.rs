@@ -36,13 +36,22 @@ impl Normalization {
             Normalization::ZScore => {
                 let n = values.len().max(1) as f64;
                 let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+                let var = values
+                    .iter()
+                    .map(|&v| (v as f64 - mean).powi(2))
+                    .sum::<f64>()
+                    / n;
                 let std = var.sqrt().max(1e-8);
                 for v in values {
                     *v = ((*v as f64 - mean) / std) as f32;
                 }
             }
-            Normalization::Ct { lower, upper, mean, std } => {
+            Normalization::Ct {
+                lower,
+                upper,
+                mean,
+                std,
+            } => {
                 let std = std.max(1e-8);
                 for v in values {
                     *v = (v.clamp(lower, upper) - mean) / std;
@@ -88,7 +97,9 @@ impl Plan {
                 spacing_sum[a] += s[a];
             }
         }
-        let slice_axis = (0..3).max_by(|&a, &b| spacing_sum[a].total_cmp(&spacing_sum[b])).unwrap_or(2);
+        let slice_axis = (0..3)
+            .max_by(|&a, &b| spacing_sum[a].total_cmp(&spacing_sum[b]))
+            .unwrap_or(2);
         let [r, c] = in_plane_axes(slice_axis);
         let max_rows = cases.iter().map(|k| k.shape[r]).max().unwrap_or(1);
         let max_cols = cases.iter().map(|k| k.shape[c]).max().unwrap_or(1);
@@ -126,10 +137,17 @@ impl Plan {
             .zip(&self.channel_names)
             .map(|(n, name)| match n {
                 Normalization::ZScore => format!("{name}: per-case z-score"),
-                Normalization::Ct { lower, upper, .. } => format!("{name}: clip to [{lower:.0}, {upper:.0}] then z-score"),
+                Normalization::Ct { lower, upper, .. } => {
+                    format!("{name}: clip to [{lower:.0}, {upper:.0}] then z-score")
+                }
             })
             .collect();
-        let labels: Vec<String> = self.labels.iter().filter(|(k, _)| **k != 0).map(|(k, v)| format!("{k}={v}")).collect();
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .filter(|(k, _)| **k != 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!(
             "slices along axis {} of {}×{} pixels; classes {}; normalisation {}",
             self.slice_axis,
@@ -147,7 +165,8 @@ impl Plan {
 
     /// Reads a `plan.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{}: invalid plan", path.display()))
     }
 
@@ -163,8 +182,16 @@ fn ct_statistics(cases: &[LoadedCase], channel: usize) -> Normalization {
     // Foreground voxels of every case, subsampled to keep memory bounded on large datasets.
     let mut values = Vec::new();
     for case in cases {
-        let (Some(label), Some(image)) = (&case.label, case.channels.get(channel)) else { continue };
-        let fg: Vec<f32> = image.data.iter().zip(label).filter(|(_, &l)| l != 0).map(|(&v, _)| v).collect();
+        let (Some(label), Some(image)) = (&case.label, case.channels.get(channel)) else {
+            continue;
+        };
+        let fg: Vec<f32> = image
+            .data
+            .iter()
+            .zip(label)
+            .filter(|(_, &l)| l != 0)
+            .map(|(&v, _)| v)
+            .collect();
         let stride = (fg.len() / 100_000).max(1);
         values.extend(fg.into_iter().step_by(stride));
     }
@@ -174,10 +201,19 @@ fn ct_statistics(cases: &[LoadedCase], channel: usize) -> Normalization {
     values.sort_by(f32::total_cmp);
     let pct = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
     let (lower, upper) = (pct(0.005), pct(0.995));
-    let clipped: Vec<f64> = values.iter().map(|v| v.clamp(lower, upper) as f64).collect();
+    let clipped: Vec<f64> = values
+        .iter()
+        .map(|v| v.clamp(lower, upper) as f64)
+        .collect();
     let mean = clipped.iter().sum::<f64>() / clipped.len() as f64;
-    let std = (clipped.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / clipped.len() as f64).sqrt();
-    Normalization::Ct { lower, upper, mean: mean as f32, std: std as f32 }
+    let std =
+        (clipped.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / clipped.len() as f64).sqrt();
+    Normalization::Ct {
+        lower,
+        upper,
+        mean: mean as f32,
+        std: std as f32,
+    }
 }
 
 /// The two in-plane axes (rows, cols) for a slice axis.
@@ -251,17 +287,26 @@ mod tests {
         let shape = [3, 4, 5];
         let volume: Vec<u32> = (0..60).collect();
         for axis in 0..3 {
-            let geometry = SliceGeometry { shape, slice_axis: axis };
+            let geometry = SliceGeometry {
+                shape,
+                slice_axis: axis,
+            };
             let mut rebuilt = vec![0u32; 60];
             for s in 0..geometry.count() {
                 let slice = geometry.extract(&volume, s);
-                assert_eq!(slice.len(), geometry.slice_shape()[0] * geometry.slice_shape()[1]);
+                assert_eq!(
+                    slice.len(),
+                    geometry.slice_shape()[0] * geometry.slice_shape()[1]
+                );
                 geometry.insert(&mut rebuilt, s, &slice);
             }
             assert_eq!(rebuilt, volume, "axis {axis}");
         }
         // Axis 2, slice 1, row 2 (x), col 3 (y): voxel x=2, y=3, z=1.
-        let g = SliceGeometry { shape, slice_axis: 2 };
+        let g = SliceGeometry {
+            shape,
+            slice_axis: 2,
+        };
         assert_eq!(g.extract(&volume, 1)[2 * 4 + 3], (2 + 3 * (3 + 4)) as u32);
     }
 
@@ -272,7 +317,13 @@ mod tests {
         let std = 1.25f32.sqrt();
         assert!((v[0] - (-1.5 / std)).abs() < 1e-6 && (v[3] - 1.5 / std).abs() < 1e-6);
         let mut ct = vec![-2000.0, 0.0, 100.0, 5000.0];
-        Normalization::Ct { lower: -1000.0, upper: 1000.0, mean: 50.0, std: 10.0 }.apply(&mut ct);
+        Normalization::Ct {
+            lower: -1000.0,
+            upper: 1000.0,
+            mean: 50.0,
+            std: 10.0,
+        }
+        .apply(&mut ct);
         assert_eq!(ct, vec![-105.0, -5.0, 5.0, 95.0]);
     }
 }

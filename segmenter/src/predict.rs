@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use segmenter_io::{find_cases, load_case, write_labels, Case};
-use vision_ssm::ScanBackend;
 
 use crate::infer::{predict_volume, WindowSettings};
+use crate::model::ModelBackend;
 use crate::run::RunDir;
 
 /// Options of `segmenter predict`.
@@ -37,25 +37,41 @@ pub struct PredictReport {
 }
 
 fn output_name(case: &Case) -> String {
-    let first = case.images[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ending = if first.ends_with(".nii.gz") { ".nii.gz" } else { ".nii" };
+    let first = case.images[0]
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ending = if first.ends_with(".nii.gz") {
+        ".nii.gz"
+    } else {
+        ".nii"
+    };
     format!("{}{ending}", case.id)
 }
 
 /// Predicts every case under `options.input` with the run in `options.model`.
-pub fn predict<B: ScanBackend>(options: &PredictOptions, device: &B::Device) -> Result<PredictReport> {
+pub fn predict<B: ModelBackend>(
+    options: &PredictOptions,
+    device: &B::Device,
+) -> Result<PredictReport> {
     let run = RunDir::open(&options.model)?;
     let (model, plan) = run.load_model::<B>(device)?;
     let cases = find_cases(&options.input, Some(&plan.file_ending))?;
     if cases.is_empty() {
-        bail!("{}: no .nii or .nii.gz scans found", options.input.display());
+        bail!(
+            "{}: no .nii or .nii.gz scans found",
+            options.input.display()
+        );
     }
-    std::fs::create_dir_all(&options.output).with_context(|| format!("{}: cannot create output folder", options.output.display()))?;
+    std::fs::create_dir_all(&options.output)
+        .with_context(|| format!("{}: cannot create output folder", options.output.display()))?;
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} cases (eta {eta}) {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} cases (eta {eta}) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let mut report = PredictReport::default();
     let (mut voxels, started) = (0usize, Instant::now());
@@ -68,12 +84,30 @@ pub fn predict<B: ScanBackend>(options: &PredictOptions, device: &B::Device) -> 
         }
         let result = (|| -> Result<usize> {
             if case.images.len() != plan.channel_names.len() {
-                bail!("has {} channel file(s), the model expects {} ({})", case.images.len(), plan.channel_names.len(), plan.channel_names.join(", "));
+                bail!(
+                    "has {} channel file(s), the model expects {} ({})",
+                    case.images.len(),
+                    plan.channel_names.len(),
+                    plan.channel_names.join(", ")
+                );
             }
-            let loaded = load_case(&Case { label: None, ..case.clone() }, &plan.labels)?;
+            let loaded = load_case(
+                &Case {
+                    label: None,
+                    ..case.clone()
+                },
+                &plan.labels,
+            )?;
             let mut channels: Vec<Vec<f32>> = loaded.channels.into_iter().map(|v| v.data).collect();
             plan.normalize(&mut channels);
-            let labels = predict_volume(&model, &plan, &channels, loaded.shape, &WindowSettings::default(), device);
+            let labels = predict_volume(
+                &model,
+                &plan,
+                &channels,
+                loaded.shape,
+                &WindowSettings::default(),
+                device,
+            );
             write_labels(&target, &loaded.header, &labels)?;
             Ok(labels.len())
         })();
@@ -83,12 +117,20 @@ pub fn predict<B: ScanBackend>(options: &PredictOptions, device: &B::Device) -> 
                 report.written.push(target);
             }
             Err(e) => {
-                bar.println(format!("error: case '{}': {e:#}", case.id));
+                let line = format!("error: case '{}': {e:#}", case.id);
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
                 report.failed.push((case.id.clone(), format!("{e:#}")));
             }
         }
         bar.inc(1);
-        bar.set_message(format!("{:.0} voxels/s", voxels as f64 / started.elapsed().as_secs_f64().max(1e-9)));
+        bar.set_message(format!(
+            "{:.0} voxels/s",
+            voxels as f64 / started.elapsed().as_secs_f64().max(1e-9)
+        ));
     }
     bar.finish_and_clear();
     Ok(report)
@@ -96,12 +138,28 @@ pub fn predict<B: ScanBackend>(options: &PredictOptions, device: &B::Device) -> 
 
 /// The default output folder name for a prediction next to an input.
 pub fn describe(report: &PredictReport, output: &Path) -> String {
-    let mut s = format!("{} label map(s) written to {}", report.written.len(), output.display());
+    let mut s = format!(
+        "{} label map(s) written to {}",
+        report.written.len(),
+        output.display()
+    );
     if !report.skipped.is_empty() {
-        s += &format!("; {} skipped (already predicted; --overwrite to redo)", report.skipped.len());
+        s += &format!(
+            "; {} skipped (already predicted; --overwrite to redo)",
+            report.skipped.len()
+        );
     }
     if !report.failed.is_empty() {
-        s += &format!("; {} failed: {}", report.failed.len(), report.failed.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", "));
+        s += &format!(
+            "; {} failed: {}",
+            report.failed.len(),
+            report
+                .failed
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     s
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::config::ExperimentConfig;
 use crate::model::SwinUMamba;
 use crate::plan::Plan;
+use crate::train::TrainState;
 
 /// A run folder on disk.
 pub struct RunDir {
@@ -22,10 +23,16 @@ impl RunDir {
     /// Creates a new run folder; refuses to reuse one that already holds a run.
     pub fn create(path: &Path) -> Result<Self> {
         if path.join("plan.json").exists() || path.join("model.mpk").exists() {
-            bail!("{}: already holds a run; choose another --out (nothing was overwritten)", path.display());
+            bail!(
+                "{}: already holds a run; choose another --out (nothing was overwritten)",
+                path.display()
+            );
         }
-        std::fs::create_dir_all(path).with_context(|| format!("{}: cannot create run folder", path.display()))?;
-        Ok(Self { path: path.to_path_buf() })
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("{}: cannot create run folder", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
     }
 
     /// Opens an existing run folder for prediction.
@@ -35,7 +42,91 @@ impl RunDir {
                 bail!("{}: not a run folder ({} is missing); pass the --out folder of `segmenter train`", path.display(), needed);
             }
         }
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens a run folder that holds a checkpoint, to continue training.
+    pub fn open_for_resume(path: &Path) -> Result<Self> {
+        for needed in ["run.json", "splits.json", "config.toml", "plan.json"] {
+            if !path.join(needed).exists() {
+                bail!("{}: cannot resume, {} is missing (was this folder written by `segmenter train`?)", path.display(), needed);
+            }
+        }
+        let run = Self {
+            path: path.to_path_buf(),
+        };
+        if run.checkpoint_dir().is_none() {
+            bail!("{}: cannot resume, no checkpoint yet (training was stopped before its first epoch ended)", path.display());
+        }
+        Ok(run)
+    }
+
+    /// Reads a JSON file of the run.
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let path = self.path.join(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))
+    }
+
+    // A checkpoint is a folder (state.json, model.mpk, optimizer.mpk) built under a temporary name
+    // and renamed into place, so `checkpoint/` is always complete. Between the two renames a crash
+    // leaves only `checkpoint.old/`, which is then used.
+    fn checkpoint_dir(&self) -> Option<PathBuf> {
+        ["checkpoint", "checkpoint.old"]
+            .iter()
+            .map(|n| self.path.join(n))
+            .find(|d| d.join("state.json").exists())
+    }
+
+    /// Writes a complete training checkpoint atomically.
+    pub fn save_checkpoint(
+        &self,
+        state: &TrainState,
+        model: &[u8],
+        optimizer: &[u8],
+    ) -> Result<()> {
+        let tmp = self
+            .path
+            .join(format!(".checkpoint.tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        crate::fsutil::write_atomic(&tmp.join("model.mpk"), model)?;
+        crate::fsutil::write_atomic(&tmp.join("optimizer.mpk"), optimizer)?;
+        crate::fsutil::write_atomic(
+            &tmp.join("state.json"),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )?;
+        let (current, old) = (
+            self.path.join("checkpoint"),
+            self.path.join("checkpoint.old"),
+        );
+        let _ = std::fs::remove_dir_all(&old);
+        if current.exists() {
+            std::fs::rename(&current, &old)
+                .with_context(|| format!("{}: cannot rotate", current.display()))?;
+        }
+        std::fs::rename(&tmp, &current)
+            .with_context(|| format!("{}: cannot write", current.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Reads the latest checkpoint: training state, model bytes, optimiser bytes.
+    pub fn load_checkpoint(&self) -> Result<(TrainState, Vec<u8>, Vec<u8>)> {
+        let dir = self
+            .checkpoint_dir()
+            .with_context(|| format!("{}: no checkpoint", self.path.display()))?;
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))
+        };
+        let state: TrainState = serde_json::from_slice(&read("state.json")?)
+            .with_context(|| format!("{}: invalid", dir.join("state.json").display()))?;
+        Ok((state, read("model.mpk")?, read("optimizer.mpk")?))
     }
 
     /// The folder.
@@ -45,7 +136,10 @@ impl RunDir {
 
     /// Writes a JSON file into the run (atomically).
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        crate::fsutil::write_atomic(&self.path.join(name), serde_json::to_string_pretty(value)?.as_bytes())
+        crate::fsutil::write_atomic(
+            &self.path.join(name),
+            serde_json::to_string_pretty(value)?.as_bytes(),
+        )
     }
 
     /// Writes `plan.json`.
@@ -71,8 +165,13 @@ impl RunDir {
     /// Appends one JSON line to `log.jsonl`.
     pub fn append_log<T: Serialize>(&self, entry: &T) -> Result<()> {
         let path = self.path.join("log.jsonl");
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
-        writeln!(file, "{}", serde_json::to_string(entry)?).with_context(|| format!("{}: cannot write", path.display()))
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        writeln!(file, "{}", serde_json::to_string(entry)?)
+            .with_context(|| format!("{}: cannot write", path.display()))
     }
 
     /// Saves weights as `<name>.mpk` (atomically).
@@ -88,11 +187,17 @@ impl RunDir {
         let plan = self.plan()?;
         let config = self.config()?;
         let path = self.path.join("model.mpk");
-        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
         let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
             .load(bytes, device)
-            .with_context(|| format!("{}: not a model of this run's architecture", path.display()))?;
-        let model = config.model.init::<B>(plan.channel_names.len(), plan.num_classes(), device).load_record(record);
+            .with_context(|| {
+                format!("{}: not a model of this run's architecture", path.display())
+            })?;
+        let model = config
+            .model
+            .init::<B>(plan.channel_names.len(), plan.num_classes(), device)
+            .load_record(record);
         Ok((model, plan))
     }
 }

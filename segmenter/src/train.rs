@@ -1,8 +1,10 @@
 //! Training: slice-wise Dice + cross-entropy with deep supervision, AdamW with warm-up and
 //! polynomial decay, validation on whole held-out volumes, best and last weights in the run folder.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
@@ -16,13 +18,12 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use segmenter_io::{load_case, load_dataset, LoadedCase};
 use serde::{Deserialize, Serialize};
-use vision_ssm::ScanBackend;
 
 use crate::config::ExperimentConfig;
 use crate::data::{Augmentation, Sampler, TrainVolume};
 use crate::evaluate::dice_per_class;
 use crate::infer::{predict_volume, WindowSettings};
-use crate::model::SwinUMamba;
+use crate::model::{ModelBackend, SwinUMamba};
 use crate::plan::{Plan, SliceGeometry};
 use crate::run::RunDir;
 
@@ -66,7 +67,10 @@ struct EpochLog {
 }
 
 /// Loads and checks every case of a dataset in parallel, naming the case that fails.
-pub fn load_cases(cases: &[segmenter_io::Case], labels: &std::collections::BTreeMap<u8, String>) -> Result<Vec<LoadedCase>> {
+pub fn load_cases(
+    cases: &[segmenter_io::Case],
+    labels: &std::collections::BTreeMap<u8, String>,
+) -> Result<Vec<LoadedCase>> {
     cases
         .par_iter()
         .map(|case| load_case(case, labels).with_context(|| format!("case '{}'", case.id)))
@@ -80,7 +84,8 @@ pub fn split_cases(ids: &[String], val_fraction: f64, seed: u64) -> Result<Split
     }
     let mut shuffled = ids.to_vec();
     shuffled.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(seed));
-    let n_val = ((ids.len() as f64 * val_fraction).round() as usize).min(ids.len().saturating_sub(1));
+    let n_val =
+        ((ids.len() as f64 * val_fraction).round() as usize).min(ids.len().saturating_sub(1));
     let (val, train) = shuffled.split_at(n_val);
     let (mut train, mut val) = (train.to_vec(), val.to_vec());
     train.sort();
@@ -91,15 +96,28 @@ pub fn split_cases(ids: &[String], val_fraction: f64, seed: u64) -> Result<Split
 fn prepare_volume(plan: &Plan, case: LoadedCase) -> Result<TrainVolume> {
     let mut channels: Vec<Vec<f32>> = case.channels.into_iter().map(|v| v.data).collect();
     plan.normalize(&mut channels);
-    let label = case.label.with_context(|| format!("case '{}' has no label map", case.id))?;
-    Ok(TrainVolume::new(case.id, channels, label, SliceGeometry { shape: case.shape, slice_axis: plan.slice_axis }))
+    let label = case
+        .label
+        .with_context(|| format!("case '{}' has no label map", case.id))?;
+    Ok(TrainVolume::new(
+        case.id,
+        channels,
+        label,
+        SliceGeometry {
+            shape: case.shape,
+            slice_axis: plan.slice_axis,
+        },
+    ))
 }
 
 /// Dice + cross-entropy of logits `[B, K, H, W]` against one-hot targets `[B, K, H, W]`.
 pub fn dice_ce_loss<B: Backend>(logits: Tensor<B, 4>, one_hot: Tensor<B, 4>) -> Tensor<B, 1> {
     let log_probs = activation::log_softmax(logits, 1);
     let [_, classes, _, _] = log_probs.dims();
-    let ce = (log_probs.clone() * one_hot.clone()).sum_dim(1).mean().neg();
+    let ce = (log_probs.clone() * one_hot.clone())
+        .sum_dim(1)
+        .mean()
+        .neg();
     let probs = log_probs.exp();
     // Batch Dice per class (nnU-Net's 2D setting), background excluded.
     let sum = |t: Tensor<B, 4>| t.sum_dim(0).sum_dim(2).sum_dim(3).reshape([classes]);
@@ -111,13 +129,21 @@ pub fn dice_ce_loss<B: Backend>(logits: Tensor<B, 4>, one_hot: Tensor<B, 4>) -> 
 }
 
 /// One-hot `[B, K, H/stride, W/stride]` targets from labels `[B, H, W]`, subsampled by `stride`.
-fn one_hot<B: Backend>(labels: &[u8], [batch, rows, cols]: [usize; 3], classes: usize, stride: usize, device: &B::Device) -> Tensor<B, 4> {
+fn one_hot<B: Backend>(
+    labels: &[u8],
+    [batch, rows, cols]: [usize; 3],
+    classes: usize,
+    stride: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let (r, c) = (rows / stride, cols / stride);
     let mut values = vec![0.0f32; batch * classes * r * c];
     for b in 0..batch {
         for i in 0..r {
             for j in 0..c {
-                let l = labels[(b * rows + i * stride + stride / 2) * cols + j * stride + stride / 2] as usize;
+                let l = labels
+                    [(b * rows + i * stride + stride / 2) * cols + j * stride + stride / 2]
+                    as usize;
                 values[((b * classes + l.min(classes - 1)) * r + i) * c + j] = 1.0;
             }
         }
@@ -133,33 +159,88 @@ pub fn learning_rate(peak: f64, warmup_steps: usize, step: usize, progress: f64)
     peak * (1.0 - progress.clamp(0.0, 1.0)).powf(0.9)
 }
 
-/// Trains a model as configured and writes the run folder; returns the best validation Dice.
-pub fn train<B>(config: &ExperimentConfig, options: &TrainOptions, device: &B::Device) -> Result<Option<f64>>
-where
-    B: AutodiffBackend + ScanBackend,
-    B::InnerBackend: ScanBackend,
-{
-    let started = Instant::now();
-    let dataset = load_dataset(&options.data)?;
-    let labelled: Vec<_> = dataset.cases.iter().filter(|c| c.label.is_some()).cloned().collect();
-    if labelled.len() < 2 {
-        bail!("{}: need at least 2 labelled cases to train, found {}", options.data.display(), labelled.len());
-    }
-    let run = RunDir::create(&options.out)?;
-    let ids: Vec<String> = labelled.iter().map(|c| c.id.clone()).collect();
-    let split = split_cases(&ids, options.val_fraction, options.seed)?;
-    run.write_json("splits.json", &split)?;
-    eprintln!("Loading {} cases from {} …", labelled.len(), options.data.display());
-    let loaded = load_cases(&labelled, &dataset.labels)?;
-    let (train_cases, val_cases): (Vec<LoadedCase>, Vec<LoadedCase>) = loaded.into_iter().partition(|c| split.train.contains(&c.id));
-    let plan = Plan::from_dataset(&dataset, &train_cases, config.train.max_patch_side);
-    eprintln!("Plan: {}", plan.describe());
-    eprintln!("Split: {} training cases, {} validation cases (seed {})", train_cases.len(), val_cases.len(), options.seed);
-    run.write_plan(&plan)?;
-    run.write_config(config)?;
+/// What a run needs to be resumed, beyond config and plan: written to `run.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Dataset folder (absolute).
+    pub data: PathBuf,
+    /// Seed of split, initialisation and sampling.
+    pub seed: u64,
+    /// Fraction held out for validation.
+    pub val_fraction: f64,
+    /// Wall-time budget in seconds, if any.
+    pub time_budget_s: Option<f64>,
+}
 
-    let volumes: Vec<TrainVolume> = train_cases.into_iter().map(|c| prepare_volume(&plan, c)).collect::<Result<_>>()?;
-    let val_volumes: Vec<(LoadedCase, Vec<Vec<f32>>)> = val_cases
+/// Training progress saved with each checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Optimiser steps taken (the sampler's position: batch `step` depends only on seed and step).
+    pub step: usize,
+    /// Training wall time so far, in seconds.
+    pub elapsed_s: f64,
+    /// Best validation mean foreground Dice so far.
+    pub best_dice: Option<f64>,
+}
+
+struct Prepared {
+    run: RunDir,
+    plan: Plan,
+    volumes: Vec<TrainVolume>,
+    val_volumes: Vec<(LoadedCase, Vec<Vec<f32>>)>,
+}
+
+fn prepare(
+    run: RunDir,
+    plan: Option<Plan>,
+    info: &RunInfo,
+    split: &Split,
+    config: &ExperimentConfig,
+) -> Result<Prepared> {
+    let dataset = load_dataset(&info.data)?;
+    let wanted: Vec<_> = dataset
+        .cases
+        .iter()
+        .filter(|c| split.train.contains(&c.id) || split.val.contains(&c.id))
+        .cloned()
+        .collect();
+    if wanted.len() != split.train.len() + split.val.len() {
+        bail!(
+            "{}: some cases of the run's splits.json are no longer in the dataset",
+            info.data.display()
+        );
+    }
+    eprintln!(
+        "Loading {} cases from {} …",
+        wanted.len(),
+        info.data.display()
+    );
+    let loaded = load_cases(&wanted, &dataset.labels)?;
+    let (train_cases, val_cases): (Vec<LoadedCase>, Vec<LoadedCase>) = loaded
+        .into_iter()
+        .partition(|c| split.train.contains(&c.id));
+    let plan = match plan {
+        Some(plan) => plan,
+        None => {
+            let plan = Plan::from_dataset(&dataset, &train_cases, config.train.max_patch_side);
+            run.write_plan(&plan)?;
+            plan
+        }
+    };
+    eprintln!("Plan: {}", plan.describe());
+    eprintln!(
+        "Split: {} training cases, {} validation cases (seed {})",
+        train_cases.len(),
+        val_cases.len(),
+        info.seed
+    );
+    let volumes = train_cases
+        .into_iter()
+        .map(|c| prepare_volume(&plan, c))
+        .collect::<Result<_>>()?;
+    let val_volumes = val_cases
         .into_iter()
         .map(|c| {
             let mut ch: Vec<Vec<f32>> = c.channels.iter().map(|v| v.data.clone()).collect();
@@ -167,70 +248,226 @@ where
             (c, ch)
         })
         .collect();
+    Ok(Prepared {
+        run,
+        plan,
+        volumes,
+        val_volumes,
+    })
+}
 
+/// Trains a model as configured and writes the run folder; returns the best validation Dice.
+pub fn train<B>(
+    config: &ExperimentConfig,
+    options: &TrainOptions,
+    device: &B::Device,
+) -> Result<Option<f64>>
+where
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
+{
+    let dataset = load_dataset(&options.data)?;
+    let ids: Vec<String> = dataset
+        .cases
+        .iter()
+        .filter(|c| c.label.is_some())
+        .map(|c| c.id.clone())
+        .collect();
+    if ids.len() < 2 {
+        bail!(
+            "{}: need at least 2 labelled cases to train, found {}",
+            options.data.display(),
+            ids.len()
+        );
+    }
+    let split = split_cases(&ids, options.val_fraction, options.seed)?;
+    let run = RunDir::create(&options.out)?;
+    let data = std::fs::canonicalize(&options.data).unwrap_or_else(|_| options.data.clone());
+    let info = RunInfo {
+        data,
+        seed: options.seed,
+        val_fraction: options.val_fraction,
+        time_budget_s: options.time_budget.map(|d| d.as_secs_f64()),
+    };
+    run.write_json("run.json", &info)?;
+    run.write_json("splits.json", &split)?;
+    run.write_config(config)?;
+    let prepared = prepare(run, None, &info, &split, config)?;
     B::seed(device, options.seed);
-    let classes = plan.num_classes();
-    let mut model: SwinUMamba<B> = config.model.init(plan.channel_names.len(), classes, device);
+    let model: SwinUMamba<B> = config.model.init(
+        prepared.plan.channel_names.len(),
+        prepared.plan.num_classes(),
+        device,
+    );
+    let optimizer = optimizer_for::<B>(config);
+    let state = TrainState {
+        epochs_done: 0,
+        step: 0,
+        elapsed_s: 0.0,
+        best_dice: None,
+    };
+    fit(config, &info, prepared, model, optimizer, state, device)
+}
+
+/// Continues a run from its last checkpoint (`segmenter train --resume RUN_DIR`).
+pub fn resume<B>(run_dir: &std::path::Path, device: &B::Device) -> Result<Option<f64>>
+where
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
+{
+    let run = RunDir::open_for_resume(run_dir)?;
+    let info: RunInfo = run.read_json("run.json")?;
+    let split: Split = run.read_json("splits.json")?;
+    let config = run.config()?;
+    let plan = run.plan()?;
+    let (state, model_bytes, optim_bytes) = run.load_checkpoint()?;
+    eprintln!(
+        "Resuming {} at epoch {}, step {} ({:.1} min trained)",
+        run_dir.display(),
+        state.epochs_done + 1,
+        state.step,
+        state.elapsed_s / 60.0
+    );
+    let prepared = prepare(run, Some(plan), &info, &split, &config)?;
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let model: SwinUMamba<B> = config.model.init(
+        prepared.plan.channel_names.len(),
+        prepared.plan.num_classes(),
+        device,
+    );
+    let model = model.load_record(
+        recorder
+            .load(model_bytes, device)
+            .context("checkpoint model does not match the run's config")?,
+    );
+    let optimizer = optimizer_for::<B>(&config);
+    let optimizer = optimizer.load_record(
+        recorder
+            .load(optim_bytes, device)
+            .context("checkpoint optimiser state is unreadable")?,
+    );
+    fit(&config, &info, prepared, model, optimizer, state, device)
+}
+
+fn optimizer_for<B>(config: &ExperimentConfig) -> impl Optimizer<SwinUMamba<B>, B>
+where
+    B: AutodiffBackend + ModelBackend,
+{
     let t = &config.train;
-    let mut optimizer = AdamWConfig::new()
+    AdamWConfig::new()
         .with_weight_decay(t.weight_decay as f32)
-        .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(t.grad_clip_norm as f32)))
-        .init::<B, SwinUMamba<B>>();
+        .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(
+            t.grad_clip_norm as f32,
+        )))
+        .init::<B, SwinUMamba<B>>()
+}
+
+fn fit<B, O>(
+    config: &ExperimentConfig,
+    info: &RunInfo,
+    prepared: Prepared,
+    mut model: SwinUMamba<B>,
+    mut optimizer: O,
+    mut state: TrainState,
+    device: &B::Device,
+) -> Result<Option<f64>>
+where
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
+    O: Optimizer<SwinUMamba<B>, B>,
+{
+    let Prepared {
+        run,
+        plan,
+        volumes,
+        val_volumes,
+    } = prepared;
+    let t = &config.train;
+    let classes = plan.num_classes();
+    let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
     let sampler = Sampler {
         volumes: &volumes,
         patch_size: plan.patch_size,
         foreground_fraction: t.foreground_fraction,
         augmentation: Augmentation::default(),
-        seed: options.seed,
+        seed: info.seed,
     };
-
     let total_steps = t.epochs * t.steps_per_epoch;
     let progress_bar = ProgressBar::new(total_steps as u64);
     progress_bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} (eta {eta}) {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} (eta {eta}) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
+    progress_bar.set_position(state.step as u64);
     let [pr, pc] = plan.patch_size;
     let ds_weights = [4.0 / 7.0, 2.0 / 7.0, 1.0 / 7.0];
-    let mut best: Option<f64> = None;
-    let mut step = 0usize;
-    let budget = options.time_budget;
-    'epochs: for epoch in 0..t.epochs {
+    let budget = info.time_budget_s.map(Duration::from_secs_f64);
+    let mut lr = t.learning_rate;
+    while state.epochs_done < t.epochs {
+        let epoch = state.epochs_done;
         let (mut loss_sum, mut loss_count, mut skipped) = (0.0f64, 0usize, 0usize);
-        let mut lr = t.learning_rate;
-        for _ in 0..t.steps_per_epoch {
+        let mut out_of_time = false;
+        while state.step < (epoch + 1) * t.steps_per_epoch {
             let elapsed = started.elapsed();
             if budget.is_some_and(|b| elapsed >= b) {
-                progress_bar.println(format!("Time budget reached after {step} steps."));
-                let val = validate(&model, &plan, &val_volumes, device);
-                finish_epoch(&run, epoch, step, started, lr, loss_sum, loss_count, skipped, val, &mut best, &model)?;
-                break 'epochs;
+                say(
+                    &progress_bar,
+                    format!("Time budget reached after {} steps.", state.step),
+                );
+                out_of_time = true;
+                break;
             }
             let progress = match budget {
-                Some(b) => (step as f64 / total_steps as f64).max(elapsed.as_secs_f64() / b.as_secs_f64()),
-                None => step as f64 / total_steps as f64,
+                Some(b) => (state.step as f64 / total_steps as f64)
+                    .max(elapsed.as_secs_f64() / b.as_secs_f64()),
+                None => state.step as f64 / total_steps as f64,
             };
-            lr = learning_rate(t.learning_rate, t.warmup_steps, step, progress);
-            let batch = sampler.batch(step as u64, t.batch_size);
-            let x = Tensor::<B, 4>::from_data(TensorData::new(batch.images, [batch.batch, plan.channel_names.len(), pr, pc]), device);
-            let outputs = model.forward(x);
+            lr = learning_rate(t.learning_rate, t.warmup_steps, state.step, progress);
+            let batch = sampler.batch(state.step as u64, t.batch_size);
+            let mut images = batch.images;
+            if std::env::var_os("SEGMENTER_INJECT_NAN_AT_STEP")
+                .is_some_and(|v| v.to_str() == Some(&state.step.to_string()))
+            {
+                // Test hook: a corrupted batch must be skipped without poisoning the weights.
+                images[0] = f32::NAN;
+            }
+            let x = Tensor::<B, 4>::from_data(
+                TensorData::new(images, [batch.batch, plan.channel_names.len(), pr, pc]),
+                device,
+            );
             let mut loss = None;
-            for (scale, (logits, weight)) in outputs.into_iter().zip(ds_weights).enumerate() {
-                let target = one_hot::<B>(&batch.labels, [batch.batch, pr, pc], classes, 1 << scale, device);
+            for (scale, (logits, weight)) in
+                model.forward(x).into_iter().zip(ds_weights).enumerate()
+            {
+                let target = one_hot::<B>(
+                    &batch.labels,
+                    [batch.batch, pr, pc],
+                    classes,
+                    1 << scale,
+                    device,
+                );
                 let term = dice_ce_loss(logits, target) * weight;
                 loss = Some(match loss {
                     None => term,
                     Some(l) => l + term,
                 });
             }
-            let loss = loss.expect("at least one output");
+            let loss = loss.expect("the network has at least one output");
             let value = loss.clone().into_scalar().elem::<f64>();
-            step += 1;
+            state.step += 1;
             progress_bar.inc(1);
             if !value.is_finite() {
                 skipped += 1;
-                progress_bar.println(format!("step {step}: loss is {value}; step skipped"));
+                say(
+                    &progress_bar,
+                    format!(
+                        "step {}: loss is {value}; step skipped, weights unchanged",
+                        state.step
+                    ),
+                );
                 continue;
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -242,70 +479,101 @@ where
                 epoch + 1,
                 t.epochs,
                 loss_sum / loss_count as f64,
-                best.map(|d| format!(" best val Dice {d:.3}")).unwrap_or_default()
+                state
+                    .best_dice
+                    .map(|d| format!(" best val Dice {d:.3}"))
+                    .unwrap_or_default()
             ));
         }
-        let last = epoch + 1 == t.epochs;
-        let val = ((epoch + 1) % t.val_every == 0 || last).then(|| validate(&model, &plan, &val_volumes, device)).flatten();
-        finish_epoch(&run, epoch, step, started, lr, loss_sum, loss_count, skipped, val, &mut best, &model)?;
+        let validate_now = out_of_time || (epoch + 1) % t.val_every == 0 || epoch + 1 == t.epochs;
+        let val = if validate_now {
+            validate(&model, &plan, &val_volumes, device)
+        } else {
+            None
+        };
+        if !out_of_time {
+            state.epochs_done += 1;
+        }
+        state.elapsed_s = started.elapsed().as_secs_f64();
+        let epoch_log = EpochLog {
+            epoch,
+            step: state.step,
+            elapsed_s: state.elapsed_s,
+            learning_rate: lr,
+            train_loss: loss_sum / loss_count.max(1) as f64,
+            skipped_steps: skipped,
+            val_mean_foreground_dice: val.as_ref().map(|d| mean_ignoring_nan(&d[1..])),
+            val_dice: val,
+        };
+        finish_epoch(&run, &epoch_log, &mut state, &model, &optimizer)?;
+        if out_of_time {
+            break;
+        }
     }
     progress_bar.finish_and_clear();
     eprintln!(
         "Training finished in {:.1} min: {} steps{}. Run folder: {}",
         started.elapsed().as_secs_f64() / 60.0,
-        step,
-        best.map(|d| format!(", best validation mean foreground Dice {d:.4}")).unwrap_or_default(),
+        state.step,
+        state
+            .best_dice
+            .map(|d| format!(", best validation mean foreground Dice {d:.4}"))
+            .unwrap_or_default(),
         run.path().display()
     );
-    Ok(best)
+    Ok(state.best_dice)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish_epoch<B: AutodiffBackend>(
+/// Prints a line above the progress bar, or plainly when the bar is hidden (output not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+fn finish_epoch<B, O>(
     run: &RunDir,
-    epoch: usize,
-    step: usize,
-    started: Instant,
-    lr: f64,
-    loss_sum: f64,
-    loss_count: usize,
-    skipped: usize,
-    val: Option<Vec<f64>>,
-    best: &mut Option<f64>,
+    log: &EpochLog,
+    state: &mut TrainState,
     model: &SwinUMamba<B>,
-) -> Result<()> {
-    let mean_fg = val.as_ref().map(|d| mean_ignoring_nan(&d[1..]));
-    if let (Some(per_class), Some(mean)) = (&val, mean_fg) {
+    optimizer: &O,
+) -> Result<()>
+where
+    B: AutodiffBackend,
+    O: Optimizer<SwinUMamba<B>, B>,
+{
+    if let (Some(per_class), Some(mean)) = (&log.val_dice, log.val_mean_foreground_dice) {
         let classes: Vec<String> = per_class[1..].iter().map(|d| format!("{d:.4}")).collect();
         eprintln!(
-            "epoch {} (step {step}, {:.1} min): validation Dice per class [{}], mean foreground {mean:.4}",
-            epoch + 1,
-            started.elapsed().as_secs_f64() / 60.0,
+            "epoch {} (step {}, {:.1} min): validation Dice per class [{}], mean foreground {mean:.4}",
+            log.epoch + 1,
+            log.step,
+            log.elapsed_s / 60.0,
             classes.join(", ")
         );
     }
-    run.append_log(&EpochLog {
-        epoch,
-        step,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        learning_rate: lr,
-        train_loss: loss_sum / loss_count.max(1) as f64,
-        skipped_steps: skipped,
-        val_dice: val.clone(),
-        val_mean_foreground_dice: mean_fg,
-    })?;
+    run.append_log(log)?;
     // model.mpk is always the latest weights (what predict uses, as nnU-Net uses its final
     // checkpoint); model_best.mpk is the best on validation, kept for inspection, because choosing
     // it by validation Dice would make that Dice optimistic.
     let inner = model.valid();
     run.save_model("model", &inner)?;
-    if let Some(dice) = mean_fg {
-        if best.is_none_or(|b| dice > b) {
-            *best = Some(dice);
+    if let Some(dice) = log.val_mean_foreground_dice {
+        if state.best_dice.is_none_or(|b| dice > b) {
+            state.best_dice = Some(dice);
             run.save_model("model_best", &inner)?;
         }
     }
-    Ok(())
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let model_bytes = recorder
+        .record(model.clone().into_record(), ())
+        .context("cannot serialise the model")?;
+    let optim_bytes = recorder
+        .record(optimizer.to_record(), ())
+        .context("cannot serialise the optimiser")?;
+    run.save_checkpoint(state, &model_bytes, &optim_bytes)
 }
 
 fn mean_ignoring_nan(values: &[f64]) -> f64 {
@@ -318,10 +586,15 @@ fn mean_ignoring_nan(values: &[f64]) -> f64 {
 }
 
 /// Per-class Dice (index = class id) averaged over the validation volumes; `None` without any.
-fn validate<B>(model: &SwinUMamba<B>, plan: &Plan, volumes: &[(LoadedCase, Vec<Vec<f32>>)], device: &B::Device) -> Option<Vec<f64>>
+fn validate<B>(
+    model: &SwinUMamba<B>,
+    plan: &Plan,
+    volumes: &[(LoadedCase, Vec<Vec<f32>>)],
+    device: &B::Device,
+) -> Option<Vec<f64>>
 where
     B: AutodiffBackend,
-    B::InnerBackend: ScanBackend,
+    B::InnerBackend: ModelBackend,
 {
     if volumes.is_empty() {
         return None;
@@ -331,15 +604,67 @@ where
     let per_case: Vec<Vec<f64>> = volumes
         .iter()
         .map(|(case, channels)| {
-            let pred = predict_volume(&inner, plan, channels, case.shape, &WindowSettings::default(), device);
+            let pred = predict_volume(
+                &inner,
+                plan,
+                channels,
+                case.shape,
+                &WindowSettings::default(),
+                device,
+            );
             let reference = case.label.as_deref().unwrap_or(&[]);
             dice_per_class(&pred, reference, classes)
         })
         .collect();
-    Some((0..classes).map(|k| mean_ignoring_nan(&per_case.iter().map(|d| d[k]).collect::<Vec<_>>())).collect())
+    Some(
+        (0..classes)
+            .map(|k| mean_ignoring_nan(&per_case.iter().map(|d| d[k]).collect::<Vec<_>>()))
+            .collect(),
+    )
 }
 
-/// Where a path points, for messages.
-pub fn display(path: &Path) -> String {
-    path.display().to_string()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn loss_matches_a_hand_computed_value() {
+        // One pixel, two classes, logits (0, ln 3): p = (1/4, 3/4); target class 1.
+        let device = Default::default();
+        let logits = Tensor::<Flex, 4>::from_data(
+            TensorData::new(vec![0.0f32, 3f32.ln()], [1, 2, 1, 1]),
+            &device,
+        );
+        let target =
+            Tensor::<Flex, 4>::from_data(TensorData::new(vec![0.0f32, 1.0], [1, 2, 1, 1]), &device);
+        let loss = dice_ce_loss(logits, target).into_scalar();
+        let ce = -(0.75f64).ln();
+        let dice = (2.0 * 0.75 + 1e-5) / (0.75 + 1.0 + 1e-5);
+        assert!(
+            (loss as f64 - (ce - dice)).abs() < 1e-5,
+            "{loss} vs {}",
+            ce - dice
+        );
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        assert!((learning_rate(1.0, 10, 0, 0.0) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(1.0, 10, 9, 0.0) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(1.0, 10, 50, 0.5) - 0.5f64.powf(0.9)).abs() < 1e-12);
+        assert_eq!(learning_rate(1.0, 10, 100, 1.0), 0.0);
+    }
+
+    #[test]
+    fn split_is_reproducible_disjoint_and_complete() {
+        let ids: Vec<String> = (0..20).map(|i| format!("case{i:02}")).collect();
+        let a = split_cases(&ids, 0.2, 1).unwrap();
+        assert_eq!((a.train.len(), a.val.len()), (16, 4));
+        assert!(a.val.iter().all(|v| !a.train.contains(v)));
+        let b = split_cases(&ids, 0.2, 1).unwrap();
+        assert_eq!(a.val, b.val);
+        assert_ne!(split_cases(&ids, 0.2, 2).unwrap().val, a.val);
+        assert!(split_cases(&ids, 1.0, 1).is_err());
+    }
 }

@@ -83,7 +83,8 @@ impl PatchEmbedConfig {
 impl<B: Backend> PatchEmbed<B> {
     /// `[batch, channels, height, width]` -> `[batch, height/p, width/p, embed_dim]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.norm.forward(self.proj.forward(x).permute([0, 2, 3, 1]))
+        self.norm
+            .forward(self.proj.forward(x).permute([0, 2, 3, 1]))
     }
 }
 

@@ -25,9 +25,16 @@ pub fn cross_scan<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 pub fn cross_merge<B: Backend>(y: Tensor<B, 4>, height: usize, width: usize) -> Tensor<B, 3> {
     let [batch, k_dirs, channels, len] = y.dims();
     assert_eq!(k_dirs, DIRECTIONS, "cross_merge expects 4 directions");
-    assert_eq!(len, height * width, "cross_merge: length must be height·width");
+    assert_eq!(
+        len,
+        height * width,
+        "cross_merge: length must be height·width"
+    );
     let forward = y.clone().narrow(1, 0, 2) + y.narrow(1, 2, 2).flip([3]);
-    let row_major = forward.clone().narrow(1, 0, 1).reshape([batch, channels, len]);
+    let row_major = forward
+        .clone()
+        .narrow(1, 0, 1)
+        .reshape([batch, channels, len]);
     let col_major = forward
         .narrow(1, 1, 1)
         .reshape([batch, channels, width, height])

@@ -73,8 +73,11 @@ impl Ss2dConfig {
             device,
         );
         let dt_bound = 1.0 / (dt_rank as f64).sqrt();
-        let dt_projs_weight =
-            Tensor::random([k, d_inner, dt_rank], Distribution::Uniform(-dt_bound, dt_bound), device);
+        let dt_projs_weight = Tensor::random(
+            [k, d_inner, dt_rank],
+            Distribution::Uniform(-dt_bound, dt_bound),
+            device,
+        );
         // Initial step sizes log-uniform in [dt_min, dt_max]; the bias is their inverse softplus.
         let (lo, hi) = (self.dt_min.ln(), self.dt_max.ln());
         let dt = (Tensor::<B, 2>::random([k, d_inner], Distribution::Uniform(lo, hi), device))
@@ -88,7 +91,9 @@ impl Ss2dConfig {
             .reshape([1, n])
             .repeat_dim(0, k * d_inner);
         Ss2d {
-            in_proj: LinearConfig::new(self.d_model, 2 * d_inner).with_bias(false).init(device),
+            in_proj: LinearConfig::new(self.d_model, 2 * d_inner)
+                .with_bias(false)
+                .init(device),
             conv2d: Conv2dConfig::new([d_inner, d_inner], [self.d_conv, self.d_conv])
                 .with_groups(d_inner)
                 .with_padding(PaddingConfig2d::Same)
@@ -99,7 +104,9 @@ impl Ss2dConfig {
             a_logs: Param::from_tensor(a_logs),
             ds: Param::from_tensor(Tensor::ones([k * d_inner], device)),
             out_norm: LayerNormConfig::new(d_inner).init(device),
-            out_proj: LinearConfig::new(d_inner, self.d_model).with_bias(false).init(device),
+            out_proj: LinearConfig::new(d_inner, self.d_model)
+                .with_bias(false)
+                .init(device),
             d_inner,
             d_state: n,
             dt_rank,
@@ -119,12 +126,20 @@ impl<B: ScanBackend> Ss2d<B> {
         let xs = activation::silu(self.conv2d.forward(xs));
         let xs = cross_scan(xs); // [B, K, di, L]
 
-        let x_proj = self.x_proj_weight.val().unsqueeze::<4>().expand([batch, k, r + 2 * n, di]);
+        let x_proj = self
+            .x_proj_weight
+            .val()
+            .unsqueeze::<4>()
+            .expand([batch, k, r + 2 * n, di]);
         let x_dbl = x_proj.matmul(xs.clone()); // [B, K, r + 2N, L]
         let dts = x_dbl.clone().narrow(2, 0, r);
         let bs = x_dbl.clone().narrow(2, r, n);
         let cs = x_dbl.narrow(2, r + n, n);
-        let dt_proj = self.dt_projs_weight.val().unsqueeze::<4>().expand([batch, k, di, r]);
+        let dt_proj = self
+            .dt_projs_weight
+            .val()
+            .unsqueeze::<4>()
+            .expand([batch, k, di, r]);
         let dts = dt_proj.matmul(dts); // [B, K, di, L]
 
         let a = self.a_logs.val().exp().neg();

@@ -24,7 +24,11 @@ fn fused_scan_matches_tensor_ops_forward_and_gradients() {
     let cm = uniform([b, k, n, l], -1.0, 1.0);
     let d_skip = uniform([d], 0.5, 1.5);
     let bias = uniform([d], -2.0, 0.0);
-    let weights = Tensor::<B, 3>::random([b, d, l], Distribution::Uniform(-1.0, 1.0), &Default::default());
+    let weights = Tensor::<B, 3>::random(
+        [b, d, l],
+        Distribution::Uniform(-1.0, 1.0),
+        &Default::default(),
+    );
     let inputs = (u, delta, a, bm, cm, d_skip, bias);
 
     let run = |fused: bool| {
@@ -54,25 +58,43 @@ fn fused_scan_matches_tensor_ops_forward_and_gradients() {
     for ((gf, gr), name) in g_fused.iter().zip(&g_ref).zip(names) {
         let max_ref = gr.iter::<f32>().fold(0f32, |m, v| m.max(v.abs()));
         assert!(max_ref > 1e-3, "gradient of {name} is trivially small");
-        let max_err = gf.iter::<f32>().zip(gr.iter::<f32>()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(max_err <= 1e-4 * max_ref.max(1.0), "gradient of {name}: max error {max_err} vs scale {max_ref}");
+        let max_err = gf
+            .iter::<f32>()
+            .zip(gr.iter::<f32>())
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            max_err <= 1e-4 * max_ref.max(1.0),
+            "gradient of {name}: max error {max_err} vs scale {max_ref}"
+        );
     }
 }
 
 #[test]
 fn cross_merge_inverts_cross_scan_in_every_direction() {
-    let x = Tensor::<Flex, 4>::random([2, 3, 5, 7], Distribution::Uniform(-1.0, 1.0), &Default::default());
+    let x = Tensor::<Flex, 4>::random(
+        [2, 3, 5, 7],
+        Distribution::Uniform(-1.0, 1.0),
+        &Default::default(),
+    );
     let scanned = cross_scan(x.clone());
     assert_eq!(scanned.dims(), [2, 4, 3, 35]);
     // Direction 1 is column-major: element (row 2, col 4) sits at index 4·5 + 2.
     let v = x.clone().slice([0..1, 0..1, 2..3, 4..5]).into_scalar();
-    let w = scanned.clone().slice([0..1, 1..2, 0..1, 22..23]).into_scalar();
+    let w = scanned
+        .clone()
+        .slice([0..1, 1..2, 0..1, 22..23])
+        .into_scalar();
     assert_eq!(v, w);
     // Direction 3 is column-major reversed.
-    let w3 = scanned.clone().slice([0..1, 3..4, 0..1, (34 - 22)..(35 - 22)]).into_scalar();
+    let w3 = scanned
+        .clone()
+        .slice([0..1, 3..4, 0..1, (34 - 22)..(35 - 22)])
+        .into_scalar();
     assert_eq!(v, w3);
     let merged = cross_merge(scanned, 5, 7).reshape([2, 3, 5, 7]);
-    merged.into_data().assert_approx_eq::<f32>(&(x * 4.0).into_data(), Tolerance::default());
+    merged
+        .into_data()
+        .assert_approx_eq::<f32>(&(x * 4.0).into_data(), Tolerance::default());
 }
 
 #[test]
@@ -92,7 +114,10 @@ fn ss2d_keeps_shape_and_passes_gradients_to_every_parameter() {
     // Every parameter of SS2D receives a non-zero gradient (the scan's backward reaches A, D, Δ bias, projections).
     let grads = burn::optim::GradientsParams::from_grads(grads, &ss2d);
     let mut count = 0;
-    let mut visitor = ParamGradCheck { grads: &grads, count: &mut count };
+    let mut visitor = ParamGradCheck {
+        grads: &grads,
+        count: &mut count,
+    };
     ss2d.visit(&mut visitor);
     assert!(count >= 9, "only {count} parameters were checked");
 }
@@ -104,11 +129,18 @@ struct ParamGradCheck<'a> {
 
 impl burn::module::ModuleVisitor<B> for ParamGradCheck<'_> {
     fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
-        let grad = self
-            .grads
-            .get::<Flex, D>(param.id)
-            .unwrap_or_else(|| panic!("parameter {:?} of shape {:?} has no gradient", param.id, param.dims()));
-        assert!(grad.abs().sum().into_scalar() > 0.0, "parameter of shape {:?} has a zero gradient", param.dims());
+        let grad = self.grads.get::<Flex, D>(param.id).unwrap_or_else(|| {
+            panic!(
+                "parameter {:?} of shape {:?} has no gradient",
+                param.id,
+                param.dims()
+            )
+        });
+        assert!(
+            grad.abs().sum().into_scalar() > 0.0,
+            "parameter of shape {:?} has a zero gradient",
+            param.dims()
+        );
         *self.count += 1;
     }
 }

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use segmenter_io::{write_nifti, NiftiData, NiftiHeader};
 
-/// Folder with the committed sample data (20 hippocampus cases).
+/// Folder with the committed sample data (16 training and 4 held-out hippocampus cases).
 pub fn sample_hippocampus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample-data/hippocampus")
 }

@@ -5,15 +5,17 @@
 //! `h[n] = exp(dt * a[d,n]) * h[n] + dt * bm[b,k,n,l] * u[b,d,l]` (from `h = 0`),
 //! `y[b,d,l] = sum_n cm[b,k,n,l] * h[n] + d_skip[d] * u[b,d,l]`.
 //!
-//! Speed comes from: (1) one sequential pass over L per (batch, channel), parallel over
-//! batch x channels, with the state held as W-lane arrays (W = 16 for N = 16) that stay in
-//! vector registers, and B/C transposed once to [L, N] so each step reads contiguous lanes;
-//! (2) a branch-free polynomial exp/softplus the compiler can vectorise (libm's scalar `expf`
-//! would dominate); (3) the hot loops compiled again for AVX2+FMA and AVX-512 and picked at run
-//! time, because the workspace builds for baseline x86-64 (SSE2). The backward pass never
-//! stores [B, D, L, N]: it keeps the state only at chunk boundaries and recomputes one chunk
-//! at a time while walking backwards, parallel over (batch, direction) so dB and dC, sums over
-//! the direction's channels, need no locking.
+//! Speed comes from: (1) one sequential pass over L per group of W channels of one direction
+//! (W = 16 with AVX-512), vectorised across the channels, with the group's whole state
+//! ([N][W]) held in vector registers; B_t and C_t, shared by the direction's channels, are
+//! broadcast, so the sums over the state (y, du, d delta) accumulate lane-wise with no
+//! horizontal sums; (2) a branch-free polynomial exp/softplus the compiler can vectorise (libm's
+//! scalar `expf` would dominate); (3) the hot loops compiled again for AVX2+FMA and AVX-512 and
+//! picked at run time, because the workspace builds for baseline x86-64 (SSE2). The backward
+//! pass never stores [B, D, L, N]: it keeps the state only at chunk boundaries and recomputes one
+//! chunk at a time while walking backwards, parallel over (batch, direction, part of the
+//! direction's channels); dB and dC, sums over the direction's channels, accumulate lane-wise per
+//! chunk and are reduced once per chunk, with a partial per part when a direction is split.
 
 use rayon::prelude::*;
 
@@ -89,7 +91,9 @@ impl ScanDims {
             len: l,
         } = *self;
         if k == 0 || d % k != 0 {
-            return Err(format!("channels ({d}) must be a multiple of k_dirs ({k}), which must be >= 1"));
+            return Err(format!(
+                "channels ({d}) must be a multiple of k_dirs ({k}), which must be >= 1"
+            ));
         }
         if n == 0 {
             return Err("d_state must be at least 1".to_string());
@@ -105,7 +109,9 @@ impl ScanDims {
         ];
         for (name, got, want) in expected {
             if got != want {
-                return Err(format!("{name} has {got} values, expected {want} for {self:?}"));
+                return Err(format!(
+                    "{name} has {got} values, expected {want} for {self:?}"
+                ));
             }
         }
         Ok(())
@@ -122,6 +128,15 @@ pub fn scan_forward(dims: ScanDims, x: &ScanInputs) -> Vec<f32> {
 /// Panics if `dims.check(x)` fails or `dy` is not [B, D, L].
 pub fn scan_backward(dims: ScanDims, x: &ScanInputs, dy: &[f32]) -> ScanGrads {
     backward_with(Isa::detect(), CHUNK, dims, x, dy)
+}
+
+/// The instruction set and lane width the kernels use on this machine, e.g. for benchmark reports.
+pub fn kernel_isa() -> &'static str {
+    match Isa::detect() {
+        Isa::Avx512 => "avx512f+fma, 16 channel lanes",
+        Isa::Avx2 => "avx2+fma, 8 channel lanes",
+        Isa::Base => "baseline (no fma), 8 channel lanes",
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,77 +251,59 @@ fn lane_sum<const W: usize>(mut p: [f32; W]) -> f32 {
     p[0]
 }
 
-/// Sum of `x * y` through eight partial sums (a plain running sum would neither vectorise
-/// nor be as accurate).
-#[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
-    for (x, y) in xc.zip(yc) {
-        for ((a, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *a += x * y;
-        }
-    }
-    let s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    s + tail
-}
-
-/// Sum of `x` through eight partial sums, like [`dot`].
-#[inline(always)]
-fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let xc = x.chunks_exact(8);
-    let tail: f32 = xc.remainder().iter().sum();
-    for x in xc {
-        for (a, &x) in acc.iter_mut().zip(x) {
-            *a += x;
-        }
-    }
-    let s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    s + tail
-}
-
 // ---------------------------------------------------------------------------------------------
-// State layout. The kernels hold W state lanes (W a power of two, at most 16) in fixed-size
-// arrays, which the compiler keeps in vector registers for a whole pass over L. N is padded
-// up to a multiple of W with lanes whose A, B and C are zero (their state stays 0 and they add
-// nothing), and larger N runs as several independent groups of W lanes: the recurrence does
-// not mix lanes, and y, du and ddelta are plain sums over them.
+// Layout. The kernels vectorise across channels, not across the state: a *group* of W channels
+// of one direction (W = 16 with AVX-512, 8 otherwise) runs as W lanes, and the state of the
+// group is NB rows of W lanes ([NB][W], NB up to 16), held in vector registers for a whole pass
+// over L. B_t[n] and C_t[n] are the same for every channel of a direction, so each step
+// broadcasts them; y, du and d delta, sums over n, accumulate lane-wise with no horizontal
+// sums. Groups of a direction with fewer than W channels are padded with lanes whose inputs
+// are zero (their state stays 0 and their outputs are dropped). State sizes above NB run as
+// several blocks of NB rows, padded with rows whose A, B and C are zero.
 // ---------------------------------------------------------------------------------------------
 
-/// Widest lane group a kernel handles: one AVX-512 register, two AVX2 registers.
-const MAX_W: usize = 16;
-
-/// (kernel width W, padded state size) for state size n.
-fn lane_layout(n: usize) -> (usize, usize) {
-    let w = n.next_power_of_two().min(MAX_W);
-    (w, n.div_ceil(w) * w)
+/// Runs `$body` with `$i` = 0, 1, .. up to `$n` - 1 (at most 16), unrolled in the source: with
+/// `$n` a constant the untaken copies fold away, and constant indices let the compiler keep
+/// arrays indexed by `$i` in registers (its own unrolling gives up on bodies this large).
+macro_rules! unroll16 {
+    ($n:expr, |$i:ident| $body:block) => {{
+        const { assert!($n <= 16) };
+        unroll16!(@ $n, $i, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    }};
+    (@ $n:expr, $i:ident, $body:block, $($k:literal)*) => {
+        $(
+            if $k < $n {
+                let $i: usize = $k;
+                $body
+            }
+        )*
+    };
 }
 
-/// The W lanes of step `l` from group start `g0` in a padded [L, NP] buffer.
-///
-/// Kernels copy these into local arrays (`*lanes(..)`) before use: locals provably do not
-/// overlap the buffers being written, which is what lets the loops over lanes vectorise.
-#[inline(always)]
-fn lanes<const W: usize>(rows: &[f32], l: usize, np: usize, g0: usize) -> &[f32; W] {
-    rows[l * np + g0..].first_chunk::<W>().expect("padded rows hold W lanes from every group start")
+/// Lane and state-block sizes of one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    /// Channels per group (vector lanes).
+    w: usize,
+    /// State rows per block, a power of two.
+    nb: usize,
+    /// Padded state size, a multiple of `nb`.
+    np: usize,
 }
 
-/// Mutable version of [`lanes`].
-#[inline(always)]
-fn lanes_mut<const W: usize>(rows: &mut [f32], l: usize, np: usize, g0: usize) -> &mut [f32; W] {
-    rows[l * np + g0..].first_chunk_mut::<W>().expect("padded rows hold W lanes from every group start")
-}
-
-/// Lanes `g0..g0 + W` of an [N] row, zero beyond N, optionally scaled.
-#[inline(always)]
-fn padded_lanes<const W: usize>(row: &[f32], g0: usize, scale: f32) -> [f32; W] {
-    let mut out = [0.0f32; W];
-    for (o, &v) in out.iter_mut().zip(row.iter().skip(g0)) {
-        *o = v * scale;
+impl Layout {
+    fn new(isa: Isa, n: usize) -> Self {
+        let (w, nb_max) = match isa {
+            Isa::Avx512 => (16, 16),
+            Isa::Avx2 | Isa::Base => (8, 8),
+        };
+        let nb = n.next_power_of_two().min(nb_max);
+        Self {
+            w,
+            nb,
+            np: n.div_ceil(nb) * nb,
+        }
     }
-    out
 }
 
 /// [N, L] -> [L, NP] with lanes N..NP zero, so each step's values are one contiguous row.
@@ -324,15 +321,6 @@ fn pad_transpose_into(src: &[f32], n: usize, len: usize, np: usize, out: &mut [f
     debug_assert_eq!(src.len(), n * len);
 }
 
-/// [L, NP] -> [N, L], dropping the padding lanes.
-fn unpad_transpose_into(src: &[f32], n: usize, len: usize, np: usize, out: &mut [f32]) {
-    for (i, orow) in out.chunks_exact_mut(len).enumerate().take(n) {
-        for (l, o) in orow.iter_mut().enumerate() {
-            *o = src[l * np + i];
-        }
-    }
-}
-
 /// [G, N, L] -> [G, L, NP] for every (batch, direction) group, in parallel.
 fn pad_transpose_groups(src: &[f32], n: usize, len: usize, np: usize) -> Vec<f32> {
     let groups = src.len() / (n * len);
@@ -341,6 +329,86 @@ fn pad_transpose_groups(src: &[f32], n: usize, len: usize, np: usize) -> Vec<f32
         .zip(src.par_chunks(n * len))
         .for_each(|(o, s)| pad_transpose_into(s, n, len, np, o));
     out
+}
+
+/// Steps `l0..l0 + out.len()` of `nch` rows of length `len` into lane-major `out`
+/// ([step][lane]); lanes from `nch` on are zero.
+#[inline(always)]
+fn gather_lanes<const W: usize>(
+    rows: &[f32],
+    len: usize,
+    nch: usize,
+    l0: usize,
+    out: &mut [[f32; W]],
+) {
+    let m = out.len();
+    for (i, row) in rows.chunks_exact(len).take(nch).enumerate() {
+        for (o, &v) in out.iter_mut().zip(&row[l0..l0 + m]) {
+            o[i] = v;
+        }
+    }
+    if nch < W {
+        for o in out.iter_mut() {
+            o[nch..].fill(0.0);
+        }
+    }
+}
+
+/// Lane-major `src` ([step][lane]) back into steps `l0..` of the first `nch` rows.
+#[inline(always)]
+fn scatter_lanes<const W: usize>(
+    src: &[[f32; W]],
+    rows: &mut [f32],
+    len: usize,
+    nch: usize,
+    l0: usize,
+) {
+    let m = src.len();
+    for (i, row) in rows.chunks_exact_mut(len).take(nch).enumerate() {
+        for (r, s) in row[l0..l0 + m].iter_mut().zip(src) {
+            *r = s[i];
+        }
+    }
+}
+
+/// `[nch, N]` rows of A into lane-major `[NP][W]`, scaled, zero in padding lanes and rows.
+fn lane_params<const W: usize>(
+    a: &[f32],
+    n: usize,
+    np: usize,
+    nch: usize,
+    scale: f32,
+) -> Vec<[f32; W]> {
+    let mut out = vec![[0.0f32; W]; np];
+    for (i, row) in a.chunks_exact(n).take(nch).enumerate() {
+        for (o, &v) in out.iter_mut().zip(row) {
+            o[i] = v * scale;
+        }
+    }
+    out
+}
+
+/// The first `nch` values of `v` as W lanes, zero beyond.
+fn lane_vec<const W: usize>(v: &[f32], nch: usize) -> [f32; W] {
+    let mut out = [0.0f32; W];
+    out[..nch].copy_from_slice(&v[..nch]);
+    out
+}
+
+/// `NB` consecutive rows of `rows` from `at`, as a fixed-size array reference.
+#[inline(always)]
+fn block<T, const NB: usize>(rows: &[T], at: usize) -> &[T; NB] {
+    rows[at..]
+        .first_chunk::<NB>()
+        .expect("padded buffers hold a whole block from every block start")
+}
+
+/// Mutable version of [`block`].
+#[inline(always)]
+fn block_mut<T, const NB: usize>(rows: &mut [T], at: usize) -> &mut [T; NB] {
+    rows[at..]
+        .first_chunk_mut::<NB>()
+        .expect("padded buffers hold a whole block from every block start")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,174 +452,273 @@ impl Isa {
     }
 }
 
-/// Calls `$body::<W, F>(args..)` with the lane width W of state size `$n` as a constant.
-macro_rules! by_width {
-    ($n:expr, $body:ident :: <$f:literal> ($($arg:expr),*)) => {
-        match lane_layout($n).0 {
-            1 => $body::<1, $f>($($arg),*),
-            2 => $body::<2, $f>($($arg),*),
-            4 => $body::<4, $f>($($arg),*),
-            8 => $body::<8, $f>($($arg),*),
-            16 => $body::<16, $f>($($arg),*),
-            w => unreachable!("lane width {w} is not a power of two up to {MAX_W}"),
+/// Calls `$body::<W, NB, F>(args..)` for the state block size `$nb` (a power of two up to 8).
+macro_rules! by_block8 {
+    ($nb:expr, $body:ident :: <$w:literal, $f:literal> ($($arg:expr),*)) => {
+        match $nb {
+            1 => $body::<$w, 1, $f>($($arg),*),
+            2 => $body::<$w, 2, $f>($($arg),*),
+            4 => $body::<$w, 4, $f>($($arg),*),
+            8 => $body::<$w, 8, $f>($($arg),*),
+            nb => unreachable!("state block {nb} is not a power of two up to 8"),
         }
     };
 }
 
-/// Defines `$name(isa, job, args..)`, which runs `$body` compiled for the chosen instruction set
-/// and for the lane width of `job.n`.
+/// Defines `$name(isa, layout, args..)`, which runs `$body::<W, NB, F>` compiled for the
+/// instruction set, with the lane width and state block of `layout` as constants.
 macro_rules! isa_dispatch {
-    ($name:ident, $body:ident, ($job:ident : $jty:ty $(, $arg:ident : $ty:ty)*)) => {
-        fn $name(isa: Isa, $job: $jty $(, $arg: $ty)*) {
+    ($name:ident, $body:ident, ($($arg:ident : $ty:ty),*)) => {
+        fn $name(isa: Isa, layout: Layout, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($job: $jty $(, $arg: $ty)*) {
-                    by_width!($job.n, $body::<true>($job $(, $arg)*))
-                }
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                fn avx512($job: $jty $(, $arg: $ty)*) {
-                    by_width!($job.n, $body::<true>($job $(, $arg)*))
+                fn avx512(nb: usize, $($arg: $ty),*) {
+                    match nb {
+                        16 => $body::<16, 16, true>($($arg),*),
+                        nb => by_block8!(nb, $body::<16, true>($($arg),*)),
+                    }
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2(nb: usize, $($arg: $ty),*) {
+                    by_block8!(nb, $body::<8, true>($($arg),*))
                 }
                 match isa {
                     // SAFETY: `Isa::detect` only returns these after checking the CPU has the features.
-                    Isa::Avx512 => return unsafe { avx512($job $(, $arg)*) },
+                    Isa::Avx512 => return unsafe { avx512(layout.nb, $($arg),*) },
                     // SAFETY: as above.
-                    Isa::Avx2 => return unsafe { avx2($job $(, $arg)*) },
+                    Isa::Avx2 => return unsafe { avx2(layout.nb, $($arg),*) },
                     Isa::Base => {}
                 }
             }
             let _ = isa;
-            by_width!($job.n, $body::<false>($job $(, $arg)*))
+            by_block8!(layout.nb, $body::<8, false>($($arg),*))
         }
     };
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward.
+// Forward, one group of channels at a time.
 // ---------------------------------------------------------------------------------------------
 
-/// One (batch, channel) row of the forward pass.
-struct FwdRow<'a> {
+/// One group of at most W channels of one direction and batch item.
+struct GroupJob<'a> {
     n: usize,
     np: usize,
-    /// A row of the channel, [N].
-    a: &'a [f32],
-    /// B and C of the row's direction, padded [L, NP].
-    bt: &'a [f32],
-    ct: &'a [f32],
+    len: usize,
+    /// Steps per block; the state entering each block is what a checkpoint stores.
+    chunk: usize,
+    /// Real channels in the group (the rest of the W lanes is padding).
+    nch: usize,
+    /// [nch, L] rows of u and delta.
     u: &'a [f32],
     delta: &'a [f32],
-    bias: f32,
-    d_skip: f32,
+    /// [nch, N] rows of A, [nch] of the bias and skip weight.
+    a: &'a [f32],
+    bias: &'a [f32],
+    d_skip: &'a [f32],
+    /// B and C of the direction, padded [L, NP].
+    bt: &'a [f32],
+    ct: &'a [f32],
 }
 
-/// Per-thread buffers of the forward pass.
-struct FwdScratch {
-    dt: Vec<f32>,
-    dtu: Vec<f32>,
-    /// C h lanes of a block of steps, [CHUNK, W].
-    p: Vec<f32>,
+/// Lane-major per-step values of a block of steps of one group.
+struct LaneSeq<const W: usize> {
+    /// Gathered delta, u and (backward) dy.
+    delta: Vec<[f32; W]>,
+    u: Vec<[f32; W]>,
+    dy: Vec<[f32; W]>,
+    /// dt = softplus(delta + bias), dt u, and sigmoid(delta + bias) = d dt / d delta.
+    dt: Vec<[f32; W]>,
+    dtu: Vec<[f32; W]>,
+    sig: Vec<[f32; W]>,
 }
 
-/// One pass over L for lanes `g0..g0 + W`, adding their share of C h to `y`.
-///
-/// The sums over lanes are done per block of steps from a buffer rather than once per step:
-/// the per-step horizontal sum was a third of the forward time, and summing rows of a
-/// finished block lets the compiler do it with wide loads across rows.
-#[inline(always)]
-fn fwd_lanes<const W: usize, const F: bool>(
-    r: &FwdRow,
-    g0: usize,
-    dt: &[f32],
-    dtu: &[f32],
-    p: &mut [f32],
-    y: &mut [f32],
-) {
-    let a2 = padded_lanes::<W>(r.a, g0, LOG2E);
-    let mut h = [0.0f32; W];
-    let p = &mut p[..CHUNK * W];
-    for l0 in (0..y.len()).step_by(CHUNK) {
-        let m = CHUNK.min(y.len() - l0);
-        let rows = r.bt[l0 * r.np..].chunks_exact(r.np).zip(r.ct[l0 * r.np..].chunks_exact(r.np));
-        let steps = dt[l0..][..m].iter().zip(&dtu[l0..][..m]).zip(rows);
-        for (p, ((&dt, &dtu), (brow, crow))) in p.chunks_exact_mut(W).zip(steps) {
-            let b = *lanes::<W>(brow, 0, 0, g0);
-            let c = *lanes::<W>(crow, 0, 0, g0);
-            let mut pl = [0.0f32; W];
+impl<const W: usize> LaneSeq<W> {
+    fn new(chunk: usize) -> Self {
+        let v = || vec![[0.0f32; W]; chunk];
+        Self {
+            delta: v(),
+            u: v(),
+            dy: v(),
+            dt: v(),
+            dtu: v(),
+            sig: v(),
+        }
+    }
+
+    /// Gathers delta and u of steps `l0..l0 + m` and computes dt, dt u and sigmoid.
+    #[inline(always)]
+    fn load<const F: bool>(&mut self, j: &GroupJob, bias: &[f32; W], l0: usize, m: usize) {
+        gather_lanes(j.delta, j.len, j.nch, l0, &mut self.delta[..m]);
+        gather_lanes(j.u, j.len, j.nch, l0, &mut self.u[..m]);
+        let outs = self
+            .dt
+            .iter_mut()
+            .zip(self.dtu.iter_mut())
+            .zip(self.sig.iter_mut());
+        for (((dt, dtu), sig), (d, u)) in outs.zip(self.delta[..m].iter().zip(&self.u[..m])) {
             for i in 0..W {
-                // exp(dt a) = 2^(dt a log2 e); a2 has log2 e folded in.
-                h[i] = madd::<F>(exp2_fast::<F>(dt * a2[i]), h[i], dtu * b[i]);
-                pl[i] = c[i] * h[i];
+                let (sp, sg) = softplus_sigmoid::<F>(d[i] + bias[i]);
+                dt[i] = sp;
+                dtu[i] = sp * u[i];
+                sig[i] = sg;
             }
-            p.copy_from_slice(&pl);
-        }
-        for (y, p) in y[l0..][..m].iter_mut().zip(p.chunks_exact(W)) {
-            *y += sum(p);
         }
     }
 }
 
+/// `m` steps of the recurrence for one block of NB state rows, from the state in `h`, which is
+/// left holding the last state. With `Y`, adds each step's `C h` to `y`.
 #[inline(always)]
-fn fwd_row_body<const W: usize, const F: bool>(r: &FwdRow, s: &mut FwdScratch, y: &mut [f32]) {
-    let len = y.len();
-    let (dt, dtu) = (&mut s.dt[..len], &mut s.dtu[..len]);
-    for (((dt, dtu), &d), &u) in dt.iter_mut().zip(dtu.iter_mut()).zip(r.delta).zip(r.u) {
-        *dt = softplus_sigmoid::<F>(d + r.bias).0;
-        *dtu = *dt * u;
+#[allow(clippy::too_many_arguments)]
+fn fwd_steps<const W: usize, const NB: usize, const F: bool, const Y: bool>(
+    a2: &[[f32; W]; NB],
+    h: &mut [[f32; W]; NB],
+    bt: &[f32],
+    ct: &[f32],
+    np: usize,
+    dt: &[[f32; W]],
+    dtu: &[[f32; W]],
+    y: &mut [[f32; W]],
+) {
+    let a2 = *a2;
+    let mut hh = *h;
+    for (s, (d, du)) in dt.iter().zip(dtu).enumerate() {
+        let b: [f32; NB] = *block(bt, s * np);
+        let c: [f32; NB] = if Y { *block(ct, s * np) } else { [0.0; NB] };
+        let mut acc = [0.0f32; W];
+        unroll16!(NB, |i| {
+            for w in 0..W {
+                // exp(dt a) = 2^(dt a log2 e); a2 has log2 e folded in.
+                let e = exp2_fast::<F>(d[w] * a2[i][w]);
+                hh[i][w] = madd::<F>(e, hh[i][w], du[w] * b[i]);
+                if Y {
+                    acc[w] = madd::<F>(c[i], hh[i][w], acc[w]);
+                }
+            }
+        });
+        if Y {
+            for w in 0..W {
+                y[s][w] += acc[w];
+            }
+        }
     }
-    for (y, &u) in y.iter_mut().zip(r.u) {
-        *y = r.d_skip * u;
-    }
-    for g0 in (0..r.np).step_by(W) {
-        fwd_lanes::<W, F>(r, g0, dt, dtu, &mut s.p, y);
+    *h = hh;
+}
+
+/// One pass over L for a group: writes y rows ([nch, L]) if given, and the state entering every
+/// block of `chunk` steps into `ckpt` ([n_chunks][NP][W]) if given. Without `y`, the last
+/// block's steps are skipped (nothing would read their states).
+#[inline(always)]
+fn fwd_group_body<const W: usize, const NB: usize, const F: bool>(
+    j: &GroupJob,
+    mut y: Option<&mut [f32]>,
+    mut ckpt: Option<&mut [f32]>,
+) {
+    let (np, len, chunk) = (j.np, j.len, j.chunk);
+    let a2 = lane_params::<W>(j.a, j.n, np, j.nch, LOG2E);
+    let bias = lane_vec::<W>(j.bias, j.nch);
+    let d_skip = lane_vec::<W>(j.d_skip, j.nch);
+    let mut h = vec![[0.0f32; W]; np];
+    let mut seq = LaneSeq::<W>::new(chunk);
+    let mut yl = vec![[0.0f32; W]; chunk];
+    for (c, l0) in (0..len).step_by(chunk).enumerate() {
+        let m = chunk.min(len - l0);
+        if let Some(ck) = ckpt.as_deref_mut() {
+            ck[c * np * W..][..np * W].copy_from_slice(h.as_flattened());
+        }
+        if y.is_none() && l0 + m == len {
+            break;
+        }
+        seq.load::<F>(j, &bias, l0, m);
+        let (dt, dtu) = (&seq.dt[..m], &seq.dtu[..m]);
+        for (yl, u) in yl.iter_mut().zip(&seq.u[..m]) {
+            for w in 0..W {
+                yl[w] = d_skip[w] * u[w];
+            }
+        }
+        for b0 in (0..np).step_by(NB) {
+            let (bt, ct) = (&j.bt[l0 * np + b0..], &j.ct[l0 * np + b0..]);
+            let (a2, hb) = (block::<_, NB>(&a2, b0), block_mut::<_, NB>(&mut h, b0));
+            if y.is_some() {
+                fwd_steps::<W, NB, F, true>(a2, hb, bt, ct, np, dt, dtu, &mut yl[..m]);
+            } else {
+                fwd_steps::<W, NB, F, false>(a2, hb, bt, ct, np, dt, dtu, &mut yl[..m]);
+            }
+        }
+        if let Some(y) = y.as_deref_mut() {
+            scatter_lanes(&yl[..m], y, len, j.nch, l0);
+        }
     }
 }
 
-isa_dispatch!(fwd_row, fwd_row_body, (r: &FwdRow, s: &mut FwdScratch, y: &mut [f32]));
+isa_dispatch!(fwd_group, fwd_group_body, (j: &GroupJob, y: Option<&mut [f32]>, ckpt: Option<&mut [f32]>));
+
+/// Splits `buf` into consecutive pieces of the given sizes.
+fn carve(mut buf: &mut [f32], sizes: impl IntoIterator<Item = usize>) -> Vec<&mut [f32]> {
+    let mut out = Vec::new();
+    for size in sizes {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(size);
+        out.push(head);
+        buf = tail;
+    }
+    out
+}
 
 fn forward_with(isa: Isa, dims: ScanDims, x: &ScanInputs) -> Vec<f32> {
     if let Err(e) = dims.check(x) {
         panic!("scan_forward: {e}");
     }
     let ScanDims {
+        batch,
         k_dirs,
         channels,
         d_state: n,
         len,
-        ..
     } = dims;
     let mut y = vec![0.0; x.u.len()];
     if y.is_empty() {
         return y;
     }
     let per_dir = dims.per_dir();
-    let np = lane_layout(n).1;
+    let layout = Layout::new(isa, n);
+    let (w, np) = (layout.w, layout.np);
     let bt = pad_transpose_groups(x.bm, n, len, np);
     let ct = pad_transpose_groups(x.cm, n, len, np);
-    y.par_chunks_mut(len).enumerate().for_each_init(
-        || FwdScratch {
-            dt: vec![0.0; len],
-            dtu: vec![0.0; len],
-            p: vec![0.0; CHUNK * MAX_W],
-        },
-        |s, (row, y)| {
-            let (b, d) = (row / channels, row % channels);
-            let g = b * k_dirs + d / per_dir;
-            let job = FwdRow {
+    // One task per group of W channels: (batch, direction, first channel in the direction).
+    let mut tasks = Vec::new();
+    for b in 0..batch {
+        for k in 0..k_dirs {
+            for e0 in (0..per_dir).step_by(w) {
+                tasks.push((b, k, e0, w.min(per_dir - e0)));
+            }
+        }
+    }
+    let outs = carve(&mut y, tasks.iter().map(|t| t.3 * len));
+    tasks
+        .into_par_iter()
+        .zip(outs)
+        .for_each(|((b, k, e0, nch), y)| {
+            let d0 = k * per_dir + e0;
+            let row0 = b * channels + d0;
+            let g = b * k_dirs + k;
+            let job = GroupJob {
                 n,
                 np,
-                a: &x.a[d * n..][..n],
+                len,
+                chunk: CHUNK,
+                nch,
+                u: &x.u[row0 * len..][..nch * len],
+                delta: &x.delta[row0 * len..][..nch * len],
+                a: &x.a[d0 * n..][..nch * n],
+                bias: &x.delta_bias[d0..][..nch],
+                d_skip: &x.d_skip[d0..][..nch],
                 bt: &bt[g * len * np..][..len * np],
                 ct: &ct[g * len * np..][..len * np],
-                u: &x.u[row * len..][..len],
-                delta: &x.delta[row * len..][..len],
-                bias: x.delta_bias[d],
-                d_skip: x.d_skip[d],
             };
-            fwd_row(isa, &job, s, y);
-        },
-    );
+            fwd_group(isa, layout, &job, Some(y), None);
+        });
     y
 }
 
@@ -559,236 +726,298 @@ fn forward_with(isa: Isa, dims: ScanDims, x: &ScanInputs) -> Vec<f32> {
 // Backward.
 // ---------------------------------------------------------------------------------------------
 
-/// Inputs of one (batch, direction) backward task: its E channels and its B/C.
+/// Inputs of one backward task: a run of whole groups of one direction and batch item.
 struct BwdTask<'a> {
     n: usize,
+    np: usize,
     len: usize,
     chunk: usize,
-    /// A rows of the E channels, [E, N].
-    a: &'a [f32],
-    /// [E, L] rows of u, delta and dy.
+    /// Channels in the task.
+    e_ch: usize,
+    /// [e_ch, L] rows of u, delta and dy.
     u: &'a [f32],
     delta: &'a [f32],
     dy: &'a [f32],
-    /// [E] slices of the per-channel parameters.
+    /// [e_ch, N] rows of A; [e_ch] of the bias and skip weight.
+    a: &'a [f32],
     bias: &'a [f32],
     d_skip: &'a [f32],
-    /// B and C of the direction, [N, L].
-    bm: &'a [f32],
-    cm: &'a [f32],
+    /// B and C of the direction, padded [L, NP].
+    bt: &'a [f32],
+    ct: &'a [f32],
 }
 
-/// Outputs of one backward task; the per-channel parameter gradients are this batch item's share.
+/// Outputs of one backward task.
 struct BwdOut<'a> {
-    /// [E, L].
+    /// [e_ch, L].
     du: &'a mut [f32],
     ddelta: &'a mut [f32],
-    /// [N, L].
+    /// This task's share of dB and dC, [N, L] (every value written).
     dbm: &'a mut [f32],
     dcm: &'a mut [f32],
-    /// [E, N] and [E].
+    /// [e_ch, N] and [e_ch]: this batch item's share of the parameter gradients.
     da: &'a mut [f32],
     dd_skip: &'a mut [f32],
     dbias: &'a mut [f32],
 }
 
-/// Per-step values of one channel, [L] each, shared by its lane groups.
-struct ChannelSeq<'a> {
-    dt: &'a [f32],
-    dtu: &'a [f32],
-    dy: &'a [f32],
-    u: &'a [f32],
-    /// d dt / d delta = sigmoid(delta + bias).
-    sig: &'a [f32],
+/// Per-block-of-steps buffers of the backward pass, all lane-major.
+struct BwdChunk<'a, const W: usize, const NB: usize> {
+    /// Recomputed states and decays exp(dt a) of the block of steps, [m][NB][W].
+    hs: &'a mut [[[f32; W]; NB]],
+    es: &'a mut [[[f32; W]; NB]],
+    /// Lane-wise partial sums of dB and dC over the task's groups, [m][NP][W], from this state block on.
+    dbp: &'a mut [[f32; W]],
+    dcp: &'a mut [[f32; W]],
+    /// du and the gradient of dt (before the softplus), [m][W], summed over state blocks.
+    du: &'a mut [[f32; W]],
+    ddt: &'a mut [[f32; W]],
 }
 
-/// B/C of a task in the padded [L, NP] layout and the accumulators of their gradients.
-struct TaskRows<'a> {
-    np: usize,
-    chunk: usize,
-    bt: &'a [f32],
-    ct: &'a [f32],
-    dbt: &'a mut [f32],
-    dct: &'a mut [f32],
-    /// State entering each chunk, and the states and decays of the chunk being reversed.
-    ckpt: &'a mut [f32],
-    hs: &'a mut [f32],
-    es: &'a mut [f32],
-}
-
-/// Backward of one channel for lanes `g0..g0 + W`: adds this group's share to `du`, `ddelta`,
-/// dB and dC, and returns its dA lanes.
+/// Backward of one block of steps for one group and one block of NB state rows.
 ///
-/// The states are recomputed from the inputs: a forward pass stores the state entering each
-/// chunk, then the chunks are walked in reverse, each one's states recomputed into a small
-/// buffer first. `carry` and `da` stay in registers for the whole walk.
+/// Recomputes the block's states from the one entering it (`h0`), then walks the steps in
+/// reverse with `carry` = exp(dt_{t+1} a) dL/dh_{t+1}, the adjoint reaching h_t from the next
+/// step, and `da` in registers.
 #[inline(always)]
-fn bwd_lanes<const W: usize, const F: bool>(
-    a_row: &[f32],
-    g0: usize,
-    q: &ChannelSeq,
-    t: &mut TaskRows,
-    du: &mut [f32],
-    ddelta: &mut [f32],
-) -> [f32; W] {
-    let (np, chunk, len) = (t.np, t.chunk, q.dt.len());
-    let n_chunks = len.div_ceil(chunk);
-    let a = padded_lanes::<W>(a_row, g0, 1.0);
-    let a2 = padded_lanes::<W>(a_row, g0, LOG2E);
-    let ckpt = &mut t.ckpt[..n_chunks * W];
-    let (hs, es) = (&mut t.hs[..chunk * W], &mut t.es[..chunk * W]);
-
-    // The last chunk's steps are skipped: the reverse walk recomputes them anyway.
-    let mut h = [0.0f32; W];
-    for (c, ck) in ckpt.chunks_exact_mut(W).enumerate() {
-        ck.copy_from_slice(&h);
-        if c + 1 == n_chunks {
-            break;
-        }
-        for l in c * chunk..(c + 1) * chunk {
-            let b = *lanes::<W>(t.bt, l, np, g0);
-            for i in 0..W {
-                h[i] = madd::<F>(exp2_fast::<F>(q.dt[l] * a2[i]), h[i], q.dtu[l] * b[i]);
-            }
-        }
-    }
-
-    // carry = exp(dt_{t+1} a) dL/dh_{t+1}: the adjoint reaching h_t from the next step.
-    let mut carry = [0.0f32; W];
-    let mut da = [0.0f32; W];
-    for c in (0..n_chunks).rev() {
-        let s0 = c * chunk;
-        let m = chunk.min(len - s0);
-        let mut h: [f32; W] = *lanes::<W>(ckpt, c, W, 0);
-        for j in 0..m {
-            let l = s0 + j;
-            let b = *lanes::<W>(t.bt, l, np, g0);
-            let mut e = [0.0f32; W];
-            for i in 0..W {
-                e[i] = exp2_fast::<F>(q.dt[l] * a2[i]);
-                h[i] = madd::<F>(e[i], h[i], q.dtu[l] * b[i]);
-            }
-            *lanes_mut::<W>(es, j, W, 0) = e;
-            *lanes_mut::<W>(hs, j, W, 0) = h;
-        }
-        for j in (0..m).rev() {
-            let l = s0 + j;
-            let (dt, dtu, dy) = (q.dt[l], q.dtu[l], q.dy[l]);
-            let hp = if j > 0 { *lanes::<W>(hs, j - 1, W, 0) } else { *lanes::<W>(ckpt, c, W, 0) };
-            let (hj, ej) = (*lanes::<W>(hs, j, W, 0), *lanes::<W>(es, j, W, 0));
-            let (b, cc) = (*lanes::<W>(t.bt, l, np, g0), *lanes::<W>(t.ct, l, np, g0));
-            let mut db = *lanes::<W>(t.dbt, l, np, g0);
-            let mut dc = *lanes::<W>(t.dct, l, np, g0);
-            let mut pb = [0.0f32; W];
-            let mut pa = [0.0f32; W];
-            for i in 0..W {
-                // g = dL/dh_t: from y_t through C, plus what flows back from h_{t+1}.
-                let g = madd::<F>(cc[i], dy, carry[i]);
-                db[i] = madd::<F>(g, dtu, db[i]);
-                pb[i] = g * b[i];
-                // g h_{t-1} exp(dt a) is shared by dA (times dt) and ddt (times a).
-                let gq = g * ej[i] * hp[i];
-                pa[i] = gq * a[i];
-                da[i] = madd::<F>(gq, dt, da[i]);
-                carry[i] = g * ej[i];
-                dc[i] = madd::<F>(hj[i], dy, dc[i]);
-            }
-            *lanes_mut::<W>(t.dbt, l, np, g0) = db;
-            *lanes_mut::<W>(t.dct, l, np, g0) = dc;
-            let (gb, qa) = (lane_sum(pb), lane_sum(pa));
-            du[l] = madd::<F>(dt, gb, du[l]);
-            ddelta[l] = madd::<F>(madd::<F>(q.u[l], gb, qa), q.sig[l], ddelta[l]);
-        }
-    }
-    da
-}
-
-#[inline(always)]
-fn bwd_task_body<const W: usize, const F: bool>(t: &BwdTask, o: &mut BwdOut) {
-    let (n, len, chunk) = (t.n, t.len, t.chunk);
-    let np = lane_layout(n).1;
-    let mut bt = vec![0.0; len * np];
-    let mut ct = vec![0.0; len * np];
-    pad_transpose_into(t.bm, n, len, np, &mut bt);
-    pad_transpose_into(t.cm, n, len, np, &mut ct);
-    // dB and dC of the direction accumulate over its E channels and are transposed back once.
-    let mut dbt = vec![0.0f32; len * np];
-    let mut dct = vec![0.0f32; len * np];
-    let mut ckpt = vec![0.0f32; len.div_ceil(chunk) * W];
-    let mut hs = vec![0.0f32; chunk * W];
-    let mut es = vec![0.0f32; chunk * W];
-    let mut rows = TaskRows {
-        np,
-        chunk,
-        bt: &bt,
-        ct: &ct,
-        dbt: &mut dbt,
-        dct: &mut dct,
-        ckpt: &mut ckpt,
-        hs: &mut hs,
-        es: &mut es,
-    };
-    let (mut dt, mut dtu, mut sig) = (vec![0.0f32; len], vec![0.0f32; len], vec![0.0f32; len]);
-
-    for e in 0..t.bias.len() {
-        let a = &t.a[e * n..][..n];
-        let u = &t.u[e * len..][..len];
-        let dy = &t.dy[e * len..][..len];
-        let du = &mut o.du[e * len..][..len];
-        let ddelta = &mut o.ddelta[e * len..][..len];
-        prep_bwd_row::<F>(&t.delta[e * len..][..len], t.bias[e], u, &mut dt, &mut dtu, &mut sig);
-        let seq = ChannelSeq {
-            dt: &dt,
-            dtu: &dtu,
-            dy,
-            u,
-            sig: &sig,
-        };
-        // du starts as the skip term and ddelta at zero; each lane group adds its share.
-        for (du, &dy) in du.iter_mut().zip(dy) {
-            *du = t.d_skip[e] * dy;
-        }
-        ddelta.fill(0.0);
-        let da = &mut o.da[e * n..][..n];
-        for g0 in (0..np).step_by(W) {
-            let lanes = bwd_lanes::<W, F>(a, g0, &seq, &mut rows, du, ddelta);
-            for (o, v) in da.iter_mut().skip(g0).zip(lanes) {
-                *o = v;
-            }
-        }
-        o.dd_skip[e] = dot(dy, u);
-        o.dbias[e] = sum(ddelta);
-    }
-    unpad_transpose_into(&dbt, n, len, np, o.dbm);
-    unpad_transpose_into(&dct, n, len, np, o.dcm);
-}
-
-/// dt = softplus(delta + bias), dt u and sigmoid(delta + bias) (= d dt / d delta) of one row.
-#[inline(always)]
-fn prep_bwd_row<const F: bool>(
-    delta: &[f32],
-    bias: f32,
-    u: &[f32],
-    dt: &mut [f32],
-    dtu: &mut [f32],
-    sig: &mut [f32],
+#[allow(clippy::too_many_arguments)]
+fn bwd_block<const W: usize, const NB: usize, const F: bool>(
+    a: &[[f32; W]; NB],
+    a2: &[[f32; W]; NB],
+    h0: &[[f32; W]; NB],
+    carry: &mut [[f32; W]; NB],
+    da: &mut [[f32; W]; NB],
+    bt: &[f32],
+    ct: &[f32],
+    np: usize,
+    q: &LaneSeq<W>,
+    m: usize,
+    k: BwdChunk<W, NB>,
 ) {
-    let outs = dt.iter_mut().zip(dtu.iter_mut()).zip(sig.iter_mut());
-    for (((dt, dtu), sig), (&d, &u)) in outs.zip(delta.iter().zip(u)) {
-        let (sp, sg) = softplus_sigmoid::<F>(d + bias);
-        *dt = sp;
-        *dtu = sp * u;
-        *sig = sg;
+    let a2 = *a2;
+    let mut h = *h0;
+    for s in 0..m {
+        let (d, du, dy) = (q.dt[s], q.dtu[s], q.dy[s]);
+        let b: [f32; NB] = *block(bt, s * np);
+        let dc = block_mut::<_, NB>(k.dcp, s * np);
+        let mut e = [[0.0f32; W]; NB];
+        unroll16!(NB, |i| {
+            for w in 0..W {
+                e[i][w] = exp2_fast::<F>(d[w] * a2[i][w]);
+                h[i][w] = madd::<F>(e[i][w], h[i][w], du[w] * b[i]);
+                // dC_t = sum over channels of h_t dy_t.
+                dc[i][w] = madd::<F>(h[i][w], dy[w], dc[i][w]);
+            }
+        });
+        k.es[s] = e;
+        k.hs[s] = h;
+    }
+    let a = *a;
+    let mut cr = *carry;
+    let mut dacc = *da;
+    for s in (0..m).rev() {
+        let (d, du, dy, u) = (q.dt[s], q.dtu[s], q.dy[s], q.u[s]);
+        let b: [f32; NB] = *block(bt, s * np);
+        let c: [f32; NB] = *block(ct, s * np);
+        let hp = if s > 0 { &k.hs[s - 1] } else { h0 };
+        let e = &k.es[s];
+        let db = block_mut::<_, NB>(k.dbp, s * np);
+        let mut gb = [0.0f32; W];
+        let mut pa = [0.0f32; W];
+        unroll16!(NB, |i| {
+            for w in 0..W {
+                // g = dL/dh_t: from y_t through C, plus what flows back from h_{t+1}.
+                let g = madd::<F>(c[i], dy[w], cr[i][w]);
+                db[i][w] = madd::<F>(g, du[w], db[i][w]);
+                gb[w] = madd::<F>(g, b[i], gb[w]);
+                let ge = g * e[i][w];
+                cr[i][w] = ge;
+                // g exp(dt a) h_{t-1} is shared by dA (times dt) and d dt (times a).
+                let gq = ge * hp[i][w];
+                pa[w] = madd::<F>(gq, a[i][w], pa[w]);
+                dacc[i][w] = madd::<F>(gq, d[w], dacc[i][w]);
+            }
+        });
+        for w in 0..W {
+            k.du[s][w] = madd::<F>(d[w], gb[w], k.du[s][w]);
+            k.ddt[s][w] = madd::<F>(u[w], gb[w], k.ddt[s][w] + pa[w]);
+        }
+    }
+    *carry = cr;
+    *da = dacc;
+}
+
+#[inline(always)]
+fn bwd_task_body<const W: usize, const NB: usize, const F: bool>(t: &BwdTask, o: &mut BwdOut) {
+    let (n, np, len, chunk) = (t.n, t.np, t.len, t.chunk);
+    let groups = t.e_ch.div_ceil(W);
+    let n_chunks = len.div_ceil(chunk);
+    let group_job = |g: usize| {
+        let (e0, nch) = (g * W, W.min(t.e_ch - g * W));
+        GroupJob {
+            n,
+            np,
+            len,
+            chunk,
+            nch,
+            u: &t.u[e0 * len..][..nch * len],
+            delta: &t.delta[e0 * len..][..nch * len],
+            a: &t.a[e0 * n..][..nch * n],
+            bias: &t.bias[e0..][..nch],
+            d_skip: &t.d_skip[e0..][..nch],
+            bt: t.bt,
+            ct: t.ct,
+        }
+    };
+    // The state entering every block of steps, for every group: [groups][n_chunks][NP][W].
+    let ck_len = n_chunks * np * W;
+    let mut ckpt = vec![0.0f32; groups * ck_len];
+    for (g, ck) in ckpt.chunks_exact_mut(ck_len).enumerate() {
+        fwd_group_body::<W, NB, F>(&group_job(g), None, Some(ck));
+    }
+    let a_l: Vec<Vec<[f32; W]>> = (0..groups)
+        .map(|g| {
+            let j = group_job(g);
+            lane_params::<W>(j.a, n, np, j.nch, 1.0)
+        })
+        .collect();
+    let a2_l: Vec<Vec<[f32; W]>> = a_l
+        .iter()
+        .map(|a| a.iter().map(|r| r.map(|v| v * LOG2E)).collect())
+        .collect();
+    let mut carry = vec![[0.0f32; W]; groups * np];
+    let mut da = vec![[0.0f32; W]; groups * np];
+    let mut dskip_acc = vec![[0.0f32; W]; groups];
+    let mut dbias_acc = vec![[0.0f32; W]; groups];
+    let mut seq = LaneSeq::<W>::new(chunk);
+    let mut hs = vec![[[0.0f32; W]; NB]; chunk];
+    let mut es = vec![[[0.0f32; W]; NB]; chunk];
+    let mut dbp = vec![[0.0f32; W]; chunk * np];
+    let mut dcp = vec![[0.0f32; W]; chunk * np];
+    let mut du = vec![[0.0f32; W]; chunk];
+    let mut ddt = vec![[0.0f32; W]; chunk];
+
+    for c in (0..n_chunks).rev() {
+        let l0 = c * chunk;
+        let m = chunk.min(len - l0);
+        dbp.fill([0.0; W]);
+        dcp.fill([0.0; W]);
+        for g in 0..groups {
+            let j = group_job(g);
+            let (e0, nch) = (g * W, j.nch);
+            let bias = lane_vec::<W>(j.bias, nch);
+            let d_skip = lane_vec::<W>(j.d_skip, nch);
+            seq.load::<F>(&j, &bias, l0, m);
+            gather_lanes(
+                &t.dy[e0 * len..][..nch * len],
+                len,
+                nch,
+                l0,
+                &mut seq.dy[..m],
+            );
+            let acc = &mut dskip_acc[g];
+            for s in 0..m {
+                let (dy, u) = (seq.dy[s], seq.u[s]);
+                for w in 0..W {
+                    du[s][w] = d_skip[w] * dy[w];
+                    ddt[s][w] = 0.0;
+                    acc[w] = madd::<F>(dy[w], u[w], acc[w]);
+                }
+            }
+            let ck = &ckpt[g * ck_len + c * np * W..][..np * W];
+            let (ck, _) = ck.as_chunks::<W>();
+            for b0 in (0..np).step_by(NB) {
+                let gi = g * np + b0;
+                let k = BwdChunk {
+                    hs: &mut hs[..m],
+                    es: &mut es[..m],
+                    dbp: &mut dbp[b0..],
+                    dcp: &mut dcp[b0..],
+                    du: &mut du[..m],
+                    ddt: &mut ddt[..m],
+                };
+                bwd_block::<W, NB, F>(
+                    block(&a_l[g], b0),
+                    block(&a2_l[g], b0),
+                    block(ck, b0),
+                    block_mut(&mut carry, gi),
+                    block_mut(&mut da, gi),
+                    &t.bt[l0 * np + b0..],
+                    &t.ct[l0 * np + b0..],
+                    np,
+                    &seq,
+                    m,
+                    k,
+                );
+            }
+            // d delta = d dt * sigmoid(delta + bias); d bias is its sum over steps.
+            let acc = &mut dbias_acc[g];
+            for (ddt, sig) in ddt[..m].iter_mut().zip(&seq.sig[..m]) {
+                for w in 0..W {
+                    ddt[w] *= sig[w];
+                    acc[w] += ddt[w];
+                }
+            }
+            scatter_lanes(&du[..m], &mut o.du[e0 * len..][..nch * len], len, nch, l0);
+            scatter_lanes(
+                &ddt[..m],
+                &mut o.ddelta[e0 * len..][..nch * len],
+                len,
+                nch,
+                l0,
+            );
+        }
+        // dB and dC of these steps: sums over the lanes of the group partial sums.
+        for s in 0..m {
+            for i in 0..n {
+                o.dbm[i * len + l0 + s] = lane_sum(dbp[s * np + i]);
+                o.dcm[i * len + l0 + s] = lane_sum(dcp[s * np + i]);
+            }
+        }
+    }
+    for g in 0..groups {
+        let (e0, nch) = (g * W, W.min(t.e_ch - g * W));
+        for w in 0..nch {
+            for i in 0..n {
+                o.da[(e0 + w) * n + i] = da[g * np + i][w];
+            }
+            o.dd_skip[e0 + w] = dskip_acc[g][w];
+            o.dbias[e0 + w] = dbias_acc[g][w];
+        }
     }
 }
 
 isa_dispatch!(bwd_task, bwd_task_body, (t: &BwdTask, o: &mut BwdOut));
 
+/// Backward tasks per (batch, direction): enough for every thread to have a few, but no more
+/// than the direction has groups. Each extra part costs a [N, L] partial of dB and dC.
+fn default_parts(tasks: usize, groups: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    (2 * threads).div_ceil(tasks.max(1)).clamp(1, groups.max(1))
+}
+
 fn backward_with(isa: Isa, chunk: usize, dims: ScanDims, x: &ScanInputs, dy: &[f32]) -> ScanGrads {
+    backward_parts(isa, chunk, None, dims, x, dy)
+}
+
+/// The backward pass with each direction's groups split into `parts` tasks (default: see
+/// [`default_parts`]).
+fn backward_parts(
+    isa: Isa,
+    chunk: usize,
+    parts: Option<usize>,
+    dims: ScanDims,
+    x: &ScanInputs,
+    dy: &[f32],
+) -> ScanGrads {
     if let Err(e) = dims.check(x) {
         panic!("scan_backward: {e}");
     }
-    assert_eq!(dy.len(), x.u.len(), "scan_backward: dy must be [B, D, L] like u");
+    assert_eq!(
+        dy.len(),
+        x.u.len(),
+        "scan_backward: dy must be [B, D, L] like u"
+    );
     assert!(chunk > 0, "chunk must be at least 1");
     let ScanDims {
         batch,
@@ -810,36 +1039,62 @@ fn backward_with(isa: Isa, chunk: usize, dims: ScanDims, x: &ScanInputs, dy: &[f
     if batch == 0 || channels == 0 || len == 0 {
         return g;
     }
-    // Per-batch shares of the parameter gradients: tasks of different batch items would
-    // otherwise race on them. Summed over the batch at the end.
+    let layout = Layout::new(isa, n);
+    let (w, np) = (layout.w, layout.np);
+    let groups = per_dir.div_ceil(w);
+    let parts = parts
+        .unwrap_or_else(|| default_parts(batch * k_dirs, groups))
+        .clamp(1, groups);
+    let bt = pad_transpose_groups(x.bm, n, len, np);
+    let ct = pad_transpose_groups(x.cm, n, len, np);
+    // Tasks (batch, direction, first channel, channels), in memory order of u's rows.
+    let mut tasks = Vec::new();
+    for b in 0..batch {
+        for k in 0..k_dirs {
+            for p in 0..parts {
+                let (g0, g1) = (p * groups / parts, (p + 1) * groups / parts);
+                let (e0, e1) = (g0 * w, (g1 * w).min(per_dir));
+                tasks.push((b, k, e0, e1 - e0));
+            }
+        }
+    }
+    // Per-batch shares of the parameter gradients (summed over the batch at the end), and
+    // per-task shares of dB and dC when a direction is split.
     let mut da_b = vec![0.0f32; batch * channels * n];
     let mut dskip_b = vec![0.0f32; batch * channels];
     let mut dbias_b = vec![0.0f32; batch * channels];
-    // Chunk index i of every zipped output below is task (b, k) = (i / K, i % K).
-    let el = per_dir * len;
-    g.u.par_chunks_mut(el)
-        .zip(g.delta.par_chunks_mut(el))
-        .zip(g.bm.par_chunks_mut(n * len).zip(g.cm.par_chunks_mut(n * len)))
-        .zip(da_b.par_chunks_mut(per_dir * n))
-        .zip(dskip_b.par_chunks_mut(per_dir).zip(dbias_b.par_chunks_mut(per_dir)))
-        .enumerate()
-        .for_each(|(i, ((((du, ddelta), (dbm, dcm)), da), (dd_skip, dbias)))| {
-            let k = i % k_dirs;
-            let d0 = k * per_dir;
-            let task = BwdTask {
-                n,
-                len,
-                chunk,
-                a: &x.a[d0 * n..][..per_dir * n],
-                u: &x.u[i * el..][..el],
-                delta: &x.delta[i * el..][..el],
-                dy: &dy[i * el..][..el],
-                bias: &x.delta_bias[d0..][..per_dir],
-                d_skip: &x.d_skip[d0..][..per_dir],
-                bm: &x.bm[i * n * len..][..n * len],
-                cm: &x.cm[i * n * len..][..n * len],
-            };
-            let mut out = BwdOut {
+    let mut bc_parts = vec![
+        0.0f32;
+        if parts > 1 {
+            2 * tasks.len() * n * len
+        } else {
+            0
+        }
+    ];
+    let (dbms, dcms) = if parts > 1 {
+        let (db, dc) = bc_parts.split_at_mut(tasks.len() * n * len);
+        (
+            carve(db, tasks.iter().map(|_| n * len)),
+            carve(dc, tasks.iter().map(|_| n * len)),
+        )
+    } else {
+        (
+            carve(&mut g.bm, tasks.iter().map(|_| n * len)),
+            carve(&mut g.cm, tasks.iter().map(|_| n * len)),
+        )
+    };
+    let dus = carve(&mut g.u, tasks.iter().map(|t| t.3 * len));
+    let ddeltas = carve(&mut g.delta, tasks.iter().map(|t| t.3 * len));
+    let das = carve(&mut da_b, tasks.iter().map(|t| t.3 * n));
+    let dskips = carve(&mut dskip_b, tasks.iter().map(|t| t.3));
+    let dbiases = carve(&mut dbias_b, tasks.iter().map(|t| t.3));
+    let outs: Vec<BwdOut> = dus
+        .into_iter()
+        .zip(ddeltas)
+        .zip(dbms.into_iter().zip(dcms))
+        .zip(das.into_iter().zip(dskips).zip(dbiases))
+        .map(
+            |(((du, ddelta), (dbm, dcm)), ((da, dd_skip), dbias))| BwdOut {
                 du,
                 ddelta,
                 dbm,
@@ -847,17 +1102,68 @@ fn backward_with(isa: Isa, chunk: usize, dims: ScanDims, x: &ScanInputs, dy: &[f
                 da,
                 dd_skip,
                 dbias,
+            },
+        )
+        .collect();
+    let n_tasks = tasks.len();
+    tasks
+        .into_par_iter()
+        .zip(outs)
+        .for_each(|((b, k, e0, e_ch), mut out)| {
+            let d0 = k * per_dir + e0;
+            let row0 = b * channels + d0;
+            let gi = b * k_dirs + k;
+            let task = BwdTask {
+                n,
+                np,
+                len,
+                chunk,
+                e_ch,
+                u: &x.u[row0 * len..][..e_ch * len],
+                delta: &x.delta[row0 * len..][..e_ch * len],
+                dy: &dy[row0 * len..][..e_ch * len],
+                a: &x.a[d0 * n..][..e_ch * n],
+                bias: &x.delta_bias[d0..][..e_ch],
+                d_skip: &x.d_skip[d0..][..e_ch],
+                bt: &bt[gi * len * np..][..len * np],
+                ct: &ct[gi * len * np..][..len * np],
             };
-            bwd_task(isa, &task, &mut out);
+            bwd_task(isa, layout, &task, &mut out);
         });
+    if parts > 1 {
+        let nl = n * len;
+        let (db, dc) = bc_parts.split_at(n_tasks * nl);
+        for (dst, src) in [(&mut g.bm, db), (&mut g.cm, dc)] {
+            dst.par_chunks_mut(nl)
+                .zip(src.par_chunks(parts * nl))
+                .for_each(|(dst, src)| {
+                    for part in src.chunks_exact(nl) {
+                        for (d, s) in dst.iter_mut().zip(part) {
+                            *d += s;
+                        }
+                    }
+                });
+        }
+    }
     for b in 0..batch {
-        for (acc, v) in g.a.iter_mut().zip(&da_b[b * channels * n..][..channels * n]) {
+        for (acc, v) in
+            g.a.iter_mut()
+                .zip(&da_b[b * channels * n..][..channels * n])
+        {
             *acc += v;
         }
-        for (acc, v) in g.d_skip.iter_mut().zip(&dskip_b[b * channels..][..channels]) {
+        for (acc, v) in g
+            .d_skip
+            .iter_mut()
+            .zip(&dskip_b[b * channels..][..channels])
+        {
             *acc += v;
         }
-        for (acc, v) in g.delta_bias.iter_mut().zip(&dbias_b[b * channels..][..channels]) {
+        for (acc, v) in g
+            .delta_bias
+            .iter_mut()
+            .zip(&dbias_b[b * channels..][..channels])
+        {
             *acc += v;
         }
     }
@@ -884,7 +1190,14 @@ mod tests {
     }
 
     impl Owned {
-        fn random(batch: usize, k_dirs: usize, per_dir: usize, d_state: usize, len: usize, seed: u64) -> Self {
+        fn random(
+            batch: usize,
+            k_dirs: usize,
+            per_dir: usize,
+            d_state: usize,
+            len: usize,
+            seed: u64,
+        ) -> Self {
             let mut rng = StdRng::seed_from_u64(seed);
             let channels = k_dirs * per_dir;
             let dims = ScanDims {
@@ -928,8 +1241,14 @@ mod tests {
     fn rel_err(got: &[f32], want: &[f64]) -> f64 {
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let err = got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| m.max((f64::from(g) - w).abs()));
-        assert!(scale > 0.0, "reference is all zeros, the comparison would be vacuous");
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0.0f64, |m, (&g, &w)| m.max((f64::from(g) - w).abs()));
+        assert!(
+            scale > 0.0,
+            "reference is all zeros, the comparison would be vacuous"
+        );
         err / scale
     }
 
@@ -945,11 +1264,19 @@ mod tests {
         for i in -40_000..=40_000 {
             let x = i as f32 * 1e-3; // [-40, 40]
             for isa_fma in [false, true] {
-                let e = if isa_fma { exp2_fast::<true>(x) } else { exp2_fast::<false>(x) };
+                let e = if isa_fma {
+                    exp2_fast::<true>(x)
+                } else {
+                    exp2_fast::<false>(x)
+                };
                 let want = f64::from(x).exp2();
                 worst_exp = worst_exp.max((f64::from(e) - want).abs() / want);
                 let x2 = x * 2.0; // [-80, 80]
-                let e = if isa_fma { exp_fast::<true>(x2) } else { exp_fast::<false>(x2) };
+                let e = if isa_fma {
+                    exp_fast::<true>(x2)
+                } else {
+                    exp_fast::<false>(x2)
+                };
                 let want = f64::from(x2).exp();
                 worst_exp = worst_exp.max((f64::from(e) - want).abs() / want);
                 let (sp, sg) = if isa_fma {
@@ -982,10 +1309,13 @@ mod tests {
                 }
             }
         }
-        // State sizes that take the generic (not unrolled) path.
+        // State sizes that are not a power of two, or above one block of state rows.
         cases.push((1, 2, 3, 5, 70));
         cases.push((2, 1, 2, 3, 9));
         cases.push((1, 2, 1, 32, 33));
+        // More channels than lanes: several groups per direction, the last one partial.
+        cases.push((1, 2, 37, 16, 70));
+        cases.push((2, 1, 20, 5, 65));
         for (batch, k, e, n, len) in cases {
             seed += 1;
             let x = Owned::random(batch, k, e, n, len, seed);
@@ -1014,14 +1344,28 @@ mod tests {
     }
 
     /// Checks every gradient against central differences of the f64 reference.
-    fn check_grads(batch: usize, k: usize, e: usize, n: usize, len: usize, chunk: usize, seed: u64) {
+    fn check_grads(
+        batch: usize,
+        k: usize,
+        e: usize,
+        n: usize,
+        len: usize,
+        chunk: usize,
+        seed: u64,
+    ) {
         let x = Owned::random(batch, k, e, n, len, seed);
         let mut rng = StdRng::seed_from_u64(seed + 1000);
-        let w: Vec<f32> = (0..x.u.len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let w: Vec<f32> = (0..x.u.len())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let w64 = widen(&w);
         let base = RefInputs::from_f32(&x.inputs());
         let loss = |r: &RefInputs| -> f64 {
-            scan_forward_f64(x.dims, r).iter().zip(&w64).map(|(y, w)| y * w).sum()
+            scan_forward_f64(x.dims, r)
+                .iter()
+                .zip(&w64)
+                .map(|(y, w)| y * w)
+                .sum()
         };
         let eps = 1e-6;
         type Field = fn(&mut RefInputs) -> &mut Vec<f64>;
@@ -1051,11 +1395,18 @@ mod tests {
             fd.push((name, grad));
         }
         for isa in Isa::available() {
-            let g = backward_with(isa, chunk, x.dims, &x.inputs(), &w);
-            let got = [&g.u, &g.delta, &g.a, &g.bm, &g.cm, &g.d_skip, &g.delta_bias];
-            for ((name, want), got) in fd.iter().zip(got) {
-                let err = rel_err(got, want);
-                assert!(err < 1e-3, "{isa:?} chunk {chunk} {:?}: d{name} rel err {err}", x.dims);
+            // Directions split into up to three tasks (only where they have that many groups).
+            for parts in [None, Some(1), Some(2), Some(3)] {
+                let g = backward_parts(isa, chunk, parts, x.dims, &x.inputs(), &w);
+                let got = [&g.u, &g.delta, &g.a, &g.bm, &g.cm, &g.d_skip, &g.delta_bias];
+                for ((name, want), got) in fd.iter().zip(got) {
+                    let err = rel_err(got, want);
+                    assert!(
+                        err < 1e-3,
+                        "{isa:?} chunk {chunk} parts {parts:?} {:?}: d{name} rel err {err}",
+                        x.dims
+                    );
+                }
             }
         }
     }
@@ -1078,10 +1429,20 @@ mod tests {
     }
 
     #[test]
+    fn grads_match_finite_differences_many_groups() {
+        // More channels than lanes, not a multiple of them: several groups, the last one partial,
+        // and directions split into several backward tasks.
+        check_grads(1, 2, 37, 3, 11, 4, 25);
+        check_grads(2, 1, 20, 8, 9, 64, 26);
+    }
+
+    #[test]
     fn backward_is_independent_of_chunk_and_isa() {
         let x = Owned::random(2, 4, 3, 16, 200, 31);
         let mut rng = StdRng::seed_from_u64(32);
-        let dy: Vec<f32> = (0..x.u.len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let dy: Vec<f32> = (0..x.u.len())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let want = backward_with(Isa::Base, CHUNK, x.dims, &x.inputs(), &dy);
         for isa in Isa::available() {
             for chunk in [1, 7, CHUNK, 500] {
@@ -1107,9 +1468,15 @@ mod tests {
     fn check_rejects_bad_shapes() {
         let x = Owned::random(1, 2, 2, 4, 5, 41);
         assert!(x.dims.check(&x.inputs()).is_ok());
-        let uneven = ScanDims { channels: 3, ..x.dims };
+        let uneven = ScanDims {
+            channels: 3,
+            ..x.dims
+        };
         assert!(uneven.check(&x.inputs()).is_err());
-        let zero_k = ScanDims { k_dirs: 0, ..x.dims };
+        let zero_k = ScanDims {
+            k_dirs: 0,
+            ..x.dims
+        };
         assert!(zero_k.check(&x.inputs()).is_err());
         let longer = ScanDims { len: 6, ..x.dims };
         assert!(longer.check(&x.inputs()).unwrap_err().contains("u has"));

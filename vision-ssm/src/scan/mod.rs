@@ -89,7 +89,11 @@ fn host_vec<B: Backend>(t: FloatTensor<B>) -> (Vec<f32>, Vec<usize>) {
     (values, dims)
 }
 
-fn device_tensor<B: Backend>(values: Vec<f32>, dims: Vec<usize>, device: &B::Device) -> FloatTensor<B> {
+fn device_tensor<B: Backend>(
+    values: Vec<f32>,
+    dims: Vec<usize>,
+    device: &B::Device,
+) -> FloatTensor<B> {
     B::float_from_data(TensorData::new(values, dims), device)
 }
 
@@ -116,7 +120,11 @@ impl HostScan {
             k_dirs: bm[1],
             d_state: bm[2],
         };
-        Self { dims, shapes, values }
+        Self {
+            dims,
+            shapes,
+            values,
+        }
     }
 
     fn inputs(&self) -> ScanInputs<'_> {
@@ -131,7 +139,10 @@ impl HostScan {
             delta_bias: &v[6],
         };
         if let Err(e) = self.dims.check(&inputs) {
-            panic!("selective_scan: inconsistent input shapes {:?}: {e}", self.shapes);
+            panic!(
+                "selective_scan: inconsistent input shapes {:?}: {e}",
+                self.shapes
+            );
         }
         inputs
     }

@@ -32,8 +32,14 @@ pub fn selective_scan_tensor_ops<B: Backend>(
     for t in 0..len {
         let dt_t = dt.clone().slice([0..batch, 0..channels, t..t + 1]); // [B, D, 1]
         let u_t = u.clone().slice([0..batch, 0..channels, t..t + 1]);
-        let b_t = bm.clone().slice([0..batch, 0..channels, 0..d_state, t..t + 1]).reshape([batch, channels, d_state]);
-        let c_t = cm.clone().slice([0..batch, 0..channels, 0..d_state, t..t + 1]).reshape([batch, channels, d_state]);
+        let b_t = bm
+            .clone()
+            .slice([0..batch, 0..channels, 0..d_state, t..t + 1])
+            .reshape([batch, channels, d_state]);
+        let c_t = cm
+            .clone()
+            .slice([0..batch, 0..channels, 0..d_state, t..t + 1])
+            .reshape([batch, channels, d_state]);
         h = (dt_t.clone() * a.clone()).exp() * h + dt_t * b_t * u_t;
         ys.push((h.clone() * c_t).sum_dim(2)); // [B, D, 1]
     }

@@ -1,0 +1,252 @@
+//! End-to-end: the `segmenter` binary trains a few steps on the sample hippocampus MRI, predicts
+//! the held-out cases and evaluates them, the way a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use segmenter_io::{read_nifti, read_nifti_raw};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn segmenter(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segmenter"))
+        .args(args)
+        .output()
+        .expect("run segmenter")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A run folder trained for two steps on the sample data, shared by the tests of this file.
+fn trained_run(dir: &Path) -> PathBuf {
+    let data = root().join("sample-data/hippocampus");
+    let config = dir.join("fast.toml");
+    std::fs::write(
+        &config,
+        "[train]\nbatch_size = 4\nwarmup_steps = 1\nval_every = 1\n",
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = segmenter(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--config",
+        s(&config),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+    ]);
+    assert!(out.status.success(), "train failed:\n{}", text(&out));
+    for file in [
+        "model.mpk",
+        "config.toml",
+        "plan.json",
+        "splits.json",
+        "log.jsonl",
+    ] {
+        assert!(run.join(file).exists(), "run folder lacks {file}");
+    }
+    run
+}
+
+#[test]
+fn train_predict_evaluate_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = trained_run(dir.path());
+    let data = root().join("sample-data/hippocampus");
+
+    let preds = dir.path().join("preds");
+    let out = segmenter(&[
+        "predict",
+        "--model",
+        s(&run),
+        "--input",
+        s(&data.join("imagesTs")),
+        "--output",
+        s(&preds),
+    ]);
+    assert!(out.status.success(), "predict failed:\n{}", text(&out));
+    let inputs: Vec<PathBuf> = std::fs::read_dir(data.join("imagesTs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(inputs.len(), 4);
+    for input in &inputs {
+        let pred_path = preds.join(input.file_name().unwrap());
+        let (image_header, _) = read_nifti_raw(input).unwrap();
+        let pred = read_nifti(&pred_path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(pred.shape, image_header.shape());
+        assert_eq!(
+            pred.header.affine(),
+            image_header.affine(),
+            "{}",
+            pred_path.display()
+        );
+        assert!(pred.data.iter().all(|&v| v == 0.0 || v == 1.0 || v == 2.0));
+    }
+
+    // A second run skips what exists instead of overwriting it.
+    let again = segmenter(&[
+        "predict",
+        "--model",
+        s(&run),
+        "--input",
+        s(&data.join("imagesTs")),
+        "--output",
+        s(&preds),
+    ]);
+    assert!(again.status.success());
+    assert!(text(&again).contains("4 skipped"), "{}", text(&again));
+
+    let report = dir.path().join("report");
+    let out = segmenter(&[
+        "evaluate",
+        "--pred",
+        s(&preds),
+        "--ref",
+        s(&data.join("labelsTs")),
+        "--dataset-json",
+        s(&data.join("dataset.json")),
+        "--out",
+        s(&report),
+    ]);
+    assert!(out.status.success(), "evaluate failed:\n{}", text(&out));
+    assert!(text(&out).contains("foreground mean"), "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["metric_per_case"].as_array().unwrap().len(), 4);
+    for class in ["1", "2"] {
+        let dice = &summary["mean"][class]["Dice"];
+        assert!(
+            dice.is_null() || (0.0..=1.0).contains(&dice.as_f64().unwrap()),
+            "{summary}"
+        );
+    }
+    assert!(summary["foreground_mean"].get("Dice").is_some());
+}
+
+#[test]
+fn a_corrupt_case_fails_alone_and_the_exit_code_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = trained_run(dir.path());
+    let data = root().join("sample-data/hippocampus/imagesTs");
+    let input = dir.path().join("input");
+    std::fs::create_dir(&input).unwrap();
+    for name in ["hippocampus_036.nii.gz", "hippocampus_037.nii.gz"] {
+        std::fs::copy(data.join(name), input.join(name)).unwrap();
+    }
+    let mut bytes = std::fs::read(data.join("hippocampus_038.nii.gz")).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(input.join("broken_case.nii.gz"), bytes).unwrap();
+
+    let preds = dir.path().join("preds");
+    let out = segmenter(&[
+        "predict",
+        "--model",
+        s(&run),
+        "--input",
+        s(&input),
+        "--output",
+        s(&preds),
+    ]);
+    assert!(
+        !out.status.success(),
+        "a failed case must give a non-zero exit code"
+    );
+    let log = text(&out);
+    assert!(
+        log.contains("broken_case"),
+        "the failure must name the case:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        preds.join("hippocampus_036.nii.gz").exists()
+            && preds.join("hippocampus_037.nii.gz").exists()
+    );
+    assert!(!preds.join("broken_case.nii.gz").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&preds)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn mismatched_image_and_label_give_a_one_line_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("sample-data/hippocampus");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("imagesTr")).unwrap();
+    std::fs::create_dir_all(data.join("labelsTr")).unwrap();
+    let cases = ["hippocampus_001", "hippocampus_003"];
+    for case in cases {
+        std::fs::copy(
+            src.join(format!("imagesTr/{case}.nii.gz")),
+            data.join(format!("imagesTr/{case}.nii.gz")),
+        )
+        .unwrap();
+    }
+    // Case 003 gets case 001's label: a different shape.
+    std::fs::copy(
+        src.join("labelsTr/hippocampus_001.nii.gz"),
+        data.join("labelsTr/hippocampus_001.nii.gz"),
+    )
+    .unwrap();
+    std::fs::copy(
+        src.join("labelsTr/hippocampus_001.nii.gz"),
+        data.join("labelsTr/hippocampus_003.nii.gz"),
+    )
+    .unwrap();
+    let training: Vec<_> = cases
+        .iter()
+        .map(|c| serde_json::json!({"image": format!("./imagesTr/{c}.nii.gz"), "label": format!("./labelsTr/{c}.nii.gz")}))
+        .collect();
+    let json = serde_json::json!({"name": "broken", "labels": {"0": "background", "1": "A", "2": "P"}, "modality": {"0": "MRI"}, "training": training});
+    std::fs::write(data.join("dataset.json"), json.to_string()).unwrap();
+
+    let out = segmenter(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&dir.path().join("run")),
+        "--epochs",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let log = text(&out);
+    let error_lines: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error_lines.len(), 1, "{log}");
+    assert!(
+        error_lines[0].contains("labelsTr/hippocampus_003.nii.gz"),
+        "{log}"
+    );
+    assert!(error_lines[0].contains("shape"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
