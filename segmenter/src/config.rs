@@ -103,7 +103,7 @@ impl ExperimentConfig {
                 crate::model::DOWNSAMPLING
             );
         }
-        if !(t.learning_rate > 0.0) {
+        if t.learning_rate.is_nan() || t.learning_rate <= 0.0 {
             bail!("train.learning_rate must be positive");
         }
         Ok(())

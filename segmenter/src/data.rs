@@ -213,10 +213,13 @@ impl Sampler<'_> {
             let (s, c) = angle.sin_cos();
             matrix = [[c / scale, -s / scale], [s / scale, c / scale]];
         }
-        for axis in 0..2 {
-            if rng.random_bool(aug.p_mirror) {
-                matrix[0][axis] = -matrix[0][axis];
-                matrix[1][axis] = -matrix[1][axis];
+        // Mirroring an output axis negates that column of the patch-to-source map.
+        let mirror = [rng.random_bool(aug.p_mirror), rng.random_bool(aug.p_mirror)];
+        for row in &mut matrix {
+            for (value, flip) in row.iter_mut().zip(mirror) {
+                if flip {
+                    *value = -*value;
+                }
             }
         }
         Transform {

@@ -95,7 +95,7 @@ fn read_labels(path: &Path) -> Result<(Vec<u8>, [usize; 3])> {
         .data
         .iter()
         .map(|&v| {
-            if v >= 0.0 && v <= 255.0 && v.fract() == 0.0 {
+            if (0.0..=255.0).contains(&v) && v.fract() == 0.0 {
                 Ok(v as u8)
             } else {
                 bail!(

@@ -14,6 +14,9 @@ pub struct WindowSettings {
     pub step_fraction: f64,
     /// Windows run through the network together.
     pub batch_windows: usize,
+    /// Mirroring test-time augmentation: average over the window and its flips along both
+    /// in-plane axes (4 passes).
+    pub mirror: bool,
 }
 
 impl Default for WindowSettings {
@@ -21,8 +24,28 @@ impl Default for WindowSettings {
         Self {
             step_fraction: 0.5,
             batch_windows: 16,
+            mirror: false,
         }
     }
+}
+
+/// Softmax probabilities `[n, classes, rows, cols]`, averaged over mirrored copies when asked.
+fn window_probabilities<B: ModelBackend>(
+    model: &SwinUMamba<B>,
+    x: Tensor<B, 4>,
+    mirror: bool,
+) -> Tensor<B, 4> {
+    let probs = activation::softmax(model.logits(x.clone()), 1);
+    if !mirror {
+        return probs;
+    }
+    let flips: [&[usize]; 3] = [&[2], &[3], &[2, 3]];
+    let mut sum = probs;
+    for axes in flips {
+        // Flip in, predict, flip the prediction back so it lines up with the original window.
+        sum = sum + activation::softmax(model.logits(x.clone().flip(axes)), 1).flip(axes);
+    }
+    sum / 4.0
 }
 
 /// Window start positions along one axis of length `len` (≥ patch) with the given step fraction.
@@ -129,7 +152,7 @@ pub fn predict_volume<B: ModelBackend>(
             TensorData::new(input, [group.len(), channels.len(), pr, pc]),
             device,
         );
-        let probs = activation::softmax(model.logits(x), 1)
+        let probs = window_probabilities(model, x, settings.mirror)
             .into_data()
             .convert::<f32>();
         let probs = probs.as_slice::<f32>().expect("f32 probabilities");

@@ -43,7 +43,7 @@ enum Command {
         out: Option<PathBuf>,
         /// Continue the run in this folder from its last checkpoint (other options are ignored:
         /// the run's own config, plan, split and time budget apply).
-        #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder"])]
+        #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "fold"])]
         resume: Option<PathBuf>,
         /// Built-in preset: tiny (CPU, minutes) or swin-umamba (the paper's encoder, GPU).
         #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
@@ -63,6 +63,10 @@ enum Command {
         /// Fraction of cases held out for validation.
         #[arg(long, default_value_t = 0.2)]
         val_fraction: f64,
+        /// Cross-validation fold 0..4 of a 5-fold split (the dataset's splits_final.json if it has
+        /// one); replaces --val-fraction. All folds are written to the run's folds.json.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..5), conflicts_with = "val_fraction")]
+        fold: Option<u64>,
         /// Seed of the split, initialisation and sampling.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -75,7 +79,8 @@ enum Command {
         /// Run folder written by `segmenter train`.
         #[arg(long)]
         model: PathBuf,
-        /// A .nii/.nii.gz scan or a folder of them (CASE_0000.nii.gz channels are grouped).
+        /// A .nii/.nii.gz scan, a folder of them (CASE_0000.nii.gz channels are grouped), or a .txt
+        /// file listing scans or folders, one per line.
         #[arg(long)]
         input: PathBuf,
         /// Output folder: one label map per case, same name, header and affine as the input.
@@ -84,6 +89,15 @@ enum Command {
         /// Predict again cases whose output already exists.
         #[arg(long)]
         overwrite: bool,
+        /// Predict only part i of n (0-based), for cluster job arrays: `--shard $SLURM_ARRAY_TASK_ID/8`.
+        #[arg(long, value_parser = segmenter::predict::parse_shard)]
+        shard: Option<(usize, usize)>,
+        /// Mirroring test-time augmentation (4 passes per window: as is and flipped along each in-plane axis).
+        #[arg(long)]
+        tta: bool,
+        /// Sliding-window step as a fraction of the patch size.
+        #[arg(long, default_value_t = 0.5)]
+        step: f64,
     },
     /// Compare predicted label maps with references: per-class Dice and IoU, summary.json.
     Evaluate {

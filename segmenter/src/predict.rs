@@ -23,6 +23,54 @@ pub struct PredictOptions {
     pub output: PathBuf,
     /// Predict cases whose output already exists.
     pub overwrite: bool,
+    /// Only this part of the cases: `(index, count)`, index in `0..count`.
+    pub shard: Option<(usize, usize)>,
+    /// Sliding-window and test-time augmentation settings.
+    pub window: WindowSettings,
+}
+
+/// Parses `--shard i/n` (0-based `i < n`), e.g. `$SLURM_ARRAY_TASK_ID/8`.
+pub fn parse_shard(text: &str) -> std::result::Result<(usize, usize), String> {
+    let (i, n) = text
+        .split_once('/')
+        .ok_or_else(|| format!("--shard '{text}': expected i/n, e.g. 0/4"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("--shard '{text}': '{v}' is not a whole number"))
+    };
+    let (i, n) = (parse(i)?, parse(n)?);
+    if n == 0 || i >= n {
+        return Err(format!("--shard '{text}': need 0 <= i < n"));
+    }
+    Ok((i, n))
+}
+
+/// The cases of a scan, a folder, or a text file listing scans or folders (one per line, `#` comments).
+pub fn gather_cases(input: &Path, file_ending: &str) -> Result<Vec<Case>> {
+    let is_list = input.is_file() && input.extension().is_some_and(|e| e == "txt" || e == "lst");
+    if !is_list {
+        return Ok(find_cases(input, Some(file_ending))?);
+    }
+    let text = std::fs::read_to_string(input)
+        .with_context(|| format!("{}: cannot read list", input.display()))?;
+    let base = input.parent().unwrap_or(Path::new("."));
+    let mut cases = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let path = base.join(line);
+        let found = find_cases(&path, Some(file_ending))
+            .with_context(|| format!("{}:{}: {}", input.display(), n + 1, line))?;
+        cases.extend(found);
+    }
+    cases.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(w) = cases.windows(2).find(|w| w[0].id == w[1].id) {
+        bail!("{}: case '{}' is listed twice", input.display(), w[0].id);
+    }
+    Ok(cases)
 }
 
 /// What a batch prediction did.
@@ -162,4 +210,19 @@ pub fn describe(report: &PredictReport, output: &Path) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_and_reject_nonsense() {
+        assert_eq!(parse_shard("0/4"), Ok((0, 4)));
+        assert_eq!(parse_shard("3/4"), Ok((3, 4)));
+        assert!(parse_shard("4/4").is_err());
+        assert!(parse_shard("1/0").is_err());
+        assert!(parse_shard("a/2").is_err());
+        assert!(parse_shard("2").is_err());
+    }
 }

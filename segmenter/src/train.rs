@@ -40,6 +40,60 @@ pub struct TrainOptions {
     pub val_fraction: f64,
     /// Seed for the split, initialisation and sampling.
     pub seed: u64,
+    /// Cross-validation fold (0..5) instead of a random `val_fraction` hold-out.
+    pub fold: Option<usize>,
+}
+
+/// Number of cross-validation folds of `--fold`.
+pub const FOLDS: usize = 5;
+
+/// The five folds of a dataset: the dataset's own `splits_final.json` (nnU-Net's file) when it has
+/// one, else a shuffle of the case ids (fixed seed, so every run of a dataset agrees) dealt into 5.
+pub fn five_folds(dataset_dir: &std::path::Path, ids: &[String]) -> Result<Vec<Split>> {
+    let own = dataset_dir.join("splits_final.json");
+    if own.exists() {
+        let text = std::fs::read_to_string(&own)
+            .with_context(|| format!("{}: cannot read", own.display()))?;
+        let folds: Vec<Split> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected a list of {{\"train\": [...], \"val\": [...]}}",
+                own.display()
+            )
+        })?;
+        for fold in &folds {
+            if let Some(unknown) = fold
+                .train
+                .iter()
+                .chain(&fold.val)
+                .find(|id| !ids.contains(id))
+            {
+                bail!("{}: case '{unknown}' is not in the dataset", own.display());
+            }
+        }
+        return Ok(folds);
+    }
+    let mut shuffled = ids.to_vec();
+    shuffled.sort();
+    shuffled.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(12345));
+    Ok((0..FOLDS)
+        .map(|k| {
+            let mut val: Vec<String> = shuffled
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % FOLDS == k)
+                .map(|(_, id)| id.clone())
+                .collect();
+            let mut train: Vec<String> = shuffled
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % FOLDS != k)
+                .map(|(_, id)| id.clone())
+                .collect();
+            val.sort();
+            train.sort();
+            Split { train, val }
+        })
+        .collect())
 }
 
 /// Train/validation split written to `splits.json`.
@@ -280,8 +334,24 @@ where
             ids.len()
         );
     }
-    let split = split_cases(&ids, options.val_fraction, options.seed)?;
+    let (split, folds) = match options.fold {
+        Some(k) => {
+            let folds = five_folds(&options.data, &ids)?;
+            let split = folds.get(k).cloned().with_context(|| {
+                format!(
+                    "--fold {k}: the dataset has {} folds (0..{})",
+                    folds.len(),
+                    folds.len()
+                )
+            })?;
+            (split, Some(folds))
+        }
+        None => (split_cases(&ids, options.val_fraction, options.seed)?, None),
+    };
     let run = RunDir::create(&options.out)?;
+    if let Some(folds) = &folds {
+        run.write_json("folds.json", folds)?;
+    }
     let data = std::fs::canonicalize(&options.data).unwrap_or_else(|_| options.data.clone());
     let info = RunInfo {
         data,
@@ -485,7 +555,8 @@ where
                     .unwrap_or_default()
             ));
         }
-        let validate_now = out_of_time || (epoch + 1) % t.val_every == 0 || epoch + 1 == t.epochs;
+        let validate_now =
+            out_of_time || (epoch + 1).is_multiple_of(t.val_every) || epoch + 1 == t.epochs;
         let val = if validate_now {
             validate(&model, &plan, &val_volumes, device)
         } else {
@@ -666,5 +737,27 @@ mod tests {
         assert_eq!(a.val, b.val);
         assert_ne!(split_cases(&ids, 0.2, 2).unwrap().val, a.val);
         assert!(split_cases(&ids, 1.0, 1).is_err());
+    }
+
+    #[test]
+    fn five_folds_partition_the_cases() {
+        let ids: Vec<String> = (0..23).map(|i| format!("case{i:02}")).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let folds = five_folds(dir.path(), &ids).unwrap();
+        assert_eq!(folds.len(), 5);
+        let mut all_val: Vec<String> = folds.iter().flat_map(|f| f.val.clone()).collect();
+        all_val.sort();
+        assert_eq!(all_val, ids, "every case is validated exactly once");
+        for f in &folds {
+            assert_eq!(f.train.len() + f.val.len(), 23);
+            assert!(f.val.iter().all(|v| !f.train.contains(v)));
+        }
+        // The dataset's own file wins.
+        let own = serde_json::json!([{"train": ["case00"], "val": ["case01"]}]);
+        std::fs::write(dir.path().join("splits_final.json"), own.to_string()).unwrap();
+        assert_eq!(
+            five_folds(dir.path(), &ids).unwrap()[0].val,
+            vec!["case01".to_string()]
+        );
     }
 }
