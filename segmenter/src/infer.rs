@@ -39,11 +39,15 @@ fn window_probabilities<B: ModelBackend>(
     if !mirror {
         return probs;
     }
-    let flips: [&[usize]; 3] = [&[2], &[3], &[2, 3]];
     let mut sum = probs;
-    for axes in flips {
+    for which in 0..3 {
         // Flip in, predict, flip the prediction back so it lines up with the original window.
-        sum = sum + activation::softmax(model.logits(x.clone().flip(axes)), 1).flip(axes);
+        let flip = |t: Tensor<B, 4>| match which {
+            0 => t.flip([2]),
+            1 => t.flip([3]),
+            _ => t.flip([2, 3]),
+        };
+        sum = sum + flip(activation::softmax(model.logits(flip(x.clone())), 1));
     }
     sum / 4.0
 }

@@ -170,6 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             steps_per_epoch,
             time_budget_min,
             val_fraction,
+            fold,
             seed,
             encoder,
             resume: None,
@@ -198,6 +199,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 time_budget,
                 val_fraction,
                 seed,
+                fold: fold.map(|k| k as usize),
             };
             backend::train(cli.device, &experiment, &options)?;
             Ok(ExitCode::SUCCESS)
@@ -207,12 +209,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             input,
             output,
             overwrite,
+            shard,
+            tta,
+            step,
         } => {
+            anyhow::ensure!(
+                step > 0.0 && step <= 1.0,
+                "--step must be within (0, 1], got {step}"
+            );
+            let window = segmenter::infer::WindowSettings {
+                step_fraction: step,
+                mirror: tta,
+                ..Default::default()
+            };
             let options = PredictOptions {
                 model,
                 input,
                 output: output.clone(),
                 overwrite,
+                shard,
+                window,
             };
             let report = backend::predict(cli.device, &options)?;
             eprintln!("{}", describe(&report, &output));
