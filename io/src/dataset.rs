@@ -65,7 +65,7 @@ fn dataset_err(path: &Path, reason: impl Into<String>) -> IoError {
 fn io_error(path: &Path, source: std::io::Error) -> IoError {
     IoError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 
@@ -75,7 +75,7 @@ pub fn load_dataset(dir: &Path) -> Result<Dataset> {
     let text = fs::read_to_string(&json_path).map_err(|e| io_error(&json_path, e))?;
     let value: Value = serde_json::from_str(&text).map_err(|source| IoError::Json {
         path: json_path.clone(),
-        source,
+        cause: source,
     })?;
     let obj = value
         .as_object()
@@ -137,7 +137,7 @@ pub fn read_dataset_labels(json_path: &Path) -> Result<BTreeMap<u8, String>> {
     let text = fs::read_to_string(json_path).map_err(|e| io_error(json_path, e))?;
     let value: Value = serde_json::from_str(&text).map_err(|source| IoError::Json {
         path: json_path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     parse_labels(value.get("labels"), json_path)
 }

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
     /// The operating system refused a read, write, rename or directory listing.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {cause}", .path.display())]
     Io {
         /// File or folder concerned.
         path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error (in the message, not chained, so reports stay one line).
+        cause: std::io::Error,
     },
     /// The gzip layer of a .nii.gz file could not be decoded.
     #[error("{}: corrupt gzip stream ({detail})", .path.display())]
@@ -120,12 +120,12 @@ pub enum IoError {
         context: String,
     },
     /// dataset.json is not valid JSON.
-    #[error("{}: invalid JSON: {source}", .path.display())]
+    #[error("{}: invalid JSON: {cause}", .path.display())]
     Json {
         /// The JSON file.
         path: PathBuf,
-        /// Parser error with line and column.
-        source: serde_json::Error,
+        /// Parser error with line and column (in the message, not chained).
+        cause: serde_json::Error,
     },
     /// A dataset description or folder is valid JSON/filesystem-wise but not a usable dataset.
     #[error("{}: {reason}", .path.display())]

@@ -631,7 +631,7 @@ fn invalid(path: &Path, reason: String) -> IoError {
 fn io_error(path: &Path, source: io::Error) -> IoError {
     IoError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

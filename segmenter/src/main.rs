@@ -43,7 +43,7 @@ enum Command {
         out: Option<PathBuf>,
         /// Continue the run in this folder from its last checkpoint (other options are ignored:
         /// the run's own config, plan, split and time budget apply).
-        #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "fold"])]
+        #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "fold", "plan"])]
         resume: Option<PathBuf>,
         /// Built-in preset: tiny (CPU, minutes) or swin-umamba (the paper's encoder, GPU).
         #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
@@ -70,9 +70,24 @@ enum Command {
         /// Seed of the split, initialisation and sampling.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Plan written by `segmenter plan` (default: plan from the training cases).
+        #[arg(long)]
+        plan: Option<PathBuf>,
         /// Encoder blocks: vss (Swin-UMamba) or conv (residual convolutions, for ablations).
         #[arg(long, value_enum)]
         encoder: Option<EncoderKind>,
+    },
+    /// Fingerprint a dataset and write the plan `train` would use (print it in plain words).
+    Plan {
+        /// Dataset folder with dataset.json (Decathlon or nnU-Net v2 layout).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the plan (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Preset whose patch-size cap applies.
+        #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
+        preset: String,
     },
     /// Predict label maps for a scan or a folder of scans.
     Predict {
@@ -173,6 +188,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             fold,
             seed,
             encoder,
+            plan,
             resume: None,
         } => {
             let (Some(data), Some(out)) = (data, out) else {
@@ -200,8 +216,45 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 val_fraction,
                 seed,
                 fold: fold.map(|k| k as usize),
+                plan,
             };
             backend::train(cli.device, &experiment, &options)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { data, out, preset } => {
+            let experiment = ExperimentConfig::preset(&preset)?;
+            let dataset = segmenter_io::load_dataset(&data)?;
+            let labelled: Vec<_> = dataset
+                .cases
+                .iter()
+                .filter(|c| c.label.is_some())
+                .cloned()
+                .collect();
+            anyhow::ensure!(
+                !labelled.is_empty(),
+                "{}: no labelled cases to plan from",
+                data.display()
+            );
+            eprintln!(
+                "Fingerprinting {} cases of {} …",
+                labelled.len(),
+                data.display()
+            );
+            let cases = segmenter::train::load_cases(&labelled, &dataset.labels)?;
+            let plan = segmenter::plan::Plan::from_dataset(
+                &dataset,
+                &cases,
+                experiment.train.max_patch_side,
+            );
+            plan.write(&out)?;
+            println!("Plan: {}", plan.describe());
+            if let Some(f) = &plan.fingerprint {
+                println!(
+                    "Fingerprint: {} cases, median spacing {:?} mm, median shape {:?}",
+                    f.cases, f.median_spacing_mm, f.median_shape
+                );
+            }
+            println!("Written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Predict {

@@ -42,6 +42,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Cross-validation fold (0..5) instead of a random `val_fraction` hold-out.
     pub fold: Option<usize>,
+    /// A plan written by `segmenter plan`, used instead of planning from the training cases.
+    pub plan: Option<PathBuf>,
 }
 
 /// Number of cross-validation folds of `--fold`.
@@ -276,13 +278,18 @@ fn prepare(
         .into_iter()
         .partition(|c| split.train.contains(&c.id));
     let plan = match plan {
-        Some(plan) => plan,
-        None => {
-            let plan = Plan::from_dataset(&dataset, &train_cases, config.train.max_patch_side);
-            run.write_plan(&plan)?;
+        Some(plan) => {
+            if plan.channel_names != dataset.channel_names || plan.labels != dataset.labels {
+                bail!(
+                    "the plan's channels {:?} and labels {:?} do not match the dataset's {:?} and {:?}",
+                    plan.channel_names, plan.labels, dataset.channel_names, dataset.labels
+                );
+            }
             plan
         }
+        None => Plan::from_dataset(&dataset, &train_cases, config.train.max_patch_side),
     };
+    run.write_plan(&plan)?;
     eprintln!("Plan: {}", plan.describe());
     eprintln!(
         "Split: {} training cases, {} validation cases (seed {})",
@@ -362,7 +369,8 @@ where
     run.write_json("run.json", &info)?;
     run.write_json("splits.json", &split)?;
     run.write_config(config)?;
-    let prepared = prepare(run, None, &info, &split, config)?;
+    let plan = options.plan.as_deref().map(Plan::read).transpose()?;
+    let prepared = prepare(run, plan, &info, &split, config)?;
     B::seed(device, options.seed);
     let model: SwinUMamba<B> = config.model.init(
         prepared.plan.channel_names.len(),
