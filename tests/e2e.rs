@@ -250,3 +250,119 @@ fn mismatched_image_and_label_give_a_one_line_error_naming_the_file() {
     assert!(error_lines[0].contains("shape"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// Writes a copy of a scan stored the other way round (x and y reversed: LPS-like instead of RAS)
+/// with an affine that places every voxel at the same world position.
+fn write_flipped_copy(src: &Path, dst: &Path) {
+    let (mut header, data) = read_nifti_raw(src).unwrap();
+    let [nx, ny, nz] = header.shape();
+    let affine = header.affine();
+    let values = match data {
+        segmenter_io::NiftiData::F32(v) => v,
+        segmenter_io::NiftiData::U8(v) => v.into_iter().map(f32::from).collect(),
+        other => panic!("unexpected data type {}", other.datatype()),
+    };
+    let mut flipped = vec![0f32; values.len()];
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                flipped[(nx - 1 - x) + nx * ((ny - 1 - y) + ny * z)] =
+                    values[x + nx * (y + ny * z)];
+            }
+        }
+    }
+    // New voxel (x', y') = old (nx-1-x', ny-1-y'): negate the x and y columns, move the origin.
+    for (srow, r) in header.srow.iter_mut().zip(affine) {
+        let origin = r[3] + r[0] * (nx - 1) as f64 + r[1] * (ny - 1) as f64;
+        *srow = [-r[0] as f32, -r[1] as f32, r[2] as f32, origin as f32];
+    }
+    header.sform_code = 1;
+    segmenter_io::write_nifti(dst, &header, &segmenter_io::NiftiData::F32(flipped)).unwrap();
+}
+
+#[test]
+fn a_reoriented_scan_gets_the_same_segmentation_in_its_own_orientation() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = trained_run(dir.path());
+    let scan = root().join("sample-data/hippocampus/imagesTs/hippocampus_036.nii.gz");
+    let (inputs, flipped_inputs) = (dir.path().join("ras"), dir.path().join("lps"));
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::create_dir_all(&flipped_inputs).unwrap();
+    std::fs::copy(&scan, inputs.join("case.nii.gz")).unwrap();
+    write_flipped_copy(&scan, &flipped_inputs.join("case.nii.gz"));
+    let (preds, flipped_preds) = (dir.path().join("pred-ras"), dir.path().join("pred-lps"));
+    for (input, output) in [(&inputs, &preds), (&flipped_inputs, &flipped_preds)] {
+        let out = segmenter(&[
+            "predict",
+            "--model",
+            s(&run),
+            "--input",
+            s(input),
+            "--output",
+            s(output),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let a = read_nifti(&preds.join("case.nii.gz")).unwrap();
+    let b = read_nifti(&flipped_preds.join("case.nii.gz")).unwrap();
+    let (flipped_header, _) = read_nifti_raw(&flipped_inputs.join("case.nii.gz")).unwrap();
+    assert_eq!(
+        b.header.affine(),
+        flipped_header.affine(),
+        "the prediction keeps the input's own affine"
+    );
+    assert_eq!(b.shape, a.shape);
+    let [nx, ny, nz] = a.shape;
+    let mut distinct = std::collections::BTreeSet::new();
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                let va = a.data[x + nx * (y + ny * z)];
+                distinct.insert(va as u8);
+                assert_eq!(
+                    va,
+                    b.data[(nx - 1 - x) + nx * ((ny - 1 - y) + ny * z)],
+                    "voxel ({x}, {y}, {z}) differs"
+                );
+            }
+        }
+    }
+    assert!(
+        distinct.len() >= 2,
+        "the prediction is constant ({distinct:?}), so the comparison would prove nothing"
+    );
+}
+
+#[test]
+fn an_lps_mri_comes_back_with_its_own_geometry() {
+    let scan = root()
+        .parent()
+        .unwrap()
+        .join("shared/data/totalseg-example/example_mr_sm.nii.gz");
+    if !scan.exists() {
+        eprintln!("skipping: {} is not here", scan.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = trained_run(dir.path());
+    let preds = dir.path().join("preds");
+    let out = segmenter(&[
+        "predict",
+        "--model",
+        s(&run),
+        "--input",
+        s(&scan),
+        "--output",
+        s(&preds),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (input, _) = read_nifti_raw(&scan).unwrap();
+    let pred = read_nifti(&preds.join("example_mr_sm.nii.gz")).unwrap();
+    assert_eq!(pred.shape, input.shape());
+    assert_eq!(pred.header.affine(), input.affine());
+    assert_eq!(
+        (pred.header.qform_code, pred.header.sform_code),
+        (input.qform_code, input.sform_code)
+    );
+    assert_eq!(pred.header.pixdim, input.pixdim);
+}

@@ -5,12 +5,17 @@
 
 mod dataset;
 mod error;
+pub mod geometry;
 mod nifti;
 
 pub use dataset::{
     find_cases, load_case, load_dataset, read_dataset_labels, Case, Dataset, LoadedCase,
 };
 pub use error::{IoError, Result};
+pub use geometry::{
+    resample_cubic, resample_labels, resample_linear, resampled_affine, shape_for_spacing,
+    Orientation,
+};
 pub use nifti::{
     read_nifti, read_nifti_raw, write_labels, write_nifti, NiftiData, NiftiHeader, Volume,
     MAX_VOXELS,

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod distance;
 pub mod evaluate;
 pub mod fsutil;
 pub mod infer;

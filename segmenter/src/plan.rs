@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use segmenter_io::geometry::Orientation;
 use segmenter_io::{Dataset, LoadedCase};
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,58 @@ pub struct Plan {
     /// What the plan was derived from.
     #[serde(default)]
     pub fingerprint: Option<Fingerprint>,
+    /// Whether volumes are reoriented to the canonical (closest to RAS+) axis order before slicing
+    /// and back after prediction; false only in plans written before reorientation existed.
+    #[serde(default)]
+    pub reorient: bool,
+}
+
+/// A case's channels and label in the frame the network sees: reoriented when the plan says so.
+pub struct NetworkCase {
+    /// How the case was reoriented (identity when it was not).
+    pub orientation: Orientation,
+    /// Shape of the case as stored in its file.
+    pub file_shape: [usize; 3],
+    /// Shape in the network's frame.
+    pub shape: [usize; 3],
+    /// Voxel spacing in the network's frame, in mm.
+    pub spacing: [f64; 3],
+    /// Channels in the network's frame (not normalised).
+    pub channels: Vec<Vec<f32>>,
+    /// Label map in the network's frame, if the case has one.
+    pub label: Option<Vec<u8>>,
+}
+
+impl NetworkCase {
+    /// Brings a loaded case into the network's frame.
+    pub fn new(case: &LoadedCase, reorient: bool) -> Self {
+        let orientation = if reorient {
+            Orientation::from_affine(&case.header.affine())
+        } else {
+            Orientation::identity()
+        };
+        let file_shape = case.shape;
+        Self {
+            orientation,
+            file_shape,
+            shape: orientation.canonical_shape(file_shape),
+            spacing: orientation.canonical_spacing(case.header.spacing()),
+            channels: case
+                .channels
+                .iter()
+                .map(|v| orientation.to_canonical(&v.data, file_shape))
+                .collect(),
+            label: case
+                .label
+                .as_ref()
+                .map(|l| orientation.to_canonical(l, file_shape)),
+        }
+    }
+
+    /// Maps a label map from the network's frame back to the file's voxel order.
+    pub fn labels_to_file(&self, labels: &[u8]) -> Vec<u8> {
+        self.orientation.from_canonical(labels, self.file_shape)
+    }
 }
 
 /// Intensity statistics of one channel over the labelled (foreground) voxels of the dataset.
@@ -220,11 +273,21 @@ impl Plan {
 
     /// Derives the plan from a dataset and its loaded training cases.
     pub fn from_dataset(dataset: &Dataset, cases: &[LoadedCase], max_patch_side: usize) -> Self {
+        // Shapes and spacings in the network's (canonical) frame, where slicing happens.
+        let frames: Vec<([usize; 3], [f64; 3])> = cases
+            .iter()
+            .map(|c| {
+                let o = Orientation::from_affine(&c.header.affine());
+                (
+                    o.canonical_shape(c.shape),
+                    o.canonical_spacing(c.header.spacing()),
+                )
+            })
+            .collect();
         // Slice along the axis with the coarsest spacing (ties: the last axis), as nnU-Net's 2D
         // configuration does, so each slice is sampled at the finest in-plane resolution.
         let mut spacing_sum = [0.0f64; 3];
-        for case in cases {
-            let s = case.header.spacing();
+        for (_, s) in &frames {
             for a in 0..3 {
                 spacing_sum[a] += s[a];
             }
@@ -233,8 +296,8 @@ impl Plan {
             .max_by(|&a, &b| spacing_sum[a].total_cmp(&spacing_sum[b]))
             .unwrap_or(2);
         let [r, c] = in_plane_axes(slice_axis);
-        let max_rows = cases.iter().map(|k| k.shape[r]).max().unwrap_or(1);
-        let max_cols = cases.iter().map(|k| k.shape[c]).max().unwrap_or(1);
+        let max_rows = frames.iter().map(|(shape, _)| shape[r]).max().unwrap_or(1);
+        let max_cols = frames.iter().map(|(shape, _)| shape[c]).max().unwrap_or(1);
         let side = |n: usize| n.div_ceil(DOWNSAMPLING).max(1) * DOWNSAMPLING;
         let cap = (max_patch_side / DOWNSAMPLING).max(1) * DOWNSAMPLING;
         let patch_size = [side(max_rows).min(cap), side(max_cols).min(cap)];
@@ -259,6 +322,7 @@ impl Plan {
             patch_size,
             normalization,
             fingerprint: Some(Fingerprint::of(&dataset.channel_names, cases)),
+            reorient: true,
         }
     }
 

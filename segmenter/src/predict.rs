@@ -10,6 +10,7 @@ use segmenter_io::{find_cases, load_case, write_labels, Case};
 
 use crate::infer::{predict_volume, WindowSettings};
 use crate::model::ModelBackend;
+use crate::plan::NetworkCase;
 use crate::run::RunDir;
 
 /// Options of `segmenter predict`.
@@ -146,17 +147,18 @@ pub fn predict<B: ModelBackend>(
                 },
                 &plan.labels,
             )?;
-            let mut channels: Vec<Vec<f32>> = loaded.channels.into_iter().map(|v| v.data).collect();
-            plan.normalize(&mut channels);
+            // Predict in the network's frame (canonical orientation), write in the file's own.
+            let mut frame = NetworkCase::new(&loaded, plan.reorient);
+            plan.normalize(&mut frame.channels);
             let labels = predict_volume(
                 &model,
                 &plan,
-                &channels,
-                loaded.shape,
-                &WindowSettings::default(),
+                &frame.channels,
+                frame.shape,
+                &options.window,
                 device,
             );
-            write_labels(&target, &loaded.header, &labels)?;
+            write_labels(&target, &loaded.header, &frame.labels_to_file(&labels))?;
             Ok(labels.len())
         })();
         match result {

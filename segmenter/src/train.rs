@@ -24,7 +24,7 @@ use crate::data::{Augmentation, Sampler, TrainVolume};
 use crate::evaluate::dice_per_class;
 use crate::infer::{predict_volume, WindowSettings};
 use crate::model::{ModelBackend, SwinUMamba};
-use crate::plan::{Plan, SliceGeometry};
+use crate::plan::{NetworkCase, Plan, SliceGeometry};
 use crate::run::RunDir;
 
 /// Options of `segmenter train` beyond the experiment config.
@@ -149,18 +149,24 @@ pub fn split_cases(ids: &[String], val_fraction: f64, seed: u64) -> Result<Split
     Ok(Split { train, val })
 }
 
+/// A case in the network's frame with normalised channels.
+fn network_case(plan: &Plan, case: &LoadedCase) -> NetworkCase {
+    let mut frame = NetworkCase::new(case, plan.reorient);
+    plan.normalize(&mut frame.channels);
+    frame
+}
+
 fn prepare_volume(plan: &Plan, case: LoadedCase) -> Result<TrainVolume> {
-    let mut channels: Vec<Vec<f32>> = case.channels.into_iter().map(|v| v.data).collect();
-    plan.normalize(&mut channels);
-    let label = case
+    let frame = network_case(plan, &case);
+    let label = frame
         .label
         .with_context(|| format!("case '{}' has no label map", case.id))?;
     Ok(TrainVolume::new(
         case.id,
-        channels,
+        frame.channels,
         label,
         SliceGeometry {
-            shape: case.shape,
+            shape: frame.shape,
             slice_axis: plan.slice_axis,
         },
     ))
@@ -245,7 +251,7 @@ struct Prepared {
     run: RunDir,
     plan: Plan,
     volumes: Vec<TrainVolume>,
-    val_volumes: Vec<(LoadedCase, Vec<Vec<f32>>)>,
+    val_volumes: Vec<NetworkCase>,
 }
 
 fn prepare(
@@ -303,11 +309,7 @@ fn prepare(
         .collect::<Result<_>>()?;
     let val_volumes = val_cases
         .into_iter()
-        .map(|c| {
-            let mut ch: Vec<Vec<f32>> = c.channels.iter().map(|v| v.data.clone()).collect();
-            plan.normalize(&mut ch);
-            (c, ch)
-        })
+        .map(|c| network_case(&plan, &c))
         .collect();
     Ok(Prepared {
         run,
@@ -668,7 +670,7 @@ fn mean_ignoring_nan(values: &[f64]) -> f64 {
 fn validate<B>(
     model: &SwinUMamba<B>,
     plan: &Plan,
-    volumes: &[(LoadedCase, Vec<Vec<f32>>)],
+    volumes: &[NetworkCase],
     device: &B::Device,
 ) -> Option<Vec<f64>>
 where
@@ -682,11 +684,11 @@ where
     let classes = plan.num_classes();
     let per_case: Vec<Vec<f64>> = volumes
         .iter()
-        .map(|(case, channels)| {
+        .map(|case| {
             let pred = predict_volume(
                 &inner,
                 plan,
-                channels,
+                &case.channels,
                 case.shape,
                 &WindowSettings::default(),
                 device,
