@@ -125,9 +125,15 @@ enum Command {
         /// The dataset's dataset.json, for the label names.
         #[arg(long)]
         dataset_json: PathBuf,
-        /// Folder for summary.json.
+        /// Folder for summary.json and summary.csv.
         #[arg(long)]
         out: PathBuf,
+        /// Tolerance of the normalised surface distance (NSD), in mm.
+        #[arg(long, default_value_t = 1.0)]
+        nsd_tolerance_mm: f64,
+        /// Per-class NSD tolerance, `CLASS=MM` (repeatable), e.g. `--nsd-class-tolerance 2=2.5`.
+        #[arg(long, value_parser = parse_class_tolerance)]
+        nsd_class_tolerance: Vec<(u8, f64)>,
     },
     /// Benchmarks that print what they compare, the ratio and the machine.
     Bench {
@@ -154,6 +160,26 @@ enum BenchKind {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_class_tolerance(text: &str) -> Result<(u8, f64), String> {
+    let (class, mm) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}': expected CLASS=MM, e.g. 2=2.5"))?;
+    let class = class
+        .trim()
+        .parse::<u8>()
+        .map_err(|_| format!("'{text}': class must be a label id 0..=255"))?;
+    let mm = mm
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("'{text}': tolerance must be a number of mm"))?;
+    if !(mm.is_finite() && mm >= 0.0) {
+        return Err(format!(
+            "'{text}': tolerance must be a non-negative number of mm"
+        ));
+    }
+    Ok((class, mm))
 }
 
 fn main() -> ExitCode {
@@ -299,12 +325,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             reference,
             dataset_json,
             out,
+            nsd_tolerance_mm,
+            nsd_class_tolerance,
         } => {
-            let summary = segmenter::evaluate::evaluate(&pred, &reference, &dataset_json)?;
+            anyhow::ensure!(
+                nsd_tolerance_mm.is_finite() && nsd_tolerance_mm >= 0.0,
+                "--nsd-tolerance-mm must be a non-negative number, got {nsd_tolerance_mm}"
+            );
+            let options = segmenter::evaluate::EvalOptions {
+                default_tolerance_mm: nsd_tolerance_mm,
+                tolerance_mm: nsd_class_tolerance.into_iter().collect(),
+            };
+            let summary =
+                segmenter::evaluate::evaluate_with(&pred, &reference, &dataset_json, &options)?;
             let labels = segmenter_io::read_dataset_labels(&dataset_json)?;
             let table = segmenter::evaluate::write_report(&summary, &labels, &out)?;
             println!("{table}");
-            println!("Report: {}", out.join("summary.json").display());
+            println!(
+                "Report: {} and summary.csv",
+                out.join("summary.json").display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
