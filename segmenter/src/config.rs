@@ -34,6 +34,41 @@ pub struct TrainConfig {
     pub foreground_fraction: f64,
     /// Patches are at most this many pixels on a side; larger slices are tiled.
     pub max_patch_side: usize,
+    /// AdamW (default) or SGD with Nesterov momentum (nnU-Net's choice).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Momentum of SGD (ignored by AdamW).
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// Learning-rate decay after warm-up.
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+}
+
+fn default_momentum() -> f64 {
+    0.99
+}
+
+/// The optimiser of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW with decoupled weight decay.
+    #[default]
+    AdamW,
+    /// SGD with Nesterov momentum and L2 weight decay.
+    Sgd,
+}
+
+/// The learning-rate decay after warm-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// `(1 - progress)^0.9`, nnU-Net's.
+    #[default]
+    Poly,
+    /// Half a cosine from the peak to zero.
+    Cosine,
 }
 
 /// Model and training configuration of one run; written to `<RUN_DIR>/config.toml`.
@@ -155,6 +190,17 @@ mod tests {
         let merged = ExperimentConfig::load_over(&base, &path).unwrap();
         assert_eq!(merged.train.batch_size, 3);
         assert_eq!(merged.train.epochs, base.train.epochs);
+        std::fs::write(
+            &path,
+            "[train]\noptimizer = \"sgd\"\nschedule = \"cosine\"\n",
+        )
+        .unwrap();
+        let sgd = ExperimentConfig::load_over(&base, &path).unwrap();
+        assert_eq!(
+            (sgd.train.optimizer, sgd.train.schedule),
+            (OptimizerKind::Sgd, ScheduleKind::Cosine)
+        );
+        assert_eq!(base.train.optimizer, OptimizerKind::AdamW);
         std::fs::write(&path, "[train]\nbatch_sise = 3\n").unwrap();
         let err = ExperimentConfig::load_over(&base, &path).unwrap_err();
         assert!(format!("{err:#}").contains("batch_sise"), "{err:#}");

@@ -8,7 +8,9 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::backend::AutodiffBackend;
@@ -19,7 +21,7 @@ use rayon::prelude::*;
 use segmenter_io::{load_case, load_dataset, LoadedCase};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, OptimizerKind, ScheduleKind};
 use crate::data::{Augmentation, Sampler, TrainVolume};
 use crate::evaluate::dice_per_class;
 use crate::infer::{predict_volume, WindowSettings};
@@ -214,11 +216,21 @@ fn one_hot<B: Backend>(
 }
 
 /// Learning rate at a point of training: linear warm-up, then polynomial (0.9) decay to zero.
-pub fn learning_rate(peak: f64, warmup_steps: usize, step: usize, progress: f64) -> f64 {
+pub fn learning_rate(
+    peak: f64,
+    warmup_steps: usize,
+    step: usize,
+    progress: f64,
+    schedule: ScheduleKind,
+) -> f64 {
     if step < warmup_steps {
         return peak * (step + 1) as f64 / warmup_steps as f64;
     }
-    peak * (1.0 - progress.clamp(0.0, 1.0)).powf(0.9)
+    let progress = progress.clamp(0.0, 1.0);
+    match schedule {
+        ScheduleKind::Poly => peak * (1.0 - progress).powf(0.9),
+        ScheduleKind::Cosine => peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+    }
 }
 
 /// What a run needs to be resumed, beyond config and plan: written to `run.json`.
@@ -379,14 +391,13 @@ where
         prepared.plan.num_classes(),
         device,
     );
-    let optimizer = optimizer_for::<B>(config);
     let state = TrainState {
         epochs_done: 0,
         step: 0,
         elapsed_s: 0.0,
         best_dice: None,
     };
-    fit(config, &info, prepared, model, optimizer, state, device)
+    fit_with_optimizer(config, &info, prepared, model, state, None, device)
 }
 
 /// Continues a run from its last checkpoint (`segmenter train --resume RUN_DIR`).
@@ -420,26 +431,76 @@ where
             .load(model_bytes, device)
             .context("checkpoint model does not match the run's config")?,
     );
-    let optimizer = optimizer_for::<B>(&config);
-    let optimizer = optimizer.load_record(
-        recorder
-            .load(optim_bytes, device)
-            .context("checkpoint optimiser state is unreadable")?,
-    );
-    fit(&config, &info, prepared, model, optimizer, state, device)
+    fit_with_optimizer(
+        &config,
+        &info,
+        prepared,
+        model,
+        state,
+        Some(optim_bytes),
+        device,
+    )
 }
 
-fn optimizer_for<B>(config: &ExperimentConfig) -> impl Optimizer<SwinUMamba<B>, B>
+/// Builds the configured optimiser (restoring its state from a checkpoint if given) and trains.
+fn fit_with_optimizer<B>(
+    config: &ExperimentConfig,
+    info: &RunInfo,
+    prepared: Prepared,
+    model: SwinUMamba<B>,
+    state: TrainState,
+    checkpoint: Option<Vec<u8>>,
+    device: &B::Device,
+) -> Result<Option<f64>>
 where
     B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
 {
     let t = &config.train;
-    AdamWConfig::new()
-        .with_weight_decay(t.weight_decay as f32)
-        .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(
-            t.grad_clip_norm as f32,
-        )))
-        .init::<B, SwinUMamba<B>>()
+    // burn clips each parameter's gradient to this norm (not the global norm).
+    let clip = Some(burn::grad_clipping::GradientClippingConfig::Norm(
+        t.grad_clip_norm as f32,
+    ));
+    match t.optimizer {
+        OptimizerKind::AdamW => {
+            let optimizer = AdamWConfig::new()
+                .with_weight_decay(t.weight_decay as f32)
+                .with_grad_clipping(clip)
+                .init::<B, SwinUMamba<B>>();
+            let optimizer = restore(optimizer, checkpoint, device)?;
+            fit(config, info, prepared, model, optimizer, state, device)
+        }
+        OptimizerKind::Sgd => {
+            let momentum = MomentumConfig {
+                momentum: t.momentum,
+                dampening: 0.0,
+                nesterov: true,
+            };
+            let optimizer = SgdConfig::new()
+                .with_momentum(Some(momentum))
+                .with_weight_decay(Some(WeightDecayConfig {
+                    penalty: t.weight_decay as f32,
+                }))
+                .with_gradient_clipping(clip)
+                .init::<B, SwinUMamba<B>>();
+            let optimizer = restore(optimizer, checkpoint, device)?;
+            fit(config, info, prepared, model, optimizer, state, device)
+        }
+    }
+}
+
+fn restore<B, O>(optimizer: O, checkpoint: Option<Vec<u8>>, device: &B::Device) -> Result<O>
+where
+    B: AutodiffBackend,
+    O: Optimizer<SwinUMamba<B>, B>,
+{
+    let Some(bytes) = checkpoint else {
+        return Ok(optimizer);
+    };
+    let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .load(bytes, device)
+        .context("checkpoint optimiser state is unreadable (or from another optimiser)")?;
+    Ok(optimizer.load_record(record))
 }
 
 fn fit<B, O>(
@@ -505,7 +566,13 @@ where
                     .max(elapsed.as_secs_f64() / b.as_secs_f64()),
                 None => state.step as f64 / total_steps as f64,
             };
-            lr = learning_rate(t.learning_rate, t.warmup_steps, state.step, progress);
+            lr = learning_rate(
+                t.learning_rate,
+                t.warmup_steps,
+                state.step,
+                progress,
+                t.schedule,
+            );
             let batch = sampler.batch(state.step as u64, t.batch_size);
             let mut images = batch.images;
             if std::env::var_os("SEGMENTER_INJECT_NAN_AT_STEP")
@@ -731,10 +798,14 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {
-        assert!((learning_rate(1.0, 10, 0, 0.0) - 0.1).abs() < 1e-12);
-        assert!((learning_rate(1.0, 10, 9, 0.0) - 1.0).abs() < 1e-12);
-        assert!((learning_rate(1.0, 10, 50, 0.5) - 0.5f64.powf(0.9)).abs() < 1e-12);
-        assert_eq!(learning_rate(1.0, 10, 100, 1.0), 0.0);
+        assert!((learning_rate(1.0, 10, 0, 0.0, ScheduleKind::Poly) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(1.0, 10, 9, 0.0, ScheduleKind::Poly) - 1.0).abs() < 1e-12);
+        assert!(
+            (learning_rate(1.0, 10, 50, 0.5, ScheduleKind::Poly) - 0.5f64.powf(0.9)).abs() < 1e-12
+        );
+        assert_eq!(learning_rate(1.0, 10, 100, 1.0, ScheduleKind::Poly), 0.0);
+        assert!((learning_rate(1.0, 10, 50, 0.5, ScheduleKind::Cosine) - 0.5).abs() < 1e-12);
+        assert!(learning_rate(1.0, 10, 100, 1.0, ScheduleKind::Cosine).abs() < 1e-12);
     }
 
     #[test]
