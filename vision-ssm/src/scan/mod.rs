@@ -3,8 +3,10 @@
 //! `h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t`, `y_t = C_t·h_t + D u_t`, `Δ = softplus(δ + bias)`,
 //! in VMamba's layout: `u, δ: [B, K·E, L]`, `A: [K·E, N]`, `B, C: [B, K, N, L]`, `D, bias: [K·E]`.
 //!
-//! Backends get the fused CPU kernel ([`cpu`]) through host memory by default; autodiff wraps any
-//! [`ScanBackend`] with the kernel's hand-written backward, so no `[B, D, L, N]` tensor is ever stored.
+//! Backends get the fused CPU kernel ([`cpu`]) through host memory by default (Flex borrows its
+//! tensors' memory without copying); autodiff wraps any [`ScanBackend`] with the kernel's
+//! hand-written backward, so no `[B, D, L, N]` tensor is ever stored: the forward pass keeps the
+//! state every [`cpu::CHUNK`] steps ([`ScanSaved`]) and the backward pass recomputes the rest.
 
 pub mod cpu;
 pub mod reference;
@@ -16,9 +18,12 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
     Autodiff,
 };
+use burn::backend::flex::FlexTensor;
 use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
+use std::borrow::Cow;
+use std::sync::Arc;
 
-use cpu::{ScanDims, ScanInputs};
+use cpu::{ScanCheckpoints, ScanDims, ScanInputs};
 
 /// A backend's float tensor primitive.
 pub type FloatTensor<B> = <B as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
@@ -53,9 +58,146 @@ pub trait ScanBackend: Backend {
     fn selective_scan_backward(x: ScanTensors<Self>, dy: FloatTensor<Self>) -> ScanTensors<Self> {
         host_backward::<Self>(x, dy)
     }
+
+    /// Forward scan for training: `y` and what the backward pass can reuse. By default
+    /// [`ScanBackend::selective_scan`], keeping nothing.
+    fn selective_scan_saving(x: ScanTensors<Self>) -> (FloatTensor<Self>, Option<ScanSaved>) {
+        (Self::selective_scan(x), None)
+    }
+
+    /// Backward pass given what [`ScanBackend::selective_scan_saving`] kept. By default
+    /// [`ScanBackend::selective_scan_backward`].
+    fn selective_scan_backward_saved(
+        x: ScanTensors<Self>,
+        saved: Option<ScanSaved>,
+        dy: FloatTensor<Self>,
+    ) -> ScanTensors<Self> {
+        let _ = saved;
+        Self::selective_scan_backward(x, dy)
+    }
 }
 
-impl ScanBackend for burn::backend::Flex {}
+/// What a forward pass kept for its backward pass (the CPU kernel's state checkpoints).
+#[derive(Clone, Debug)]
+pub struct ScanSaved(Arc<ScanCheckpoints>);
+
+/// Flex runs the CPU kernel on its tensors' own memory (a copy only for non-contiguous inputs).
+impl ScanBackend for burn::backend::Flex {
+    fn selective_scan(x: ScanTensors<Self>) -> FlexTensor {
+        flex_forward(&x, false).0
+    }
+
+    fn selective_scan_backward(x: ScanTensors<Self>, dy: FlexTensor) -> ScanTensors<Self> {
+        flex_backward(&x, None, &dy)
+    }
+
+    fn selective_scan_saving(x: ScanTensors<Self>) -> (FlexTensor, Option<ScanSaved>) {
+        flex_forward(&x, true)
+    }
+
+    fn selective_scan_backward_saved(
+        x: ScanTensors<Self>,
+        saved: Option<ScanSaved>,
+        dy: FlexTensor,
+    ) -> ScanTensors<Self> {
+        flex_backward(&x, saved.as_ref(), &dy)
+    }
+}
+
+/// The values of a float32 Flex tensor in row-major order: borrowed when it is contiguous.
+fn flex_values(t: &FlexTensor) -> Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(v) => Cow::Borrowed(v),
+        None => Cow::Owned(
+            t.clone()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("converted tensor data is f32"),
+        ),
+    }
+}
+
+/// The sizes of a scan from the shapes of u and B, checked against every input.
+fn flex_dims(x: &ScanTensors<burn::backend::Flex>) -> ScanDims {
+    let (u, bm) = (
+        x.u.layout().shape().to_vec(),
+        x.bm.layout().shape().to_vec(),
+    );
+    assert!(
+        u.len() == 3 && bm.len() == 4,
+        "selective_scan: u must be [B, D, L] and bm [B, K, N, L]; got {u:?}, {bm:?}"
+    );
+    ScanDims {
+        batch: u[0],
+        channels: u[1],
+        len: u[2],
+        k_dirs: bm[1],
+        d_state: bm[2],
+    }
+}
+
+/// Runs `f` on the inputs as host slices.
+fn with_flex_inputs<R>(
+    x: &ScanTensors<burn::backend::Flex>,
+    f: impl FnOnce(ScanDims, &ScanInputs) -> R,
+) -> R {
+    let dims = flex_dims(x);
+    let v = [&x.u, &x.delta, &x.a, &x.bm, &x.cm, &x.d_skip, &x.delta_bias].map(flex_values);
+    let inputs = ScanInputs {
+        u: &v[0],
+        delta: &v[1],
+        a: &v[2],
+        bm: &v[3],
+        cm: &v[4],
+        d_skip: &v[5],
+        delta_bias: &v[6],
+    };
+    if let Err(e) = dims.check(&inputs) {
+        panic!("selective_scan: inconsistent input shapes: {e}");
+    }
+    f(dims, &inputs)
+}
+
+fn flex_tensor(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, like.layout().shape().to_vec()))
+}
+
+fn flex_forward(
+    x: &ScanTensors<burn::backend::Flex>,
+    save: bool,
+) -> (FlexTensor, Option<ScanSaved>) {
+    let (y, saved) = with_flex_inputs(x, |dims, inputs| {
+        if save {
+            let (y, saved) = cpu::scan_forward_saving(dims, inputs);
+            (y, Some(ScanSaved(Arc::new(saved))))
+        } else {
+            (cpu::scan_forward(dims, inputs), None)
+        }
+    });
+    (flex_tensor(y, &x.u), saved)
+}
+
+fn flex_backward(
+    x: &ScanTensors<burn::backend::Flex>,
+    saved: Option<&ScanSaved>,
+    dy: &FlexTensor,
+) -> ScanTensors<burn::backend::Flex> {
+    let dyv = flex_values(dy);
+    let g = with_flex_inputs(x, |dims, inputs| match saved {
+        Some(ScanSaved(ck)) => cpu::scan_backward_from(dims, inputs, &dyv, ck),
+        None => cpu::scan_backward(dims, inputs, &dyv),
+    });
+    ScanTensors {
+        u: flex_tensor(g.u, &x.u),
+        delta: flex_tensor(g.delta, &x.delta),
+        a: flex_tensor(g.a, &x.a),
+        bm: flex_tensor(g.bm, &x.bm),
+        cm: flex_tensor(g.cm, &x.cm),
+        d_skip: flex_tensor(g.d_skip, &x.d_skip),
+        delta_bias: flex_tensor(g.delta_bias, &x.delta_bias),
+    }
+}
 
 /// Runs the selective scan (see the module docs for shapes); differentiable on `Autodiff` backends.
 pub fn selective_scan<B: ScanBackend>(
@@ -176,11 +318,12 @@ fn host_backward<B: Backend>(x: ScanTensors<B>, dy: FloatTensor<B>) -> ScanTenso
 struct ScanBackward;
 
 impl<B: ScanBackend> Backward<B, 7> for ScanBackward {
-    type State = ScanTensors<B>;
+    type State = (ScanTensors<B>, Option<ScanSaved>);
 
     fn backward(self, ops: Ops<Self::State, 7>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<B>(&ops.node);
-        let g = B::selective_scan_backward(ops.state, dy);
+        let (x, saved) = ops.state;
+        let g = B::selective_scan_backward_saved(x, saved, dy);
         let [u, delta, a, bm, cm, d_skip, delta_bias] = ops.parents;
         let pairs = [
             (u, g.u),
@@ -221,8 +364,8 @@ impl<B: ScanBackend, C: CheckpointStrategy> ScanBackend for Autodiff<B, C> {
         };
         match ScanBackward.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let y = B::selective_scan(inner.clone());
-                prep.finish(inner, y)
+                let (y, saved) = B::selective_scan_saving(inner.clone());
+                prep.finish((inner, saved), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::selective_scan(inner)),
         }
@@ -237,3 +380,74 @@ impl<B: ScanBackend, C: CheckpointStrategy> ScanBackend for Autodiff<B, C> {
 
 #[cfg(feature = "cuda")]
 impl ScanBackend for burn::backend::Cuda {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    type Ad = Autodiff<Flex>;
+
+    /// Non-contiguous inputs (copied on the way in) give what contiguous ones (borrowed) give,
+    /// tracked or not.
+    #[test]
+    fn flex_inputs_borrowed_or_copied_agree() {
+        let dev = Default::default();
+        let (b, k, e, n, l) = (2, 2, 3, 4, 21);
+        let d = k * e;
+        let r = |shape: [usize; 3], lo: f64, hi: f64| {
+            Tensor::<Ad, 3>::random(shape, Distribution::Uniform(lo, hi), &dev)
+        };
+        let u_t = r([b, l, d], -1.0, 1.0).require_grad();
+        let delta = r([b, d, l], -3.0, 1.0).require_grad();
+        let a =
+            Tensor::<Ad, 2>::random([d, n], Distribution::Uniform(-2.0, -0.1), &dev).require_grad();
+        let bm = Tensor::<Ad, 4>::random([b, k, n, l], Distribution::Uniform(-1.0, 1.0), &dev)
+            .require_grad();
+        let cm = Tensor::<Ad, 4>::random([b, k, n, l], Distribution::Uniform(-1.0, 1.0), &dev)
+            .require_grad();
+        let d_skip =
+            Tensor::<Ad, 1>::random([d], Distribution::Uniform(0.5, 1.5), &dev).require_grad();
+        let bias =
+            Tensor::<Ad, 1>::random([d], Distribution::Uniform(-1.0, 0.5), &dev).require_grad();
+        let w = r([b, d, l], -1.0, 1.0);
+        // y, dB and d u (through whichever leaf u came from).
+        let run = |u: Tensor<Ad, 3>, leaf: &Tensor<Ad, 3>| {
+            let y = selective_scan(
+                u,
+                delta.clone(),
+                a.clone(),
+                bm.clone(),
+                cm.clone(),
+                d_skip.clone(),
+                bias.clone(),
+            );
+            let grads = (y.clone() * w.clone()).sum().backward();
+            let gu = leaf.grad(&grads).unwrap();
+            let gb = bm.grad(&grads).unwrap();
+            (y.into_data(), gb.into_data(), gu)
+        };
+        let strided = u_t.clone().swap_dims(1, 2);
+        let copied = run(strided.clone(), &u_t);
+        let u_c = Tensor::<Ad, 3>::from_data(strided.to_data(), &dev).require_grad();
+        let borrowed = run(u_c.clone(), &u_c);
+        assert_eq!(copied.0, borrowed.0, "y");
+        assert_eq!(copied.1, borrowed.1, "dB");
+        assert_eq!(
+            copied.2.swap_dims(1, 2).into_data(),
+            borrowed.2.into_data(),
+            "du"
+        );
+        let untracked = selective_scan(
+            strided.inner(),
+            delta.clone().inner(),
+            a.clone().inner(),
+            bm.clone().inner(),
+            cm.clone().inner(),
+            d_skip.clone().inner(),
+            bias.clone().inner(),
+        );
+        assert_eq!(untracked.into_data(), copied.0, "untracked y");
+    }
+}

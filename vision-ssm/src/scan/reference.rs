@@ -302,6 +302,8 @@ mod tests {
             (2, 2, 3, 4, 37, 1),
             (1, 4, 5, 16, 70, 2),
             (1, 1, 1, 1, 5, 3),
+            // Whole groups of lanes and blocks of steps in the fused kernel.
+            (1, 2, 40, 16, 150, 4),
         ] {
             let mut rng = StdRng::seed_from_u64(seed);
             let channels = k_dirs * per_dir;
