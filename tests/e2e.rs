@@ -2,71 +2,11 @@
 //! the held-out cases and evaluates them, the way a user runs it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use segmenter_io::{read_nifti, read_nifti_raw};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn segmenter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_segmenter"))
-        .args(args)
-        .output()
-        .expect("run segmenter")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A run folder trained for two steps on the sample data, shared by the tests of this file.
-fn trained_run(dir: &Path) -> PathBuf {
-    let data = root().join("sample-data/hippocampus");
-    let config = dir.join("fast.toml");
-    std::fs::write(
-        &config,
-        "[train]\nbatch_size = 4\nwarmup_steps = 1\nval_every = 1\n",
-    )
-    .unwrap();
-    let run = dir.join("run");
-    let out = segmenter(&[
-        "train",
-        "--data",
-        s(&data),
-        "--out",
-        s(&run),
-        "--config",
-        s(&config),
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "2",
-    ]);
-    assert!(out.status.success(), "train failed:\n{}", text(&out));
-    for file in [
-        "model.mpk",
-        "config.toml",
-        "plan.json",
-        "splits.json",
-        "log.jsonl",
-    ] {
-        assert!(run.join(file).exists(), "run folder lacks {file}");
-    }
-    run
-}
+mod common;
+use common::*;
 
 #[test]
 fn train_predict_evaluate_through_the_binary() {

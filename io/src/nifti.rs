@@ -371,6 +371,25 @@ impl NiftiHeader {
 
     /// Number of voxels, after checking dim[0], positive sizes, the voxel limit and that extra dims are 1.
     fn voxel_count(&self, path: &Path) -> Result<usize> {
+        let count = self.element_count(path)?;
+        let ndim = self.dim[0] as usize;
+        if ndim >= 4 && self.dim[4] > 1 {
+            return Err(IoError::NotThreeD {
+                path: path.to_path_buf(),
+                detail: format!("4D with {} time points", self.dim[4]),
+            });
+        }
+        if let Some(i) = (5..=ndim).find(|&i| self.dim[i] > 1) {
+            return Err(IoError::NotThreeD {
+                path: path.to_path_buf(),
+                detail: format!("{ndim}D with dim[{i}] = {}", self.dim[i]),
+            });
+        }
+        Ok(count)
+    }
+
+    /// Number of values over every dimension (1 to 7 of them), checked against [`MAX_VOXELS`].
+    fn element_count(&self, path: &Path) -> Result<usize> {
         let ndim = self.dim[0];
         if !(1..=7).contains(&ndim) {
             return Err(invalid(path, format!("dim[0] is {ndim}, must be 1 to 7")));
@@ -398,18 +417,6 @@ impl NiftiHeader {
         }
         if count > MAX_VOXELS {
             return Err(too_large());
-        }
-        if ndim >= 4 && self.dim[4] > 1 {
-            return Err(IoError::NotThreeD {
-                path: path.to_path_buf(),
-                detail: format!("4D with {} time points", self.dim[4]),
-            });
-        }
-        if let Some(i) = (5..=ndim).find(|&i| self.dim[i] > 1) {
-            return Err(IoError::NotThreeD {
-                path: path.to_path_buf(),
-                detail: format!("{ndim}D with dim[{i}] = {}", self.dim[i]),
-            });
         }
         usize::try_from(count).map_err(|_| too_large())
     }
@@ -687,6 +694,16 @@ fn skip<R: Read>(r: &mut R, n: u64) -> io::Result<u64> {
 
 /// Reads a NIfTI-1 file (.nii or .nii.gz, told apart by the gzip magic bytes) with voxels in their stored type.
 pub fn read_nifti_raw(path: &Path) -> Result<(NiftiHeader, NiftiData)> {
+    read_raw(path, false)
+}
+
+/// Like [`read_nifti_raw`], but any number of dimensions (e.g. 4D probability maps), values in
+/// file order with the first axis fastest.
+pub fn read_nifti_nd(path: &Path) -> Result<(NiftiHeader, NiftiData)> {
+    read_raw(path, true)
+}
+
+fn read_raw(path: &Path, any_dims: bool) -> Result<(NiftiHeader, NiftiData)> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
     let mut reader = BufReader::with_capacity(256 * 1024, file);
@@ -711,7 +728,11 @@ pub fn read_nifti_raw(path: &Path) -> Result<(NiftiHeader, NiftiData)> {
         });
     }
     let header = NiftiHeader::parse(raw, path)?;
-    let voxels = header.voxel_count(path)?;
+    let voxels = if any_dims {
+        header.element_count(path)?
+    } else {
+        header.voxel_count(path)?
+    };
     let elem = element_size(header.datatype).ok_or_else(|| IoError::Unsupported {
         path: path.to_path_buf(),
         reason: unsupported_datatype(header.datatype),
@@ -802,7 +823,7 @@ pub fn write_nifti(path: &Path, header: &NiftiHeader, data: &NiftiData) -> Resul
     h.datatype = data.datatype();
     h.bitpix = data.bitpix();
     h.vox_offset = DATA_OFFSET as f32;
-    let voxels = h.voxel_count(path)?;
+    let voxels = h.element_count(path)?;
     if voxels != data.len() {
         return Err(IoError::LengthMismatch {
             path: path.to_path_buf(),

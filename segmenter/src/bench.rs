@@ -100,7 +100,7 @@ static ALLOCATOR: CountingAlloc = CountingAlloc;
 
 /// Runs `f` and returns its result and the peak of the bytes allocated while it ran (above what
 /// was live when it started; what it returns counts too).
-fn with_peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
+pub fn with_peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let out = f();
@@ -298,7 +298,7 @@ fn time_runs<T>(runs: usize, mut f: impl FnMut() -> T) -> Timing {
 }
 
 /// The CPU model from /proc/cpuinfo ("unknown" elsewhere).
-fn cpu_model() -> String {
+pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -95,6 +95,20 @@ pub fn predict_volume<B: ModelBackend>(
     settings: &WindowSettings,
     device: &B::Device,
 ) -> Vec<u8> {
+    predict_volume_with_probabilities(model, plan, channels, shape, settings, device, false).0
+}
+
+/// Like [`predict_volume`], and when `keep_probabilities` also the class probabilities, one
+/// `Vec` per class in the volume's voxel order (the Gaussian-weighted average over windows).
+pub fn predict_volume_with_probabilities<B: ModelBackend>(
+    model: &SwinUMamba<B>,
+    plan: &Plan,
+    channels: &[Vec<f32>],
+    shape: [usize; 3],
+    settings: &WindowSettings,
+    device: &B::Device,
+    keep_probabilities: bool,
+) -> (Vec<u8>, Option<Vec<Vec<f32>>>) {
     let geometry = SliceGeometry {
         shape,
         slice_axis: plan.slice_axis,
@@ -173,15 +187,19 @@ pub fn predict_volume<B: ModelBackend>(
         }
     }
 
-    let mut labels = vec![0u8; shape.iter().product()];
+    let voxels: usize = shape.iter().product();
+    let mut labels = vec![0u8; voxels];
+    let mut probabilities = keep_probabilities.then(|| vec![vec![0.0f32; voxels]; classes]);
     for s in 0..geometry.count() {
         let mut slice_labels = vec![0u8; rows * cols];
+        let mut slice_probs = vec![vec![0.0f32; rows * cols]; classes];
         for r in 0..rows {
             for c in 0..cols {
                 let p = (r + off_r) * canvas_c + c + off_c;
                 let mut best = (0usize, f32::MIN);
-                for k in 0..classes {
+                for (k, probs) in slice_probs.iter_mut().enumerate() {
                     let v = scores[(s * classes + k) * canvas_r * canvas_c + p] / norm[p];
+                    probs[r * cols + c] = v;
                     if v > best.1 {
                         best = (k, v);
                     }
@@ -190,8 +208,13 @@ pub fn predict_volume<B: ModelBackend>(
             }
         }
         geometry.insert(&mut labels, s, &slice_labels);
+        if let Some(volumes) = probabilities.as_mut() {
+            for (volume, probs) in volumes.iter_mut().zip(&slice_probs) {
+                geometry.insert(volume, s, probs);
+            }
+        }
     }
-    labels
+    (labels, probabilities)
 }
 
 #[cfg(test)]

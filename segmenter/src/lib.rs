@@ -2,6 +2,7 @@
 //! evaluation — on burn, CPU by default and CUDA with `--features cuda`.
 
 pub mod bench;
+pub mod bench_infer;
 pub mod config;
 pub mod data;
 pub mod distance;
@@ -11,6 +12,8 @@ pub mod infer;
 pub mod model;
 pub mod norm;
 pub mod plan;
+pub mod postprocess;
 pub mod predict;
+pub mod report;
 pub mod run;
 pub mod train;

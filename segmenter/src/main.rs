@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use segmenter::config::{ExperimentConfig, PRESETS};
 use segmenter::model::EncoderKind;
@@ -113,8 +113,17 @@ enum Command {
         /// Sliding-window step as a fraction of the patch size.
         #[arg(long, default_value_t = 0.5)]
         step: f64,
+        /// Post-processing of each label map; recorded with the other settings in
+        /// OUTPUT/prediction.json.
+        #[arg(long, value_enum, default_value_t = segmenter::postprocess::PostProcessing::None)]
+        postprocess: segmenter::postprocess::PostProcessing,
+        /// Also write each case's class probabilities (4D float32 NIfTI, x·y·z·class, before
+        /// post-processing) to OUTPUT/probabilities/.
+        #[arg(long)]
+        save_probabilities: bool,
     },
-    /// Compare predicted label maps with references: per-class Dice and IoU, summary.json.
+    /// Compare predicted label maps with references: Dice, IoU, HD95, NSD and volumes per case and
+    /// class, in summary.json, summary.csv and an HTML report with box plots and overlays.
     Evaluate {
         /// Folder of predicted label maps.
         #[arg(long)]
@@ -125,9 +134,13 @@ enum Command {
         /// The dataset's dataset.json, for the label names.
         #[arg(long)]
         dataset_json: PathBuf,
-        /// Folder for summary.json and summary.csv.
+        /// Folder for summary.json, summary.csv and report.html (with report_files/).
         #[arg(long)]
         out: PathBuf,
+        /// Folder of the scans, drawn under the overlay pictures of the report; by default the
+        /// `imagesXx` folder next to a reference folder named `labelsXx`, when there is one.
+        #[arg(long)]
+        images: Option<PathBuf>,
         /// Tolerance of the normalised surface distance (NSD), in mm.
         #[arg(long, default_value_t = 1.0)]
         nsd_tolerance_mm: f64,
@@ -153,6 +166,26 @@ enum BenchKind {
         /// Timed runs per measurement (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inference: voxels per second and peak memory over whole volumes, per preset, with and
+    /// without --tta (freshly initialised networks; speed does not depend on the weights).
+    Infer {
+        /// Scans or folders of scans, each timed as one group [default:
+        /// sample-data/hippocampus/imagesTs and ../shared/data/totalseg-example/example_ct_sm.nii.gz].
+        #[arg(long = "input")]
+        inputs: Vec<PathBuf>,
+        /// Output classes (background included) for each --input, in order; 3 when not given.
+        #[arg(long = "classes")]
+        classes: Vec<usize>,
+        /// Presets to time.
+        #[arg(long, value_delimiter = ',', default_values_t = ["tiny".to_string(), "swin-umamba".to_string()])]
+        presets: Vec<String>,
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -291,6 +324,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             shard,
             tta,
             step,
+            postprocess,
+            save_probabilities,
         } => {
             anyhow::ensure!(
                 step > 0.0 && step <= 1.0,
@@ -308,6 +343,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 overwrite,
                 shard,
                 window,
+                postprocessing: postprocess,
+                save_probabilities,
             };
             let report = backend::predict(cli.device, &options)?;
             eprintln!("{}", describe(&report, &output));
@@ -325,6 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             reference,
             dataset_json,
             out,
+            images,
             nsd_tolerance_mm,
             nsd_class_tolerance,
         } => {
@@ -341,9 +379,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let labels = segmenter_io::read_dataset_labels(&dataset_json)?;
             let table = segmenter::evaluate::write_report(&summary, &labels, &out)?;
             println!("{table}");
+            let images = images.or_else(|| segmenter::report::sibling_images(&reference));
+            let html =
+                segmenter::report::write_html_report(&summary, &labels, &out, images.as_deref())?;
             println!(
-                "Report: {} and summary.csv",
-                out.join("summary.json").display()
+                "Report: {} (summary.json, summary.csv beside it)",
+                html.display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -361,6 +402,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 runs,
                 json,
                 threads,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchKind::Infer {
+                    inputs,
+                    classes,
+                    presets,
+                    threads,
+                    json,
+                },
+        } => {
+            if let Some(n) = threads {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build_global()
+                    .context("cannot set the worker threads")?;
+            }
+            segmenter::bench_infer::run_infer_bench(&segmenter::bench_infer::InferBenchOptions {
+                inputs,
+                presets,
+                classes,
+                json,
             })?;
             Ok(ExitCode::SUCCESS)
         }

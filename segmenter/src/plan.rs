@@ -265,6 +265,30 @@ fn foreground_values(cases: &[LoadedCase], channel: usize) -> Vec<f32> {
     values
 }
 
+/// The slice axis and 2D patch size for volumes with these (canonical) shapes and spacings.
+///
+/// Slices along the axis with the coarsest spacing (ties: the last axis), as nnU-Net's 2D
+/// configuration does, so each slice is sampled at the finest in-plane resolution; the patch
+/// covers the largest slice, rounded up to the network's downsampling and capped.
+pub fn slicing(frames: &[([usize; 3], [f64; 3])], max_patch_side: usize) -> (usize, [usize; 2]) {
+    let mut spacing_sum = [0.0f64; 3];
+    for (_, s) in frames {
+        for a in 0..3 {
+            spacing_sum[a] += s[a];
+        }
+    }
+    let slice_axis = (0..3)
+        .max_by(|&a, &b| spacing_sum[a].total_cmp(&spacing_sum[b]))
+        .unwrap_or(2);
+    let [r, c] = in_plane_axes(slice_axis);
+    let max_rows = frames.iter().map(|(shape, _)| shape[r]).max().unwrap_or(1);
+    let max_cols = frames.iter().map(|(shape, _)| shape[c]).max().unwrap_or(1);
+    let side = |n: usize| n.div_ceil(DOWNSAMPLING).max(1) * DOWNSAMPLING;
+    let cap = (max_patch_side / DOWNSAMPLING).max(1) * DOWNSAMPLING;
+    let patch_size = [side(max_rows).min(cap), side(max_cols).min(cap)];
+    (slice_axis, patch_size)
+}
+
 impl Plan {
     /// Number of output classes (background included).
     pub fn num_classes(&self) -> usize {
@@ -284,23 +308,7 @@ impl Plan {
                 )
             })
             .collect();
-        // Slice along the axis with the coarsest spacing (ties: the last axis), as nnU-Net's 2D
-        // configuration does, so each slice is sampled at the finest in-plane resolution.
-        let mut spacing_sum = [0.0f64; 3];
-        for (_, s) in &frames {
-            for a in 0..3 {
-                spacing_sum[a] += s[a];
-            }
-        }
-        let slice_axis = (0..3)
-            .max_by(|&a, &b| spacing_sum[a].total_cmp(&spacing_sum[b]))
-            .unwrap_or(2);
-        let [r, c] = in_plane_axes(slice_axis);
-        let max_rows = frames.iter().map(|(shape, _)| shape[r]).max().unwrap_or(1);
-        let max_cols = frames.iter().map(|(shape, _)| shape[c]).max().unwrap_or(1);
-        let side = |n: usize| n.div_ceil(DOWNSAMPLING).max(1) * DOWNSAMPLING;
-        let cap = (max_patch_side / DOWNSAMPLING).max(1) * DOWNSAMPLING;
-        let patch_size = [side(max_rows).min(cap), side(max_cols).min(cap)];
+        let (slice_axis, patch_size) = slicing(&frames, max_patch_side);
         let normalization = dataset
             .channel_names
             .iter()

@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use segmenter_io::{find_cases, load_case, write_labels, Case};
+use segmenter_io::{find_cases, load_case, write_labels, write_nifti, Case, NiftiData};
+use serde::{Deserialize, Serialize};
 
-use crate::infer::{predict_volume, WindowSettings};
+use crate::infer::{predict_volume_with_probabilities, WindowSettings};
 use crate::model::ModelBackend;
 use crate::plan::NetworkCase;
+use crate::postprocess::PostProcessing;
 use crate::run::RunDir;
 
 /// Options of `segmenter predict`.
@@ -28,6 +30,70 @@ pub struct PredictOptions {
     pub shard: Option<(usize, usize)>,
     /// Sliding-window and test-time augmentation settings.
     pub window: WindowSettings,
+    /// Post-processing of every label map.
+    pub postprocessing: PostProcessing,
+    /// Also write the class probabilities, as 4D float32 NIfTI files in `<output>/probabilities/`.
+    pub save_probabilities: bool,
+}
+
+/// The settings a prediction folder was made with, kept in `<output>/prediction.json` so that
+/// the label maps can be traced back to them and a rerun cannot mix settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PredictionSettings {
+    /// The run folder of the model.
+    pub model: PathBuf,
+    /// Mirroring test-time augmentation.
+    pub tta: bool,
+    /// Sliding-window step as a fraction of the patch.
+    pub step: f64,
+    /// Post-processing applied to the label maps.
+    pub postprocessing: PostProcessing,
+    /// Whether probability maps were written.
+    pub save_probabilities: bool,
+}
+
+/// Name of the settings file in a prediction folder.
+pub const SETTINGS_FILE: &str = "prediction.json";
+
+impl PredictOptions {
+    fn settings(&self) -> PredictionSettings {
+        PredictionSettings {
+            model: std::path::absolute(&self.model).unwrap_or_else(|_| self.model.clone()),
+            tta: self.window.mirror,
+            step: self.window.step_fraction,
+            postprocessing: self.postprocessing,
+            save_probabilities: self.save_probabilities,
+        }
+    }
+}
+
+/// The cases of shard `(index, count)`: every `count`-th case from `index` on, so shards are
+/// disjoint, cover every case, and stay balanced when case sizes drift along the sorted order.
+pub fn shard_cases<T>(cases: Vec<T>, shard: Option<(usize, usize)>) -> Vec<T> {
+    match shard {
+        None => cases,
+        Some((i, n)) => cases
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i)
+            .map(|(_, c)| c)
+            .collect(),
+    }
+}
+
+/// Removes temporary files left in `dir` by a killed run while it was writing `file_name`
+/// (`.{file_name}.tmp-*`); only this case's, so other shards writing into the same folder are
+/// left alone.
+fn remove_stale_temporaries(dir: &Path, file_name: &str) {
+    let prefix = format!(".{file_name}.tmp");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Parses `--shard i/n` (0-based `i < n`), e.g. `$SLURM_ARRAY_TASK_ID/8`.
@@ -105,15 +171,45 @@ pub fn predict<B: ModelBackend>(
 ) -> Result<PredictReport> {
     let run = RunDir::open(&options.model)?;
     let (model, plan) = run.load_model::<B>(device)?;
-    let cases = find_cases(&options.input, Some(&plan.file_ending))?;
-    if cases.is_empty() {
+    let all = gather_cases(&options.input, &plan.file_ending)?;
+    if all.is_empty() {
         bail!(
             "{}: no .nii or .nii.gz scans found",
             options.input.display()
         );
     }
+    let cases = shard_cases(all, options.shard);
     std::fs::create_dir_all(&options.output)
         .with_context(|| format!("{}: cannot create output folder", options.output.display()))?;
+    let settings = options.settings();
+    let settings_path = options.output.join(SETTINGS_FILE);
+    if settings_path.exists() {
+        let text = std::fs::read_to_string(&settings_path)
+            .with_context(|| format!("{}: cannot read", settings_path.display()))?;
+        let previous: PredictionSettings = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a prediction settings file",
+                settings_path.display()
+            )
+        })?;
+        if previous != settings && !options.overwrite {
+            bail!(
+                "{}: this folder holds predictions made with other settings ({}); use another \
+                 output folder, or --overwrite to redo every case with the new settings",
+                options.output.display(),
+                serde_json::to_string(&previous)?
+            );
+        }
+    }
+    crate::fsutil::write_atomic(
+        &settings_path,
+        serde_json::to_string_pretty(&settings)?.as_bytes(),
+    )?;
+    let prob_dir = options.output.join("probabilities");
+    if options.save_probabilities {
+        std::fs::create_dir_all(&prob_dir)
+            .with_context(|| format!("{}: cannot create folder", prob_dir.display()))?;
+    }
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -125,11 +221,19 @@ pub fn predict<B: ModelBackend>(
     let mut report = PredictReport::default();
     let (mut voxels, started) = (0usize, Instant::now());
     for case in &cases {
-        let target = options.output.join(output_name(case));
-        if target.exists() && !options.overwrite {
+        let name = output_name(case);
+        let target = options.output.join(&name);
+        let prob_target = prob_dir.join(&name);
+        // A case is finished when everything asked for exists; the label map is written last.
+        let finished = target.exists() && (!options.save_probabilities || prob_target.exists());
+        if finished && !options.overwrite {
             report.skipped.push(case.id.clone());
             bar.inc(1);
             continue;
+        }
+        remove_stale_temporaries(&options.output, &name);
+        if options.save_probabilities {
+            remove_stale_temporaries(&prob_dir, &name);
         }
         let result = (|| -> Result<usize> {
             if case.images.len() != plan.channel_names.len() {
@@ -150,15 +254,21 @@ pub fn predict<B: ModelBackend>(
             // Predict in the network's frame (canonical orientation), write in the file's own.
             let mut frame = NetworkCase::new(&loaded, plan.reorient);
             plan.normalize(&mut frame.channels);
-            let labels = predict_volume(
+            let (labels, probabilities) = predict_volume_with_probabilities(
                 &model,
                 &plan,
                 &frame.channels,
                 frame.shape,
                 &options.window,
                 device,
+                options.save_probabilities,
             );
-            write_labels(&target, &loaded.header, &frame.labels_to_file(&labels))?;
+            if let Some(probabilities) = probabilities {
+                write_probabilities(&prob_target, &loaded.header, &frame, &probabilities)?;
+            }
+            let mut labels = frame.labels_to_file(&labels);
+            options.postprocessing.apply(&mut labels, frame.file_shape);
+            write_labels(&target, &loaded.header, &labels)?;
             Ok(labels.len())
         })();
         match result {
@@ -186,7 +296,32 @@ pub fn predict<B: ModelBackend>(
     Ok(report)
 }
 
-/// The default output folder name for a prediction next to an input.
+/// Writes class probabilities as a 4D float32 NIfTI (x, y, z, class) with the scan's geometry.
+fn write_probabilities(
+    path: &Path,
+    reference: &segmenter_io::NiftiHeader,
+    frame: &NetworkCase,
+    probabilities: &[Vec<f32>],
+) -> Result<()> {
+    let mut header = reference.clone();
+    header.dim[0] = 4;
+    for (d, &n) in header.dim[1..4].iter_mut().zip(&frame.file_shape) {
+        *d = i16::try_from(n).context("axis too long for NIfTI-1")?;
+    }
+    header.dim[4] = i16::try_from(probabilities.len()).context("too many classes")?;
+    header.pixdim[4] = 1.0;
+    header.scl_slope = 1.0;
+    header.scl_inter = 0.0;
+    let mut data =
+        Vec::with_capacity(probabilities.len() * frame.file_shape.iter().product::<usize>());
+    for class in probabilities {
+        data.extend(frame.orientation.from_canonical(class, frame.file_shape));
+    }
+    write_nifti(path, &header, &NiftiData::F32(data))?;
+    Ok(())
+}
+
+/// One line saying what a batch prediction did.
 pub fn describe(report: &PredictReport, output: &Path) -> String {
     let mut s = format!(
         "{} label map(s) written to {}",

@@ -1,0 +1,250 @@
+//! `segmenter bench infer`: inference throughput (voxels per second) and peak memory of whole
+//! volumes through the sliding window, per preset, with and without mirroring TTA.
+//!
+//! The networks are freshly initialised (speed does not depend on the weights), planned for the
+//! scans as `segmenter train` would plan them; the time covers normalisation, every window
+//! through the network and the argmax back into the volume, not file reading or writing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use burn::backend::Flex;
+use segmenter_io::{find_cases, load_case, Case};
+use serde_json::json;
+
+use crate::bench::with_peak;
+use crate::config::ExperimentConfig;
+use crate::infer::{predict_volume, WindowSettings};
+use crate::plan::{slicing, NetworkCase, Normalization, Plan};
+
+/// Options of `segmenter bench infer`.
+#[derive(Clone, Debug)]
+pub struct InferBenchOptions {
+    /// Scans or folders of scans, each timed as one group.
+    pub inputs: Vec<PathBuf>,
+    /// Presets to time (`tiny`, `swin-umamba`).
+    pub presets: Vec<String>,
+    /// Output classes of the network (background included) per input; 3 when not given.
+    pub classes: Vec<usize>,
+    /// One JSON object per line instead of a table.
+    pub json: bool,
+}
+
+/// The default inputs: the sample hippocampus MRIs and the TotalSegmentator example CT (when the
+/// shared data folder is there), with their class counts.
+pub fn default_inputs() -> Vec<(PathBuf, usize)> {
+    let mut v = vec![(PathBuf::from("sample-data/hippocampus/imagesTs"), 3)];
+    let ct = PathBuf::from("../shared/data/totalseg-example/example_ct_sm.nii.gz");
+    if ct.exists() {
+        // TotalSegmentator's CT task: 117 structures and background.
+        v.push((ct, 118));
+    }
+    v
+}
+
+/// One group of scans, loaded and brought into the network's frame.
+struct Group {
+    name: String,
+    cases: Vec<NetworkCase>,
+    classes: usize,
+}
+
+fn load_group(input: &Path, classes: usize) -> Result<Group> {
+    let cases: Vec<Case> = find_cases(input, None)?;
+    ensure!(!cases.is_empty(), "{}: no scans", input.display());
+    let labels = BTreeMap::new();
+    let loaded = cases
+        .iter()
+        .map(|c| {
+            load_case(
+                &Case {
+                    label: None,
+                    ..c.clone()
+                },
+                &labels,
+            )
+            .map(|l| NetworkCase::new(&l, true))
+        })
+        .collect::<segmenter_io::Result<Vec<_>>>()?;
+    Ok(Group {
+        name: input.file_name().map_or_else(
+            || input.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        cases: loaded,
+        classes,
+    })
+}
+
+/// A plan for timing: the real slicing and patch size, z-score normalisation for every channel.
+fn plan_for(group: &Group, max_patch_side: usize) -> Plan {
+    let frames: Vec<([usize; 3], [f64; 3])> =
+        group.cases.iter().map(|c| (c.shape, c.spacing)).collect();
+    let (slice_axis, patch_size) = slicing(&frames, max_patch_side);
+    let channels = group.cases[0].channels.len();
+    Plan {
+        dataset_name: group.name.clone(),
+        channel_names: vec!["bench".into(); channels],
+        labels: (0..group.classes)
+            .map(|k| (k as u8, format!("class {k}")))
+            .collect(),
+        file_ending: ".nii.gz".into(),
+        slice_axis,
+        patch_size,
+        normalization: vec![Normalization::ZScore; channels],
+        fingerprint: None,
+        reorient: true,
+    }
+}
+
+/// One measurement.
+struct Row {
+    group: String,
+    preset: String,
+    tta: bool,
+    cases: usize,
+    voxels: usize,
+    seconds: f64,
+    peak_bytes: usize,
+    patch: [usize; 2],
+}
+
+/// Runs the benchmark and prints a table (or JSON lines).
+pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
+    let inputs: Vec<(PathBuf, usize)> = if options.inputs.is_empty() {
+        default_inputs()
+    } else {
+        options
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), options.classes.get(i).copied().unwrap_or(3)))
+            .collect()
+    };
+    let groups = inputs
+        .iter()
+        .map(|(p, k)| load_group(p, *k).with_context(|| format!("{}: cannot load", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let device = Default::default();
+    let mut rows = Vec::new();
+    for preset in &options.presets {
+        let config = ExperimentConfig::preset(preset)?;
+        for group in &groups {
+            let plan = plan_for(group, config.train.max_patch_side);
+            let model =
+                config
+                    .model
+                    .init::<Flex>(plan.channel_names.len(), plan.num_classes(), &device);
+            for tta in [false, true] {
+                let settings = WindowSettings {
+                    mirror: tta,
+                    ..Default::default()
+                };
+                let run_all = || {
+                    let mut voxels = 0;
+                    for case in &group.cases {
+                        let mut channels = case.channels.clone();
+                        plan.normalize(&mut channels);
+                        let labels = predict_volume(
+                            &model, &plan, &channels, case.shape, &settings, &device,
+                        );
+                        voxels += labels.len();
+                    }
+                    voxels
+                };
+                // Warm-up on the first case: kernels' first-call costs and allocator growth.
+                {
+                    let mut channels = group.cases[0].channels.clone();
+                    plan.normalize(&mut channels);
+                    predict_volume(
+                        &model,
+                        &plan,
+                        &channels,
+                        group.cases[0].shape,
+                        &settings,
+                        &device,
+                    );
+                }
+                let start = Instant::now();
+                let (voxels, peak_bytes) = with_peak(run_all);
+                let row = Row {
+                    group: group.name.clone(),
+                    preset: preset.clone(),
+                    tta,
+                    cases: group.cases.len(),
+                    voxels,
+                    seconds: start.elapsed().as_secs_f64(),
+                    peak_bytes,
+                    patch: plan.patch_size,
+                };
+                if options.json {
+                    println!("{}", row_json(&row));
+                }
+                rows.push(row);
+            }
+        }
+    }
+    if !options.json {
+        print_table(&rows, &groups);
+    }
+    Ok(())
+}
+
+fn row_json(r: &Row) -> serde_json::Value {
+    json!({
+        "bench": "infer",
+        "data": r.group,
+        "preset": r.preset,
+        "tta": r.tta,
+        "cases": r.cases,
+        "voxels": r.voxels,
+        "seconds": r.seconds,
+        "voxels_per_s": r.voxels as f64 / r.seconds,
+        "peak_bytes": r.peak_bytes,
+        "patch": r.patch,
+        "threads": rayon::current_num_threads(),
+    })
+}
+
+fn print_table(rows: &[Row], groups: &[Group]) {
+    println!(
+        "Inference on {} ({} worker threads); whole volumes, sliding window step 0.5, windows batched by 16",
+        crate::bench::cpu_model(),
+        rayon::current_num_threads()
+    );
+    for g in groups {
+        let shapes: Vec<String> = g
+            .cases
+            .iter()
+            .take(4)
+            .map(|c| format!("{:?}", c.shape))
+            .collect();
+        println!(
+            "  {}: {} case(s), shapes {}{} (canonical frame), {} classes",
+            g.name,
+            g.cases.len(),
+            shapes.join(" "),
+            if g.cases.len() > 4 { " ..." } else { "" },
+            g.classes
+        );
+    }
+    println!(
+        "\n{:<14} {:<12} {:>4} {:>9} {:>10} {:>9} {:>12} {:>9}",
+        "data", "preset", "tta", "patch", "voxels", "seconds", "voxels/s", "peak MiB"
+    );
+    for r in rows {
+        println!(
+            "{:<14} {:<12} {:>4} {:>9} {:>10} {:>9.2} {:>12.0} {:>9.1}",
+            r.group,
+            r.preset,
+            if r.tta { "yes" } else { "no" },
+            format!("{}x{}", r.patch[0], r.patch[1]),
+            r.voxels,
+            r.seconds,
+            r.voxels as f64 / r.seconds,
+            r.peak_bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+}

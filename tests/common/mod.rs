@@ -1,0 +1,72 @@
+//! Helpers shared by the end-to-end tests: run the binary, train a tiny run on the sample data.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs the `segmenter` binary with `args` and waits for it.
+pub fn segmenter(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segmenter"))
+        .args(args)
+        .output()
+        .expect("run segmenter")
+}
+
+/// Everything a run printed, stdout then stderr.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A run folder trained for two steps on the sample data, shared by the tests of a file.
+pub fn trained_run(dir: &Path) -> PathBuf {
+    let data = root().join("sample-data/hippocampus");
+    let config = dir.join("fast.toml");
+    std::fs::write(
+        &config,
+        "[train]\nbatch_size = 4\nwarmup_steps = 1\nval_every = 1\n",
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = segmenter(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--config",
+        s(&config),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+    ]);
+    assert!(out.status.success(), "train failed:\n{}", text(&out));
+    for file in [
+        "model.mpk",
+        "config.toml",
+        "plan.json",
+        "splits.json",
+        "log.jsonl",
+    ] {
+        assert!(run.join(file).exists(), "run folder lacks {file}");
+    }
+    run
+}
