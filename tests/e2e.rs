@@ -273,6 +273,8 @@ fn a_reoriented_scan_gets_the_same_segmentation_in_its_own_orientation() {
     );
 }
 
+/// The MRI is LPS with 3 mm voxels and the plan works at 1 mm: the prediction goes through
+/// reorientation and resampling both ways and must come back on the scan's own grid.
 #[test]
 fn an_lps_mri_comes_back_with_its_own_geometry() {
     let scan = root()

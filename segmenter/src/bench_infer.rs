@@ -82,7 +82,11 @@ fn load_group(input: &Path, classes: usize) -> Result<Group> {
 fn plan_for(group: &Group, max_patch_side: usize) -> Plan {
     let frames: Vec<([usize; 3], [f64; 3])> =
         group.cases.iter().map(|c| (c.shape, c.spacing)).collect();
-    let (slice_axis, patch_size) = slicing(&frames, max_patch_side);
+    let crate::plan::Slicing {
+        slice_axis,
+        patch_size,
+        ..
+    } = slicing(&frames, max_patch_side);
     let channels = group.cases[0].channels.len();
     Plan {
         dataset_name: group.name.clone(),
@@ -96,6 +100,8 @@ fn plan_for(group: &Group, max_patch_side: usize) -> Plan {
         normalization: vec![Normalization::ZScore; channels],
         fingerprint: None,
         reorient: true,
+        // The scans as they are: the benchmark counts the network's work on their own voxels.
+        target_spacing: None,
     }
 }
 

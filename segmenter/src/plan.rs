@@ -86,6 +86,11 @@ pub struct Plan {
     /// and back after prediction; false only in plans written before reorientation existed.
     #[serde(default)]
     pub reorient: bool,
+    /// In-plane voxel spacing (mm) the network works at, along the two in-plane axes of the
+    /// canonical frame ([`in_plane_axes`]); slices of another spacing are resampled to it and the
+    /// prediction back. None: every slice as it is (plans written before resampling existed).
+    #[serde(default)]
+    pub target_spacing: Option<[f64; 2]>,
 }
 
 /// A case's channels and label in the frame the network sees: reoriented when the plan says so.
@@ -94,7 +99,9 @@ pub struct NetworkCase {
     pub orientation: Orientation,
     /// Shape of the case as stored in its file.
     pub file_shape: [usize; 3],
-    /// Shape in the network's frame.
+    /// Shape in the canonical orientation, before any resampling.
+    pub canonical_shape: [usize; 3],
+    /// Shape in the network's frame (canonical orientation, slices at the plan's spacing).
     pub shape: [usize; 3],
     /// Voxel spacing in the network's frame, in mm.
     pub spacing: [f64; 3],
@@ -113,10 +120,12 @@ impl NetworkCase {
             Orientation::identity()
         };
         let file_shape = case.shape;
+        let canonical_shape = orientation.canonical_shape(file_shape);
         Self {
             orientation,
             file_shape,
-            shape: orientation.canonical_shape(file_shape),
+            canonical_shape,
+            shape: canonical_shape,
             spacing: orientation.canonical_spacing(case.header.spacing()),
             channels: case
                 .channels
@@ -130,9 +139,94 @@ impl NetworkCase {
         }
     }
 
-    /// Maps a label map from the network's frame back to the file's voxel order.
+    /// Brings a loaded case into the network's frame as `plan` says: reoriented, and its slices
+    /// resampled to the plan's in-plane spacing (images with cubic interpolation, labels without
+    /// inventing classes) when theirs differs.
+    pub fn for_plan(case: &LoadedCase, plan: &Plan) -> Self {
+        let mut frame = Self::new(case, plan.reorient);
+        let shape = network_shape(
+            frame.shape,
+            frame.spacing,
+            plan.slice_axis,
+            plan.target_spacing,
+        );
+        if shape != frame.shape {
+            let from = frame.shape;
+            for values in &mut frame.channels {
+                *values = segmenter_io::resample_cubic(values, from, shape);
+            }
+            if let Some(label) = &mut frame.label {
+                *label = segmenter_io::resample_labels(label, from, shape);
+            }
+            for a in 0..3 {
+                frame.spacing[a] *= from[a] as f64 / shape[a] as f64;
+            }
+            frame.shape = shape;
+        }
+        frame
+    }
+
+    /// Whether the slices were resampled for the network.
+    pub fn is_resampled(&self) -> bool {
+        self.shape != self.canonical_shape
+    }
+
+    /// Maps a label map from the network's frame back to the file's voxel order (label
+    /// resampling when the slices were resampled; see [`NetworkCase::prediction_to_file`] for the
+    /// better way when probabilities are at hand).
     pub fn labels_to_file(&self, labels: &[u8]) -> Vec<u8> {
-        self.orientation.from_canonical(labels, self.file_shape)
+        let labels = if self.is_resampled() {
+            segmenter_io::resample_labels(labels, self.shape, self.canonical_shape)
+        } else {
+            labels.to_vec()
+        };
+        self.orientation.from_canonical(&labels, self.file_shape)
+    }
+
+    /// Maps a prediction from the network's frame back to the file's voxel order. When the
+    /// slices were resampled, the class probabilities are resampled (linearly) and the labels are
+    /// their argmax, as nnU-Net does; `probabilities` must then be given.
+    pub fn prediction_to_file(
+        &self,
+        labels: Vec<u8>,
+        probabilities: Option<Vec<Vec<f32>>>,
+    ) -> (Vec<u8>, Option<Vec<Vec<f32>>>) {
+        let probabilities = probabilities.map(|p| {
+            p.into_iter()
+                .map(|class| {
+                    if self.is_resampled() {
+                        segmenter_io::resample_linear(&class, self.shape, self.canonical_shape)
+                    } else {
+                        class
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let labels = match (&probabilities, self.is_resampled()) {
+            (Some(p), true) => {
+                let n = p.first().map_or(0, Vec::len);
+                (0..n)
+                    .map(|v| {
+                        let mut best = (0usize, f32::MIN);
+                        for (k, class) in p.iter().enumerate() {
+                            if class[v] > best.1 {
+                                best = (k, class[v]);
+                            }
+                        }
+                        best.0 as u8
+                    })
+                    .collect()
+            }
+            (None, true) => {
+                segmenter_io::resample_labels(&labels, self.shape, self.canonical_shape)
+            }
+            (_, false) => labels,
+        };
+        let to_file = |v: &[f32]| self.orientation.from_canonical(v, self.file_shape);
+        (
+            self.orientation.from_canonical(&labels, self.file_shape),
+            probabilities.map(|p| p.iter().map(|c| to_file(c)).collect()),
+        )
     }
 }
 
@@ -265,12 +359,24 @@ fn foreground_values(cases: &[LoadedCase], channel: usize) -> Vec<f32> {
     values
 }
 
-/// The slice axis and 2D patch size for volumes with these (canonical) shapes and spacings.
+/// How volumes are cut into network inputs: derived from the cases' shapes and spacings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slicing {
+    /// Axis (canonical frame) the network slices along.
+    pub slice_axis: usize,
+    /// In-plane spacing (mm) every slice is resampled to.
+    pub target_spacing: [f64; 2],
+    /// Patch size `[rows, cols]`, multiples of the network's downsampling.
+    pub patch_size: [usize; 2],
+}
+
+/// The slicing for volumes with these (canonical) shapes and spacings.
 ///
 /// Slices along the axis with the coarsest spacing (ties: the last axis), as nnU-Net's 2D
-/// configuration does, so each slice is sampled at the finest in-plane resolution; the patch
-/// covers the largest slice, rounded up to the network's downsampling and capped.
-pub fn slicing(frames: &[([usize; 3], [f64; 3])], max_patch_side: usize) -> (usize, [usize; 2]) {
+/// configuration does, so each slice is sampled at the finest in-plane resolution; the in-plane
+/// target spacing is the median of the cases' (nnU-Net's choice too); the patch covers the largest
+/// slice once resampled, rounded up to the network's downsampling and capped.
+pub fn slicing(frames: &[([usize; 3], [f64; 3])], max_patch_side: usize) -> Slicing {
     let mut spacing_sum = [0.0f64; 3];
     for (_, s) in frames {
         for a in 0..3 {
@@ -281,12 +387,47 @@ pub fn slicing(frames: &[([usize; 3], [f64; 3])], max_patch_side: usize) -> (usi
         .max_by(|&a, &b| spacing_sum[a].total_cmp(&spacing_sum[b]))
         .unwrap_or(2);
     let [r, c] = in_plane_axes(slice_axis);
-    let max_rows = frames.iter().map(|(shape, _)| shape[r]).max().unwrap_or(1);
-    let max_cols = frames.iter().map(|(shape, _)| shape[c]).max().unwrap_or(1);
+    let median = |axis: usize| {
+        let mut v: Vec<f64> = frames
+            .iter()
+            .map(|(_, s)| s[axis])
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(1.0)
+    };
+    let target_spacing = [median(r), median(c)];
+    let resampled: Vec<[usize; 3]> = frames
+        .iter()
+        .map(|&(shape, spacing)| network_shape(shape, spacing, slice_axis, Some(target_spacing)))
+        .collect();
+    let max_rows = resampled.iter().map(|shape| shape[r]).max().unwrap_or(1);
+    let max_cols = resampled.iter().map(|shape| shape[c]).max().unwrap_or(1);
     let side = |n: usize| n.div_ceil(DOWNSAMPLING).max(1) * DOWNSAMPLING;
     let cap = (max_patch_side / DOWNSAMPLING).max(1) * DOWNSAMPLING;
-    let patch_size = [side(max_rows).min(cap), side(max_cols).min(cap)];
-    (slice_axis, patch_size)
+    Slicing {
+        slice_axis,
+        target_spacing,
+        patch_size: [side(max_rows).min(cap), side(max_cols).min(cap)],
+    }
+}
+
+/// Shape of a canonical volume once its slices are resampled to `target` in-plane spacing (the
+/// slice axis keeps its length).
+pub fn network_shape(
+    shape: [usize; 3],
+    spacing: [f64; 3],
+    slice_axis: usize,
+    target: Option<[f64; 2]>,
+) -> [usize; 3] {
+    let Some([tr, tc]) = target else {
+        return shape;
+    };
+    let [r, c] = in_plane_axes(slice_axis);
+    let mut full = spacing;
+    full[r] = tr;
+    full[c] = tc;
+    segmenter_io::shape_for_spacing(shape, spacing, full)
 }
 
 impl Plan {
@@ -308,7 +449,11 @@ impl Plan {
                 )
             })
             .collect();
-        let (slice_axis, patch_size) = slicing(&frames, max_patch_side);
+        let Slicing {
+            slice_axis,
+            target_spacing,
+            patch_size,
+        } = slicing(&frames, max_patch_side);
         let normalization = dataset
             .channel_names
             .iter()
@@ -331,6 +476,7 @@ impl Plan {
             normalization,
             fingerprint: Some(Fingerprint::of(&dataset.channel_names, cases)),
             reorient: true,
+            target_spacing: Some(target_spacing),
         }
     }
 
@@ -353,8 +499,11 @@ impl Plan {
             .filter(|(k, _)| **k != 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        let spacing = self.target_spacing.map_or(String::new(), |[a, b]| {
+            format!(" (slices resampled to {a:.3}×{b:.3} mm)")
+        });
         format!(
-            "slices along axis {} of {}×{} pixels; classes {}; normalisation {}",
+            "slices along axis {} of {}×{} pixels{spacing}; classes {}; normalisation {}",
             self.slice_axis,
             self.patch_size[0],
             self.patch_size[1],
@@ -471,6 +620,103 @@ impl SliceGeometry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slicing_picks_the_coarse_axis_the_median_spacing_and_a_patch_for_resampled_slices() {
+        // Three cases, canonical frame: 3 mm slices along z; in-plane 0.8, 1.0 and 2.0 mm.
+        let frames = [
+            ([100, 90, 20], [0.8, 0.8, 3.0]),
+            ([70, 60, 30], [1.0, 1.0, 3.0]),
+            ([50, 45, 10], [2.0, 2.0, 3.0]),
+        ];
+        let s = slicing(&frames, 256);
+        assert_eq!(s.slice_axis, 2);
+        assert_eq!(s.target_spacing, [1.0, 1.0]);
+        // At 1 mm the largest slice is the 2 mm case's: 100 x 90 voxels -> 128 x 96 patch.
+        assert_eq!(
+            network_shape([50, 45, 10], [2.0, 2.0, 3.0], 2, Some([1.0, 1.0])),
+            [100, 90, 10]
+        );
+        assert_eq!(
+            network_shape([100, 90, 20], [0.8, 0.8, 3.0], 2, Some([1.0, 1.0])),
+            [80, 72, 20]
+        );
+        assert_eq!(s.patch_size, [128, 96]);
+        assert_eq!(
+            network_shape([7, 8, 9], [2.0, 2.0, 2.0], 2, None),
+            [7, 8, 9]
+        );
+    }
+
+    #[test]
+    fn resampled_cases_come_back_on_their_own_grid() {
+        use segmenter_io::{NiftiHeader, Volume};
+        // A 2 mm case with two blobs, planned at 1 mm: network sees 2x the slice size.
+        let shape = [24, 20, 5];
+        let mut label = vec![0u8; 24 * 20 * 5];
+        for z in 0..5 {
+            for y in 4..12 {
+                for x in 3..10 {
+                    label[(z * 20 + y) * 24 + x] = 1;
+                }
+                for x in 14..21 {
+                    label[(z * 20 + y + 4) * 24 + x] = 2;
+                }
+            }
+        }
+        let image: Vec<f32> = (0..label.len())
+            .map(|i| label[i] as f32 * 10.0 + ((i * 31) % 7) as f32)
+            .collect();
+        let header = NiftiHeader::new(shape, [2.0, 2.0, 2.0]).unwrap();
+        let case = LoadedCase {
+            id: "c".into(),
+            channels: vec![Volume {
+                shape,
+                data: image,
+                header: header.clone(),
+            }],
+            label: Some(label.clone()),
+            shape,
+            header,
+        };
+        let plan = Plan {
+            dataset_name: "t".into(),
+            channel_names: vec!["MRI".into()],
+            labels: BTreeMap::from([(0, "bg".into()), (1, "a".into()), (2, "b".into())]),
+            file_ending: ".nii.gz".into(),
+            slice_axis: 2,
+            patch_size: [64, 64],
+            normalization: vec![Normalization::ZScore],
+            fingerprint: None,
+            reorient: true,
+            target_spacing: Some([1.0, 1.0]),
+        };
+        let frame = NetworkCase::for_plan(&case, &plan);
+        assert!(frame.is_resampled());
+        assert_eq!(frame.shape, [48, 40, 5]);
+        assert_eq!(frame.spacing, [1.0, 1.0, 2.0]);
+        let net_label = frame.label.clone().unwrap();
+        assert!(net_label.iter().all(|&v| v <= 2));
+        assert_eq!(net_label.iter().filter(|&&v| v == 1).count(), 4 * 7 * 8 * 5);
+        // One-hot probabilities of the network-frame label map come back as the original labels.
+        let probs: Vec<Vec<f32>> = (0..3u8)
+            .map(|k| net_label.iter().map(|&v| f32::from(v == k)).collect())
+            .collect();
+        let (back, back_probs) = frame.prediction_to_file(net_label.clone(), Some(probs));
+        assert_eq!(back, label);
+        assert_eq!(back_probs.unwrap()[0].len(), label.len());
+        assert_eq!(frame.labels_to_file(&net_label), label);
+        // Without target spacing nothing is resampled.
+        let plain = NetworkCase::for_plan(
+            &case,
+            &Plan {
+                target_spacing: None,
+                ..plan
+            },
+        );
+        assert!(!plain.is_resampled());
+        assert_eq!(plain.shape, shape);
+    }
 
     #[test]
     fn slices_round_trip_along_every_axis() {

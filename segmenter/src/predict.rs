@@ -252,7 +252,7 @@ pub fn predict<B: ModelBackend>(
                 &plan.labels,
             )?;
             // Predict in the network's frame (canonical orientation), write in the file's own.
-            let mut frame = NetworkCase::new(&loaded, plan.reorient);
+            let mut frame = NetworkCase::for_plan(&loaded, &plan);
             plan.normalize(&mut frame.channels);
             let (labels, probabilities) = predict_volume_with_probabilities(
                 &model,
@@ -261,12 +261,17 @@ pub fn predict<B: ModelBackend>(
                 frame.shape,
                 &options.window,
                 device,
-                options.save_probabilities,
+                options.save_probabilities || frame.is_resampled(),
             );
-            if let Some(probabilities) = probabilities {
-                write_probabilities(&prob_target, &loaded.header, &frame, &probabilities)?;
+            let (mut labels, probabilities) = frame.prediction_to_file(labels, probabilities);
+            if let (true, Some(probabilities)) = (options.save_probabilities, probabilities) {
+                write_probabilities(
+                    &prob_target,
+                    &loaded.header,
+                    frame.file_shape,
+                    &probabilities,
+                )?;
             }
-            let mut labels = frame.labels_to_file(&labels);
             options.postprocessing.apply(&mut labels, frame.file_shape);
             write_labels(&target, &loaded.header, &labels)?;
             Ok(labels.len())
@@ -300,23 +305,19 @@ pub fn predict<B: ModelBackend>(
 fn write_probabilities(
     path: &Path,
     reference: &segmenter_io::NiftiHeader,
-    frame: &NetworkCase,
+    file_shape: [usize; 3],
     probabilities: &[Vec<f32>],
 ) -> Result<()> {
     let mut header = reference.clone();
     header.dim[0] = 4;
-    for (d, &n) in header.dim[1..4].iter_mut().zip(&frame.file_shape) {
+    for (d, &n) in header.dim[1..4].iter_mut().zip(&file_shape) {
         *d = i16::try_from(n).context("axis too long for NIfTI-1")?;
     }
     header.dim[4] = i16::try_from(probabilities.len()).context("too many classes")?;
     header.pixdim[4] = 1.0;
     header.scl_slope = 1.0;
     header.scl_inter = 0.0;
-    let mut data =
-        Vec::with_capacity(probabilities.len() * frame.file_shape.iter().product::<usize>());
-    for class in probabilities {
-        data.extend(frame.orientation.from_canonical(class, frame.file_shape));
-    }
+    let data: Vec<f32> = probabilities.concat();
     write_nifti(path, &header, &NiftiData::F32(data))?;
     Ok(())
 }

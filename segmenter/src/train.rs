@@ -153,7 +153,7 @@ pub fn split_cases(ids: &[String], val_fraction: f64, seed: u64) -> Result<Split
 
 /// A case in the network's frame with normalised channels.
 fn network_case(plan: &Plan, case: &LoadedCase) -> NetworkCase {
-    let mut frame = NetworkCase::new(case, plan.reorient);
+    let mut frame = NetworkCase::for_plan(case, plan);
     plan.normalize(&mut frame.channels);
     frame
 }
