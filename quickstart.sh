@@ -13,4 +13,4 @@ run="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
 "$bin" predict --model "$run/model" --input sample-data/hippocampus/imagesTs --output "$run/predictions"
 "$bin" evaluate --pred "$run/predictions" --ref sample-data/hippocampus/labelsTs \
   --dataset-json sample-data/hippocampus/dataset.json --out "$run/report"
-echo "Everything is in $run (model/, predictions/, report/summary.json)."
+echo "Everything is in $run (model/, predictions/, report/report.html with summary.json)."

@@ -237,12 +237,12 @@ fn print_table(rows: &[Row], groups: &[Group]) {
         );
     }
     println!(
-        "\n{:<14} {:<12} {:>4} {:>9} {:>10} {:>9} {:>12} {:>9}",
+        "\n{:<16} {:<12} {:>4} {:>9} {:>10} {:>9} {:>12} {:>9}",
         "data", "preset", "tta", "patch", "voxels", "seconds", "voxels/s", "peak MiB"
     );
     for r in rows {
         println!(
-            "{:<14} {:<12} {:>4} {:>9} {:>10} {:>9.2} {:>12.0} {:>9.1}",
+            "{:<16} {:<12} {:>4} {:>9} {:>10} {:>9.2} {:>12.0} {:>9.1}",
             r.group,
             r.preset,
             if r.tta { "yes" } else { "no" },
