@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_infer;
 pub mod config;
+pub mod curve;
 pub mod data;
 pub mod distance;
 pub mod evaluate;

@@ -148,6 +148,13 @@ enum Command {
         #[arg(long, value_parser = parse_class_tolerance)]
         nsd_class_tolerance: Vec<(u8, f64)>,
     },
+    /// Draw a run's learning curve (training loss, validation Dice) from its log.jsonl into
+    /// RUN/learning_curve.svg; `train` does this after every epoch.
+    Curve {
+        /// Run folder written by `segmenter train`.
+        #[arg(long)]
+        run: PathBuf,
+    },
     /// Benchmarks that print what they compare, the ratio and the machine.
     Bench {
         #[command(subcommand)]
@@ -386,6 +393,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "Report: {} (summary.json, summary.csv beside it)",
                 html.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Curve { run } => {
+            let plan = segmenter::plan::Plan::read(&run.join("plan.json"))?;
+            let classes: Vec<String> = plan
+                .labels
+                .iter()
+                .filter(|(k, _)| **k != 0)
+                .map(|(_, v)| v.clone())
+                .collect();
+            let path = segmenter::curve::write_learning_curve(&run, &classes)?;
+            println!("Learning curve: {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
