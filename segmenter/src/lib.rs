@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_infer;
+pub mod bench_step;
 pub mod config;
 pub mod curve;
 pub mod data;

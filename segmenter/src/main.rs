@@ -180,6 +180,28 @@ enum BenchKind {
         #[arg(long)]
         json: bool,
     },
+    /// Forward+backward of a preset's network on a batch (a training step without the optimizer
+    /// update), with the fused scan and, with --reference, with the tensor-op loop.
+    Step {
+        /// Preset whose network is timed.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Patches per batch [default: the preset's batch size].
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Side of the square patches.
+        #[arg(long, default_value_t = 64)]
+        patch: usize,
+        /// Timed steps per implementation (the median is reported), after one warm-up.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Also time the straightforward tensor-op scan (slow).
+        #[arg(long)]
+        reference: bool,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inference: voxels per second and peak memory over whole volumes, per preset, with and
     /// without --tta (freshly initialised networks; speed does not depend on the weights).
     Infer {
@@ -421,6 +443,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 runs,
                 json,
                 threads,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchKind::Step {
+                    preset,
+                    batch,
+                    patch,
+                    runs,
+                    reference,
+                    json,
+                },
+        } => {
+            segmenter::bench_step::run_step_bench(&segmenter::bench_step::StepBenchOptions {
+                preset,
+                batch,
+                patch,
+                runs,
+                reference,
+                json,
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -193,7 +193,7 @@ pub fn dice_ce_loss<B: Backend>(logits: Tensor<B, 4>, one_hot: Tensor<B, 4>) -> 
 }
 
 /// One-hot `[B, K, H/stride, W/stride]` targets from labels `[B, H, W]`, subsampled by `stride`.
-fn one_hot<B: Backend>(
+pub(crate) fn one_hot<B: Backend>(
     labels: &[u8],
     [batch, rows, cols]: [usize; 3],
     classes: usize,

@@ -209,6 +209,11 @@ pub fn selective_scan<B: ScanBackend>(
     d_skip: Tensor<B, 1>,
     delta_bias: Tensor<B, 1>,
 ) -> Tensor<B, 3> {
+    if TENSOR_OPS_REFERENCE.load(std::sync::atomic::Ordering::Relaxed) {
+        return tensor_reference::selective_scan_tensor_ops(
+            u, delta, a, bm, cm, d_skip, delta_bias,
+        );
+    }
     let x = ScanTensors {
         u: u.into_primitive().tensor(),
         delta: delta.into_primitive().tensor(),
@@ -219,6 +224,17 @@ pub fn selective_scan<B: ScanBackend>(
         delta_bias: delta_bias.into_primitive().tensor(),
     };
     Tensor::from_primitive(TensorPrimitive::Float(B::selective_scan(x)))
+}
+
+/// Whether [`selective_scan`] runs the tensor-op reference instead of the fused op.
+static TENSOR_OPS_REFERENCE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`selective_scan`] run, process-wide, the straightforward tensor-op loop of
+/// [`tensor_reference`] (differentiated by burn's autodiff) instead of the fused op: for
+/// benchmarks that measure what the fused op buys inside a whole network. Off by default.
+pub fn use_tensor_ops_reference(on: bool) {
+    TENSOR_OPS_REFERENCE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn host_vec<B: Backend>(t: FloatTensor<B>) -> (Vec<f32>, Vec<usize>) {

@@ -1,0 +1,116 @@
+//! `segmenter bench step`: what the fused scan buys in a whole network. Times forward and
+//! backward of a preset's network on a batch of patches (Dice + CE loss against random labels:
+//! a training step without the optimizer update, which does not involve the scan) with the fused
+//! op, then with the straightforward tensor-op loop of `vision_ssm::scan::tensor_reference`,
+//! in the same run, and prints the ratio.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::config::ExperimentConfig;
+use crate::train::{dice_ce_loss, one_hot};
+
+type Ad = Autodiff<Flex>;
+
+/// Options of `segmenter bench step`.
+#[derive(Clone, Debug)]
+pub struct StepBenchOptions {
+    /// Preset whose network is timed.
+    pub preset: String,
+    /// Patches per batch (default: the preset's batch size).
+    pub batch: Option<usize>,
+    /// Side of the square patches.
+    pub patch: usize,
+    /// Timed steps per implementation (median reported), after one warm-up.
+    pub runs: usize,
+    /// Also time the tensor-op reference (slow: minutes for the `tiny` preset).
+    pub reference: bool,
+    /// One JSON object per line instead of text.
+    pub json: bool,
+}
+
+/// Median milliseconds of `runs` forward+backward passes after one warm-up.
+fn time_steps(runs: usize, mut step: impl FnMut()) -> f64 {
+    step();
+    let mut ms: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            step();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms[ms.len() / 2]
+}
+
+/// Runs the benchmark.
+pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
+    let config = ExperimentConfig::preset(&options.preset)?;
+    let batch = options.batch.unwrap_or(config.train.batch_size);
+    let side = options.patch;
+    anyhow::ensure!(
+        side >= crate::model::DOWNSAMPLING && side % crate::model::DOWNSAMPLING == 0,
+        "--patch must be a multiple of {}",
+        crate::model::DOWNSAMPLING
+    );
+    let classes = 3;
+    let device = Default::default();
+    let model = config.model.init::<Ad>(1, classes, &device);
+    let mut rng = StdRng::seed_from_u64(7);
+    let x: Vec<f32> = (0..batch * side * side)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let labels: Vec<u8> = (0..batch * side * side)
+        .map(|_| rng.random_range(0..3u8))
+        .collect();
+    let x = Tensor::<Ad, 4>::from_data(TensorData::new(x, [batch, 1, side, side]), &device);
+    let target = one_hot::<Ad>(&labels, [batch, side, side], classes, 1, &device);
+    let step = || {
+        let loss = dice_ce_loss(model.logits(x.clone()), target.clone());
+        let grads = loss.backward();
+        drop(grads);
+    };
+    let mut results = vec![("fused", time_steps(options.runs, step))];
+    if options.reference {
+        vision_ssm::scan::use_tensor_ops_reference(true);
+        let ms = time_steps(options.runs, step);
+        vision_ssm::scan::use_tensor_ops_reference(false);
+        results.push(("tensor-ops-loop", ms));
+    }
+    let fused = results[0].1;
+    for (imp, ms) in &results {
+        if options.json {
+            println!(
+                "{}",
+                json!({"bench": "step", "preset": options.preset, "impl": imp, "batch": batch,
+                       "patch": side, "ms_median": ms, "runs": options.runs,
+                       "threads": rayon::current_num_threads(), "speedup_of_fused": ms / fused})
+            );
+        }
+    }
+    if !options.json {
+        println!(
+            "Forward+backward of the `{}` network (Dice + CE loss), batch {batch} of {side}x{side}, median of {} after a warm-up, {} threads, {}",
+            options.preset,
+            options.runs.max(1),
+            rayon::current_num_threads(),
+            crate::bench::cpu_model()
+        );
+        for (imp, ms) in &results {
+            println!(
+                "  {imp:<16} {ms:>10.1} ms   {:>6.2}x the fused op's time",
+                ms / fused
+            );
+        }
+        if !options.reference {
+            println!("  (--reference also times the tensor-op loop; slow)");
+        }
+    }
+    Ok(())
+}
