@@ -17,6 +17,6 @@ pub use geometry::{
     Orientation,
 };
 pub use nifti::{
-    read_nifti, read_nifti_raw, write_labels, write_nifti, NiftiData, NiftiHeader, Volume,
+    read_nifti, read_nifti_bytes, read_nifti_raw, write_labels, write_nifti, NiftiData, NiftiHeader, Volume,
     MAX_VOXELS,
 };

@@ -689,12 +689,28 @@ fn skip<R: Read>(r: &mut R, n: u64) -> io::Result<u64> {
 pub fn read_nifti_raw(path: &Path) -> Result<(NiftiHeader, NiftiData)> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let reader = BufReader::with_capacity(256 * 1024, file);
+    read_nifti_from(reader, Some(file_len), path)
+}
+
+/// Reads a NIfTI-1 image held in memory (plain or gzip); `name` is only used in error messages.
+/// This is the entry point of the fuzz target (io/fuzz), and useful for files that arrive over a network.
+pub fn read_nifti_bytes(bytes: &[u8], name: &Path) -> Result<(NiftiHeader, NiftiData)> {
+    read_nifti_from(bytes, Some(bytes.len() as u64), name)
+}
+
+/// The reader behind [`read_nifti_raw`] and [`read_nifti_bytes`]: `len` is the stored (possibly
+/// compressed) size when known, which lets a plain file that is too short be refused before allocating.
+fn read_nifti_from<R: Read>(
+    mut reader: R,
+    len: Option<u64>,
+    path: &Path,
+) -> Result<(NiftiHeader, NiftiData)> {
     let mut magic = [0u8; 2];
     let got = read_fill(&mut reader, &mut magic).map_err(|e| io_error(path, e))?;
     let gz = got == 2 && magic == [0x1f, 0x8b];
     let plain = Cursor::new(magic[..got].to_vec()).chain(reader);
-    let mut src: Box<dyn Read> = if gz {
+    let mut src: Box<dyn Read + '_> = if gz {
         // Multi-member streams (bgzip, concatenated gzip) are valid gzip and are read whole.
         Box::new(MultiGzDecoder::new(plain))
     } else {
@@ -721,7 +737,7 @@ pub fn read_nifti_raw(path: &Path) -> Result<(NiftiHeader, NiftiData)> {
     let nbytes = voxels as u64 * elem as u64;
     let expected = offset + nbytes;
     // For plain files the size is known up front: refuse before allocating the voxel buffer.
-    if !gz && file_len < expected {
+    if let Some(file_len) = len.filter(|&l| !gz && l < expected) {
         return Err(IoError::Truncated {
             path: path.to_path_buf(),
             expected,
@@ -742,9 +758,9 @@ pub fn read_nifti_raw(path: &Path) -> Result<(NiftiHeader, NiftiData)> {
         dims: voxels.to_string(),
         limit: MAX_VOXELS,
     })?;
-    // A gzip stream's real length is unknown until decoded: grow the buffer as data arrives, capped at
+    // A gzip stream's (or unsized reader's) real length is unknown until decoded: grow the buffer as data arrives, capped at
     // the size the header implies, so a small file claiming a huge volume cannot make us allocate it.
-    let mut bytes = Vec::with_capacity(if gz {
+    let mut bytes = Vec::with_capacity(if gz || len.is_none() {
         nbytes_usize.min(1 << 24)
     } else {
         nbytes_usize
