@@ -848,8 +848,12 @@ pub fn write_nifti(path: &Path, header: &NiftiHeader, data: &NiftiData) -> Resul
     })
 }
 
-/// Writes a uint8 label map with the reference's geometry (header bytes otherwise unchanged), scl 1/0.
+/// Writes a uint8 label map with the reference's geometry (header bytes otherwise unchanged), scl 1/0;
+/// a path ending in .png/.tif/.tiff gets an 8-bit grayscale image instead (2D datasets).
 pub fn write_labels(path: &Path, reference: &NiftiHeader, labels: &[u8]) -> Result<()> {
+    if crate::image2d::is_image2d(path) {
+        return crate::image2d::write_labels_image2d(path, reference.shape(), labels);
+    }
     let mut h = reference.clone();
     h.scl_slope = 1.0;
     h.scl_inter = 0.0;
@@ -870,7 +874,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes through `fill` into a temporary file next to `path`, then renames it over `path`, so that readers
 /// never see half a file and an interrupted run leaves the old output intact.
-fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+pub(crate) fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<()> {
     let name = path.file_name().ok_or_else(|| IoError::Dataset {
         path: path.to_path_buf(),
         reason: "output path has no file name".into(),
