@@ -1,6 +1,7 @@
 //! segmenter: Swin-UMamba-style segmentation of medical scans — network, training, inference,
 //! evaluation — on burn, CPU by default and CUDA with `--features cuda`.
 
+pub mod augment;
 pub mod bench;
 pub mod config;
 pub mod data;

@@ -530,7 +530,7 @@ where
         volumes: &volumes,
         patch_size: plan.patch_size,
         foreground_fraction: t.foreground_fraction,
-        augmentation: Augmentation::default(),
+        augmentation: Augmentation::default().with_elastic(t.elastic_deformation),
         seed: info.seed,
     };
     let total_steps = t.epochs * t.steps_per_epoch;
