@@ -33,7 +33,7 @@ fn reflect(i: isize, n: usize) -> usize {
 /// Separable Gaussian smoothing of `values` (`[rows, cols]`, row-major) with `sigma` pixels on both axes.
 pub fn gaussian_blur(values: &mut [f32], [rows, cols]: [usize; 2], sigma: f32) {
     debug_assert_eq!(values.len(), rows * cols);
-    if !(sigma > 0.0) || values.is_empty() {
+    if sigma.is_nan() || sigma <= 0.0 || values.is_empty() {
         return;
     }
     let kernel = gaussian_kernel(sigma);
