@@ -298,7 +298,7 @@ fn time_runs<T>(runs: usize, mut f: impl FnMut() -> T) -> Timing {
 }
 
 /// The CPU model from /proc/cpuinfo ("unknown" elsewhere).
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

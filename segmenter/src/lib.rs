@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod bench;
+pub mod bench_sampler;
 pub mod config;
 pub mod data;
 pub mod distance;
