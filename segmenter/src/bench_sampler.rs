@@ -6,7 +6,8 @@
 //! `Autodiff<Flex>`: forward, deep-supervision loss, backward, AdamW update) at the preset's patch size
 //! and batch size. The ratio (a)/(b) above 1 means the sampler is not the bottleneck; since training
 //! draws batches on the same cores, the margin is what the sampler costs the step.
-//! Each side runs one warm-up, then repeats until `seconds` have passed (at least once).
+//! Each side runs one warm-up, then repeats until `seconds` have passed (at least once); a warm-up
+//! longer than `seconds` is itself the measurement.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -65,10 +66,16 @@ impl SamplerBenchResult {
     }
 }
 
-/// Runs `work(i)` once to warm up, then for i = 0, 1, … until `seconds` have passed (at least once,
-/// so a slow training step on CPU still gives a number); returns (timed runs, elapsed).
+/// Runs `work(i)` once to warm up, then for i = 0, 1, … until `seconds` have passed (at least once);
+/// returns (timed runs, elapsed). A warm-up that alone took `seconds` or more is the measurement
+/// (one run): the swin-umamba step on CPU takes minutes, and its first-run overhead is small next to it.
 fn time_repeatedly(seconds: f64, mut work: impl FnMut(u64)) -> (usize, Duration) {
+    let warm_up = Instant::now();
     work(u64::MAX);
+    let warm_up = warm_up.elapsed();
+    if warm_up.as_secs_f64() >= seconds.max(f64::MIN_POSITIVE) {
+        return (1, warm_up);
+    }
     let started = Instant::now();
     let mut runs = 0;
     while runs < 1 || started.elapsed().as_secs_f64() < seconds {

@@ -169,10 +169,12 @@ enum BenchKind {
         /// Presets to measure.
         #[arg(long, value_delimiter = ',', default_values_t = PRESETS.map(String::from))]
         presets: Vec<String>,
-        /// Seconds per measurement, after one warm-up (each side runs at least once).
+        /// Seconds per measurement, after one warm-up (each side runs at least once; a warm-up
+        /// longer than this is the measurement).
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
-        /// Samples per batch (default: the preset's train.batch_size).
+        /// Samples per batch (default: the preset's train.batch_size). On CPU one swin-umamba step
+        /// at its batch of 32 takes minutes; `--batch-size 2` gives a number in seconds.
         #[arg(long)]
         batch_size: Option<usize>,
         /// Worker threads (default: all cores).
