@@ -7,7 +7,8 @@
 //! separate `CASE_000N` files as for NIfTI. An RGB(A) file whose colour channels are identical (a gray
 //! image saved as colour, common for masks) is read as gray; a real colour image is refused with a
 //! message saying how to split it. Decoding uses the `image` crate (well kept, fuzzed upstream) with its
-//! default memory limits, so a header claiming a huge image fails before allocating.
+//! default memory limits, so a header claiming a huge image fails before allocating. A multi-page TIFF
+//! (a stack) is read as its first page only: the `image` crate does not expose the page count.
 
 use std::io::Cursor;
 use std::path::Path;
