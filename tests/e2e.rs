@@ -308,3 +308,34 @@ fn an_lps_mri_comes_back_with_its_own_geometry() {
     );
     assert_eq!(pred.header.pixdim, input.pixdim);
 }
+
+#[test]
+fn bench_sampler_prints_one_json_object_per_preset() {
+    let data = root().join("sample-data/hippocampus");
+    let out = segmenter(&[
+        "bench",
+        "sampler",
+        "--data",
+        s(&data),
+        "--presets",
+        "tiny",
+        "--seconds",
+        "0",
+        "--batch-size",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "bench failed:\n{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["preset"], "tiny");
+    assert_eq!(v["batch_size"], 2);
+    let (sampler, train) = (
+        v["sampler_samples_per_s"].as_f64().unwrap(),
+        v["train_samples_per_s"].as_f64().unwrap(),
+    );
+    assert!(sampler > 0.0 && train > 0.0, "{v}");
+    assert!((v["ratio"].as_f64().unwrap() - sampler / train).abs() < 1e-9 * sampler / train);
+}

@@ -8,7 +8,8 @@ use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::error::{IoError, Result};
-use crate::nifti::{read_nifti, NiftiHeader, Volume};
+use crate::image2d::read_volume;
+use crate::nifti::{NiftiHeader, Volume};
 
 /// A dataset in Decathlon or nnU-Net v2 layout.
 #[derive(Debug, Clone, PartialEq)]
@@ -423,7 +424,7 @@ pub fn load_case(case: &Case, labels: &BTreeMap<u8, String>) -> Result<LoadedCas
     let channels = case
         .images
         .par_iter()
-        .map(|p| read_nifti(p))
+        .map(|p| read_volume(p))
         .collect::<Result<Vec<Volume>>>()?;
     let shape = channels[0].shape;
     for (ch, (vol, path)) in channels.iter().zip(&case.images).enumerate() {
@@ -447,7 +448,7 @@ pub fn load_case(case: &Case, labels: &BTreeMap<u8, String>) -> Result<LoadedCas
     let label = match &case.label {
         None => None,
         Some(path) => {
-            let vol = read_nifti(path)?;
+            let vol = read_volume(path)?;
             if vol.shape != shape {
                 return Err(IoError::ShapeMismatch {
                     path: path.clone(),

@@ -127,6 +127,14 @@ pub enum IoError {
         /// Parser error with line and column (in the message, not chained).
         cause: serde_json::Error,
     },
+    /// A PNG or TIFF file could not be decoded or written.
+    #[error("{}: image: {reason}", .path.display())]
+    Image {
+        /// File concerned.
+        path: PathBuf,
+        /// What the decoder or encoder reported.
+        reason: String,
+    },
     /// A dataset description or folder is valid JSON/filesystem-wise but not a usable dataset.
     #[error("{}: {reason}", .path.display())]
     Dataset {

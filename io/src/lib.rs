@@ -1,11 +1,13 @@
 //! Medical scans in and out: a NIfTI-1 reader/writer that checks header sizes before allocating, and
-//! datasets in the Medical Segmentation Decathlon and nnU-Net v2 layouts.
+//! datasets in the Medical Segmentation Decathlon and nnU-Net v2 layouts, and 2D PNG/TIFF images as
+//! one-slice volumes.
 
 #![warn(missing_docs)]
 
 mod dataset;
 mod error;
 pub mod geometry;
+mod image2d;
 mod nifti;
 
 pub use dataset::{
@@ -16,7 +18,8 @@ pub use geometry::{
     resample_cubic, resample_labels, resample_linear, resampled_affine, shape_for_spacing,
     Orientation,
 };
+pub use image2d::{is_image2d, read_image2d, read_volume, write_labels_image2d, IMAGE_ENDINGS};
 pub use nifti::{
-    read_nifti, read_nifti_nd, read_nifti_raw, write_labels, write_nifti, NiftiData, NiftiHeader,
-    Volume, MAX_VOXELS,
+    read_nifti, read_nifti_bytes, read_nifti_nd, read_nifti_raw, write_labels, write_nifti,
+    NiftiData, NiftiHeader, Volume, MAX_VOXELS,
 };

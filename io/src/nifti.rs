@@ -706,12 +706,30 @@ pub fn read_nifti_nd(path: &Path) -> Result<(NiftiHeader, NiftiData)> {
 fn read_raw(path: &Path, any_dims: bool) -> Result<(NiftiHeader, NiftiData)> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let reader = BufReader::with_capacity(256 * 1024, file);
+    read_nifti_from(reader, Some(file_len), path, any_dims)
+}
+
+/// Reads a NIfTI-1 image held in memory (plain or gzip); `name` is only used in error messages.
+/// This is the entry point of the fuzz target (io/fuzz), and useful for files that arrive over a network.
+pub fn read_nifti_bytes(bytes: &[u8], name: &Path) -> Result<(NiftiHeader, NiftiData)> {
+    read_nifti_from(bytes, Some(bytes.len() as u64), name, false)
+}
+
+/// The reader behind [`read_nifti_raw`] and [`read_nifti_bytes`]: `len` is the stored (possibly
+/// compressed) size when known, which lets a plain file that is too short be refused before allocating;
+/// `any_dims` accepts more than three non-singleton dimensions.
+fn read_nifti_from<R: Read>(
+    mut reader: R,
+    len: Option<u64>,
+    path: &Path,
+    any_dims: bool,
+) -> Result<(NiftiHeader, NiftiData)> {
     let mut magic = [0u8; 2];
     let got = read_fill(&mut reader, &mut magic).map_err(|e| io_error(path, e))?;
     let gz = got == 2 && magic == [0x1f, 0x8b];
     let plain = Cursor::new(magic[..got].to_vec()).chain(reader);
-    let mut src: Box<dyn Read> = if gz {
+    let mut src: Box<dyn Read + '_> = if gz {
         // Multi-member streams (bgzip, concatenated gzip) are valid gzip and are read whole.
         Box::new(MultiGzDecoder::new(plain))
     } else {
@@ -742,7 +760,7 @@ fn read_raw(path: &Path, any_dims: bool) -> Result<(NiftiHeader, NiftiData)> {
     let nbytes = voxels as u64 * elem as u64;
     let expected = offset + nbytes;
     // For plain files the size is known up front: refuse before allocating the voxel buffer.
-    if !gz && file_len < expected {
+    if let Some(file_len) = len.filter(|&l| !gz && l < expected) {
         return Err(IoError::Truncated {
             path: path.to_path_buf(),
             expected,
@@ -763,9 +781,9 @@ fn read_raw(path: &Path, any_dims: bool) -> Result<(NiftiHeader, NiftiData)> {
         dims: voxels.to_string(),
         limit: MAX_VOXELS,
     })?;
-    // A gzip stream's real length is unknown until decoded: grow the buffer as data arrives, capped at
+    // A gzip stream's (or unsized reader's) real length is unknown until decoded: grow the buffer as data arrives, capped at
     // the size the header implies, so a small file claiming a huge volume cannot make us allocate it.
-    let mut bytes = Vec::with_capacity(if gz {
+    let mut bytes = Vec::with_capacity(if gz || len.is_none() {
         nbytes_usize.min(1 << 24)
     } else {
         nbytes_usize
@@ -853,8 +871,12 @@ pub fn write_nifti(path: &Path, header: &NiftiHeader, data: &NiftiData) -> Resul
     })
 }
 
-/// Writes a uint8 label map with the reference's geometry (header bytes otherwise unchanged), scl 1/0.
+/// Writes a uint8 label map with the reference's geometry (header bytes otherwise unchanged), scl 1/0;
+/// a path ending in .png/.tif/.tiff gets an 8-bit grayscale image instead (2D datasets).
 pub fn write_labels(path: &Path, reference: &NiftiHeader, labels: &[u8]) -> Result<()> {
+    if crate::image2d::is_image2d(path) {
+        return crate::image2d::write_labels_image2d(path, reference.shape(), labels);
+    }
     let mut h = reference.clone();
     h.scl_slope = 1.0;
     h.scl_inter = 0.0;
@@ -875,7 +897,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes through `fill` into a temporary file next to `path`, then renames it over `path`, so that readers
 /// never see half a file and an interrupted run leaves the old output intact.
-fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+pub(crate) fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<()> {
     let name = path.file_name().ok_or_else(|| IoError::Dataset {
         path: path.to_path_buf(),
         reason: "output path has no file name".into(),

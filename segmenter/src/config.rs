@@ -43,6 +43,10 @@ pub struct TrainConfig {
     /// Learning-rate decay after warm-up.
     #[serde(default)]
     pub schedule: ScheduleKind,
+    /// Elastic deformation of training patches (nnU-Net v1, probability 0.2); off by default, as in
+    /// nnU-Net v2, because it is slow and rarely helps.
+    #[serde(default)]
+    pub elastic_deformation: bool,
 }
 
 fn default_momentum() -> f64 {

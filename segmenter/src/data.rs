@@ -1,11 +1,12 @@
 //! Training samples: 2D patches cut from normalised volumes, with foreground oversampling and
-//! augmentation (rotation, scaling, mirroring, brightness, contrast, gamma, noise), drawn in parallel
-//! and reproducible from a seed.
+//! augmentation (rotation, scaling, optional elastic deformation, mirroring, blur, brightness, contrast,
+//! low-resolution simulation, gamma, noise), drawn in parallel and reproducible from a seed.
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use crate::augment::{elastic_displacement, gaussian_blur, simulate_low_resolution};
 use crate::plan::SliceGeometry;
 
 /// A training volume after normalisation, indexed for fast sampling.
@@ -64,6 +65,24 @@ pub struct Augmentation {
     pub p_mirror: f64,
     /// Probability of each intensity transform.
     pub p_intensity: f64,
+    /// Probability per sample of Gaussian blur (nnU-Net: 0.2).
+    pub p_blur: f64,
+    /// Range of the blur's standard deviation in pixels (nnU-Net: 0.5 to 1).
+    pub blur_sigma: [f32; 2],
+    /// Probability per sample of simulated low resolution (nnU-Net: 0.25).
+    pub p_low_res: f64,
+    /// Range of the low-resolution zoom factor (nnU-Net: 0.5 to 1).
+    pub low_res_zoom: [f64; 2],
+    /// Probability that a sample chosen for blur or low resolution applies it to a given channel
+    /// (nnU-Net: 0.5, so with one channel the effective rates are 0.1 and 0.125).
+    pub p_per_channel: f64,
+    /// Probability of elastic deformation; 0 unless `train.elastic_deformation` is set (nnU-Net v2 has
+    /// it off; v1's 0.2 is what `with_elastic` uses).
+    pub p_elastic: f64,
+    /// Range of the elastic magnitude alpha (nnU-Net v1: 0 to 900).
+    pub elastic_alpha: [f64; 2],
+    /// Range of the elastic smoothing sigma in pixels (nnU-Net v1: 9 to 13).
+    pub elastic_sigma: [f64; 2],
 }
 
 impl Default for Augmentation {
@@ -72,8 +91,34 @@ impl Default for Augmentation {
             p_spatial: 0.2,
             p_mirror: 0.5,
             p_intensity: 0.15,
+            p_blur: 0.2,
+            blur_sigma: [0.5, 1.0],
+            p_low_res: 0.25,
+            low_res_zoom: [0.5, 1.0],
+            p_per_channel: 0.5,
+            p_elastic: 0.0,
+            elastic_alpha: [0.0, 900.0],
+            elastic_sigma: [9.0, 13.0],
         }
     }
+}
+
+impl Augmentation {
+    /// The defaults, with elastic deformation at nnU-Net v1's probability (0.2) when `enabled`.
+    pub fn with_elastic(self, enabled: bool) -> Self {
+        Self {
+            p_elastic: if enabled { 0.2 } else { 0.0 },
+            ..self
+        }
+    }
+}
+
+/// Draws uniformly from `[lo, hi]`, accepting an empty range (lo == hi) as that single value.
+fn uniform<T: rand::distr::uniform::SampleUniform + PartialOrd + Copy>(
+    rng: &mut SmallRng,
+    [lo, hi]: [T; 2],
+) -> T {
+    rng.random_range(lo..=hi)
 }
 
 /// Draws training batches from volumes.
@@ -90,10 +135,13 @@ pub struct Sampler<'a> {
     pub seed: u64,
 }
 
+#[derive(Clone)]
 struct Transform {
     origin: [f64; 2],
     // Maps patch offsets from the patch centre to source offsets.
     matrix: [[f64; 2]; 2],
+    // Elastic (row, col) offsets per patch pixel, added before `matrix` as in batchgenerators.
+    displacement: Option<Vec<[f64; 2]>>,
 }
 
 impl Sampler<'_> {
@@ -178,6 +226,7 @@ impl Sampler<'_> {
             [axis(src_rows, rows, rng), axis(src_cols, cols, rng)]
         };
         let transform = self.random_transform(rng, centre);
+        let patch = [rows, cols];
         let mut image = Vec::with_capacity(volume.channels.len() * rows * cols);
         for channel in &volume.channels {
             let src = geometry.extract(channel, slice);
@@ -200,7 +249,7 @@ impl Sampler<'_> {
         .into_iter()
         .map(|v| v as u8)
         .collect();
-        self.intensity(rng, &mut image, volume.channels.len());
+        self.intensity(rng, &mut image, volume.channels.len(), patch);
         (image, label_out, fg)
     }
 
@@ -222,16 +271,29 @@ impl Sampler<'_> {
                 }
             }
         }
+        let displacement = rng.random_bool(aug.p_elastic).then(|| {
+            let alpha = uniform(rng, aug.elastic_alpha);
+            let sigma = uniform(rng, aug.elastic_sigma);
+            elastic_displacement(rng, self.patch_size, alpha, sigma)
+        });
         Transform {
             origin: centre,
             matrix,
+            displacement,
         }
     }
 
-    fn intensity(&self, rng: &mut SmallRng, image: &mut [f32], channels: usize) {
-        let p = self.augmentation.p_intensity;
+    fn intensity(&self, rng: &mut SmallRng, image: &mut [f32], channels: usize, patch: [usize; 2]) {
+        let aug = &self.augmentation;
+        let p = aug.p_intensity;
         let per_channel = image.len() / channels.max(1);
+        // nnU-Net decides blur and low resolution once per sample, then per channel.
+        let blur = rng.random_bool(aug.p_blur);
+        let low_res = rng.random_bool(aug.p_low_res);
         for channel in image.chunks_mut(per_channel.max(1)) {
+            if blur && rng.random_bool(aug.p_per_channel) {
+                gaussian_blur(channel, patch, uniform(rng, aug.blur_sigma));
+            }
             if rng.random_bool(p) {
                 let factor: f32 = rng.random_range(0.75..1.25);
                 channel.iter_mut().for_each(|v| *v *= factor);
@@ -242,6 +304,9 @@ impl Sampler<'_> {
                 channel
                     .iter_mut()
                     .for_each(|v| *v = (*v - mean) * factor + mean);
+            }
+            if low_res && rng.random_bool(aug.p_per_channel) {
+                simulate_low_resolution(channel, patch, uniform(rng, aug.low_res_zoom));
             }
             if rng.random_bool(p) {
                 let gamma: f32 = rng.random_range(0.7..1.5);
@@ -289,7 +354,11 @@ fn resample(
     };
     for i in 0..pr {
         for j in 0..pc {
-            let (di, dj) = (i as f64 + 0.5 - hr, j as f64 + 0.5 - hc);
+            let (mut di, mut dj) = (i as f64 + 0.5 - hr, j as f64 + 0.5 - hc);
+            if let Some(field) = &t.displacement {
+                di += field[i * pc + j][0];
+                dj += field[i * pc + j][1];
+            }
             let y = t.origin[0] + t.matrix[0][0] * di + t.matrix[0][1] * dj;
             let x = t.origin[1] + t.matrix[1][0] * di + t.matrix[1][1] * dj;
             out[i * pc + j] = match interp {
@@ -375,11 +444,91 @@ mod tests {
     }
 
     #[test]
+    fn zero_elastic_displacement_is_the_identity() {
+        let src: Vec<f32> = (0..20 * 24).map(|v| (v as f32 * 0.37).sin()).collect();
+        let plain = Transform {
+            origin: [9.0, 11.0],
+            matrix: [[0.8, -0.3], [0.3, 0.8]],
+            displacement: None,
+        };
+        let zero_field = Transform {
+            displacement: Some(vec![[0.0, 0.0]; 16 * 16]),
+            ..plain.clone()
+        };
+        for interp in [Interp::Linear, Interp::Nearest] {
+            assert_eq!(
+                resample(&src, [20, 24], [16, 16], &plain, interp),
+                resample(&src, [20, 24], [16, 16], &zero_field, interp)
+            );
+        }
+        // A field that shifts every pixel by one row reads the next source row.
+        let shifted = Transform {
+            origin: [9.0, 11.0],
+            matrix: [[1.0, 0.0], [0.0, 1.0]],
+            displacement: Some(vec![[1.0, 0.0]; 16 * 16]),
+        };
+        let base = Transform {
+            displacement: None,
+            ..shifted.clone()
+        };
+        let (a, b) = (
+            resample(&src, [20, 24], [16, 16], &shifted, Interp::Nearest),
+            resample(&src, [20, 24], [16, 16], &base, Interp::Nearest),
+        );
+        assert_eq!(&a[..15 * 16], &b[16..]);
+    }
+
+    #[test]
+    fn every_augmentation_on_keeps_labels_in_the_class_set_and_is_reproducible() {
+        let mut volumes = vec![volume(1), volume(2)];
+        // A second foreground class, so nearest-neighbour resampling has three values to keep apart.
+        for l in volumes[0].label.iter_mut().take(200) {
+            *l = 2;
+        }
+        let sampler = Sampler {
+            volumes: &volumes,
+            patch_size: [32, 32],
+            foreground_fraction: 0.5,
+            augmentation: Augmentation {
+                p_spatial: 1.0,
+                p_intensity: 1.0,
+                p_blur: 1.0,
+                p_low_res: 1.0,
+                p_per_channel: 1.0,
+                ..Augmentation::default().with_elastic(true)
+            },
+            seed: 11,
+        };
+        assert_eq!(sampler.augmentation.p_elastic, 0.2);
+        // Fixed magnitudes, so both samplers draw the same random numbers and differ only in alpha.
+        let with_alpha = |alpha: f64| Sampler {
+            augmentation: Augmentation {
+                p_elastic: 1.0,
+                elastic_alpha: [alpha, alpha],
+                ..sampler.augmentation.clone()
+            },
+            ..sampler
+        };
+        let (elastic_always, zero_alpha) = (with_alpha(900.0), with_alpha(0.0));
+        for step in 0..10 {
+            let batch = elastic_always.batch(step, 6);
+            assert!(batch.labels.iter().all(|l| [0, 1, 2].contains(l)));
+            assert!(batch.images.iter().all(|v| v.is_finite()));
+            let again = elastic_always.batch(step, 6);
+            assert_eq!(batch.images, again.images);
+            assert_eq!(batch.labels, again.labels);
+            let undeformed = zero_alpha.batch(step, 6);
+            assert_ne!(batch.labels, undeformed.labels);
+        }
+    }
+
+    #[test]
     fn identity_transform_copies_the_slice_into_the_patch_centre() {
         let src: Vec<f32> = (0..12).map(|v| v as f32).collect(); // 3 x 4
         let t = Transform {
             origin: [1.5, 2.0],
             matrix: [[1.0, 0.0], [0.0, 1.0]],
+            displacement: None,
         };
         let out = resample(&src, [3, 4], [5, 6], &t, Interp::Linear);
         // Patch centre (2.5, 3.0) maps to source (1.5, 2.0): patch pixel (1, 1) is source pixel (0, 0).

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use segmenter_io::{read_dataset_labels, read_nifti};
+use segmenter_io::{is_image2d, read_dataset_labels, read_volume};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -131,7 +131,7 @@ impl EvalOptions {
 type Labels = (Vec<u8>, [usize; 3], [f64; 3]);
 
 fn read_labels(path: &Path) -> Result<Labels> {
-    let volume = read_nifti(path)?;
+    let volume = read_volume(path)?;
     let spacing = volume.header.spacing();
     let labels = volume
         .data
@@ -150,7 +150,7 @@ fn read_labels(path: &Path) -> Result<Labels> {
     Ok((labels, volume.shape, spacing))
 }
 
-/// Label-map files in a folder (`.nii`, `.nii.gz`), sorted by name.
+/// Label-map files in a folder (`.nii`, `.nii.gz`, or 2D `.png`/`.tif`/`.tiff`), sorted by name.
 fn label_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot read folder", dir.display()))?
@@ -160,7 +160,8 @@ fn label_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            !name.starts_with('.') && (name.ends_with(".nii.gz") || name.ends_with(".nii"))
+            !name.starts_with('.')
+                && (name.ends_with(".nii.gz") || name.ends_with(".nii") || is_image2d(p))
         })
         .collect();
     files.sort();
@@ -339,6 +340,10 @@ fn case_id(file: &str) -> String {
         .map_or_else(|| file.to_string(), |n| n.to_string_lossy().into_owned());
     name.strip_suffix(".nii.gz")
         .or_else(|| name.strip_suffix(".nii"))
+        .or_else(|| {
+            let image = Path::new(&name);
+            is_image2d(image).then(|| &name[..name.rfind('.').unwrap_or(name.len())])
+        })
         .unwrap_or(&name)
         .to_string()
 }

@@ -1,8 +1,10 @@
 //! segmenter: Swin-UMamba-style segmentation of medical scans — network, training, inference,
 //! evaluation — on burn, CPU by default and CUDA with `--features cuda`.
 
+pub mod augment;
 pub mod bench;
 pub mod bench_infer;
+pub mod bench_sampler;
 pub mod bench_step;
 pub mod config;
 pub mod curve;

@@ -222,6 +222,30 @@ enum BenchKind {
         #[arg(long)]
         json: bool,
     },
+    /// Augmented samples per second of the sampler next to the samples per second one training
+    /// step consumes, per preset, with their ratio.
+    Sampler {
+        /// Dataset folder with dataset.json.
+        #[arg(long, default_value = "sample-data/hippocampus")]
+        data: PathBuf,
+        /// Presets to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = PRESETS.map(String::from))]
+        presets: Vec<String>,
+        /// Seconds per measurement, after one warm-up (each side runs at least once; a warm-up
+        /// longer than this is the measurement).
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Samples per batch (default: the preset's train.batch_size). On CPU one swin-umamba step
+        /// at its batch of 32 takes minutes; `--batch-size 2` gives a number in seconds.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_class_tolerance(text: &str) -> Result<(u8, f64), String> {
@@ -489,6 +513,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 classes,
                 json,
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchKind::Sampler {
+                    data,
+                    presets,
+                    seconds,
+                    batch_size,
+                    threads,
+                    json,
+                },
+        } => {
+            segmenter::bench_sampler::run_sampler_bench(
+                &segmenter::bench_sampler::SamplerBenchOptions {
+                    data,
+                    presets,
+                    seconds,
+                    batch_size,
+                    threads,
+                    json,
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -158,6 +158,9 @@ fn output_name(case: &Case) -> String {
         .unwrap_or_default();
     let ending = if first.ends_with(".nii.gz") {
         ".nii.gz"
+    } else if segmenter_io::is_image2d(&case.images[0]) {
+        // 2D datasets: the label map is an image of the input's kind (.png, .tif, .tiff).
+        &first[first.rfind('.').unwrap_or(first.len())..]
     } else {
         ".nii"
     };

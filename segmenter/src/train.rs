@@ -158,7 +158,8 @@ fn network_case(plan: &Plan, case: &LoadedCase) -> NetworkCase {
     frame
 }
 
-fn prepare_volume(plan: &Plan, case: LoadedCase) -> Result<TrainVolume> {
+/// A loaded training case in the network's frame, normalised and indexed for the sampler.
+pub fn prepare_volume(plan: &Plan, case: LoadedCase) -> Result<TrainVolume> {
     let frame = network_case(plan, &case);
     let label = frame
         .label
@@ -530,7 +531,7 @@ where
         volumes: &volumes,
         patch_size: plan.patch_size,
         foreground_fraction: t.foreground_fraction,
-        augmentation: Augmentation::default(),
+        augmentation: Augmentation::default().with_elastic(t.elastic_deformation),
         seed: info.seed,
     };
     let total_steps = t.epochs * t.steps_per_epoch;
@@ -544,7 +545,6 @@ where
     );
     progress_bar.set_position(state.step as u64);
     let [pr, pc] = plan.patch_size;
-    let ds_weights = [4.0 / 7.0, 2.0 / 7.0, 1.0 / 7.0];
     let budget = info.time_budget_s.map(Duration::from_secs_f64);
     let mut lr = t.learning_rate;
     while state.epochs_done < t.epochs {
@@ -581,29 +581,18 @@ where
                 // Test hook: a corrupted batch must be skipped without poisoning the weights.
                 images[0] = f32::NAN;
             }
-            let x = Tensor::<B, 4>::from_data(
-                TensorData::new(images, [batch.batch, plan.channel_names.len(), pr, pc]),
+            let dims = [batch.batch, plan.channel_names.len(), pr, pc];
+            let (next, value) = train_step(
+                model,
+                &mut optimizer,
+                images,
+                &batch.labels,
+                dims,
+                classes,
+                lr,
                 device,
             );
-            let mut loss = None;
-            for (scale, (logits, weight)) in
-                model.forward(x).into_iter().zip(ds_weights).enumerate()
-            {
-                let target = one_hot::<B>(
-                    &batch.labels,
-                    [batch.batch, pr, pc],
-                    classes,
-                    1 << scale,
-                    device,
-                );
-                let term = dice_ce_loss(logits, target) * weight;
-                loss = Some(match loss {
-                    None => term,
-                    Some(l) => l + term,
-                });
-            }
-            let loss = loss.expect("the network has at least one output");
-            let value = loss.clone().into_scalar().elem::<f64>();
+            model = next;
             state.step += 1;
             progress_bar.inc(1);
             if !value.is_finite() {
@@ -617,8 +606,6 @@ where
                 );
                 continue;
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(lr, model, grads);
             loss_sum += value;
             loss_count += 1;
             progress_bar.set_message(format!(
@@ -680,6 +667,53 @@ where
         run.path().display()
     );
     Ok(state.best_dice)
+}
+
+/// Weights of the deep-supervision outputs (full, 1/2 and 1/4 resolution), as nnU-Net's halving.
+const DEEP_SUPERVISION_WEIGHTS: [f64; 3] = [4.0 / 7.0, 2.0 / 7.0, 1.0 / 7.0];
+
+/// One optimiser step on a batch (images `[batch, channels, rows, cols]`, labels `[batch, rows, cols]`):
+/// forward, deep-supervision Dice + cross-entropy, backward, update. Returns the model and the loss;
+/// when the loss is not finite the step is skipped and the model comes back unchanged.
+/// Public so that `segmenter bench sampler` times exactly what training does.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step<B, O>(
+    model: SwinUMamba<B>,
+    optimizer: &mut O,
+    images: Vec<f32>,
+    labels: &[u8],
+    dims: [usize; 4],
+    classes: usize,
+    learning_rate: f64,
+    device: &B::Device,
+) -> (SwinUMamba<B>, f64)
+where
+    B: AutodiffBackend + ModelBackend,
+    O: Optimizer<SwinUMamba<B>, B>,
+{
+    let [batch, _, rows, cols] = dims;
+    let x = Tensor::<B, 4>::from_data(TensorData::new(images, dims), device);
+    let mut loss = None;
+    for (scale, (logits, weight)) in model
+        .forward(x)
+        .into_iter()
+        .zip(DEEP_SUPERVISION_WEIGHTS)
+        .enumerate()
+    {
+        let target = one_hot::<B>(labels, [batch, rows, cols], classes, 1 << scale, device);
+        let term = dice_ce_loss(logits, target) * weight;
+        loss = Some(match loss {
+            None => term,
+            Some(l) => l + term,
+        });
+    }
+    let loss = loss.expect("the network has at least one output");
+    let value = loss.clone().into_scalar().elem::<f64>();
+    if !value.is_finite() {
+        return (model, value);
+    }
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    (optimizer.step(learning_rate, model, grads), value)
 }
 
 /// Prints a line above the progress bar, or plainly when the bar is hidden (output not a terminal).

@@ -1,0 +1,248 @@
+//! `segmenter bench sampler`: can the data pipeline keep up with training?
+//!
+//! For each preset, on one dataset, in one process: (a) augmented training samples drawn per second by
+//! the sampler (`Sampler::batch`, patches in parallel on rayon workers, every augmentation at its
+//! training probability) and (b) samples consumed per second by one training step (`train_step` on
+//! `Autodiff<Flex>`: forward, deep-supervision loss, backward, AdamW update) at the preset's patch size
+//! and batch size. The ratio (a)/(b) above 1 means the sampler is not the bottleneck; since training
+//! draws batches on the same cores, the margin is what the sampler costs the step.
+//! Each side runs one warm-up, then repeats until `seconds` have passed (at least once); a warm-up
+//! longer than `seconds` is itself the measurement.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use burn::backend::{Autodiff, Flex};
+use burn::optim::AdamWConfig;
+use serde_json::json;
+
+use crate::config::ExperimentConfig;
+use crate::data::{Augmentation, Sampler, TrainVolume};
+use crate::model::SwinUMamba;
+use crate::plan::Plan;
+use crate::train::{load_cases, prepare_volume, train_step};
+
+/// Options of `segmenter bench sampler`.
+#[derive(Clone, Debug)]
+pub struct SamplerBenchOptions {
+    /// Dataset folder (labelled cases are used).
+    pub data: PathBuf,
+    /// Presets to measure, e.g. ["tiny", "swin-umamba"].
+    pub presets: Vec<String>,
+    /// Seconds each measurement runs for, after its warm-up.
+    pub seconds: f64,
+    /// Samples per batch (default: the preset's `train.batch_size`).
+    pub batch_size: Option<usize>,
+    /// Worker threads (default: rayon's global pool).
+    pub threads: Option<usize>,
+    /// One JSON object per line instead of a table.
+    pub json: bool,
+}
+
+/// One preset's measurement.
+#[derive(Clone, Debug)]
+pub struct SamplerBenchResult {
+    /// Preset name.
+    pub preset: String,
+    /// Patch `[rows, cols]` of the plan.
+    pub patch_size: [usize; 2],
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Augmented samples per second drawn by the sampler.
+    pub sampler_samples_per_s: f64,
+    /// Timed sampler batches.
+    pub sampler_batches: usize,
+    /// Samples per second consumed by training steps.
+    pub train_samples_per_s: f64,
+    /// Timed training steps.
+    pub train_steps: usize,
+}
+
+impl SamplerBenchResult {
+    /// Sampler throughput over training throughput.
+    pub fn ratio(&self) -> f64 {
+        self.sampler_samples_per_s / self.train_samples_per_s
+    }
+}
+
+/// Runs `work(i)` once to warm up, then for i = 0, 1, … until `seconds` have passed (at least once);
+/// returns (timed runs, elapsed). A warm-up that alone took `seconds` or more is the measurement
+/// (one run): the swin-umamba step on CPU takes minutes, and its first-run overhead is small next to it.
+fn time_repeatedly(seconds: f64, mut work: impl FnMut(u64)) -> (usize, Duration) {
+    let warm_up = Instant::now();
+    work(u64::MAX);
+    let warm_up = warm_up.elapsed();
+    if warm_up.as_secs_f64() >= seconds.max(f64::MIN_POSITIVE) {
+        return (1, warm_up);
+    }
+    let started = Instant::now();
+    let mut runs = 0;
+    while runs < 1 || started.elapsed().as_secs_f64() < seconds {
+        work(runs as u64);
+        runs += 1;
+    }
+    (runs, started.elapsed())
+}
+
+/// Measures one preset on already-loaded cases.
+fn bench_preset(
+    preset: &str,
+    dataset: &segmenter_io::Dataset,
+    cases: &[segmenter_io::LoadedCase],
+    opts: &SamplerBenchOptions,
+) -> Result<SamplerBenchResult> {
+    let config = ExperimentConfig::preset(preset)?;
+    let plan = Plan::from_dataset(dataset, cases, config.train.max_patch_side);
+    let volumes: Vec<TrainVolume> = cases
+        .iter()
+        .cloned()
+        .map(|c| prepare_volume(&plan, c))
+        .collect::<Result<_>>()?;
+    let batch_size = opts.batch_size.unwrap_or(config.train.batch_size);
+    let sampler = Sampler {
+        volumes: &volumes,
+        patch_size: plan.patch_size,
+        foreground_fraction: config.train.foreground_fraction,
+        augmentation: Augmentation::default().with_elastic(config.train.elastic_deformation),
+        seed: 42,
+    };
+    let (sampler_batches, sampler_time) = time_repeatedly(opts.seconds, |step| {
+        std::hint::black_box(sampler.batch(step, batch_size));
+    });
+
+    type B = Autodiff<Flex>;
+    let device = Default::default();
+    let channels = plan.channel_names.len();
+    let classes = plan.num_classes();
+    let mut model: Option<SwinUMamba<B>> = Some(config.model.init(channels, classes, &device));
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(config.train.weight_decay as f32)
+        .init::<B, SwinUMamba<B>>();
+    // Batches are drawn beforehand so that the step's time does not include the sampler's.
+    let batches: Vec<_> = (0..4)
+        .map(|s| sampler.batch(1000 + s, batch_size))
+        .collect();
+    let [rows, cols] = plan.patch_size;
+    let (train_steps, train_time) = time_repeatedly(opts.seconds, |step| {
+        let batch = &batches[(step % 4) as usize];
+        let (next, _loss) = train_step(
+            model
+                .take()
+                .expect("the model is put back after every step"),
+            &mut optimizer,
+            batch.images.clone(),
+            &batch.labels,
+            [batch_size, channels, rows, cols],
+            classes,
+            config.train.learning_rate,
+            &device,
+        );
+        model = Some(next);
+    });
+    let per_s = |runs: usize, t: Duration| (runs * batch_size) as f64 / t.as_secs_f64();
+    Ok(SamplerBenchResult {
+        preset: preset.to_string(),
+        patch_size: plan.patch_size,
+        batch_size,
+        sampler_samples_per_s: per_s(sampler_batches, sampler_time),
+        sampler_batches,
+        train_samples_per_s: per_s(train_steps, train_time),
+        train_steps,
+    })
+}
+
+/// Runs `segmenter bench sampler` and prints a table (or JSON lines).
+pub fn run_sampler_bench(opts: &SamplerBenchOptions) -> Result<()> {
+    ensure!(
+        opts.seconds.is_finite() && opts.seconds >= 0.0,
+        "--seconds must be a non-negative number"
+    );
+    ensure!(
+        opts.batch_size != Some(0),
+        "--batch-size must be at least 1"
+    );
+    ensure!(
+        !opts.presets.is_empty(),
+        "--presets must name at least one preset"
+    );
+    match opts.threads {
+        Some(t) => {
+            ensure!(t >= 1, "--threads must be at least 1");
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .context("could not start the worker threads")?
+                .install(|| bench_all(opts))
+        }
+        None => bench_all(opts),
+    }
+}
+
+fn bench_all(opts: &SamplerBenchOptions) -> Result<()> {
+    let dataset = segmenter_io::load_dataset(&opts.data)?;
+    let labelled: Vec<_> = dataset
+        .cases
+        .iter()
+        .filter(|c| c.label.is_some())
+        .cloned()
+        .collect();
+    ensure!(
+        !labelled.is_empty(),
+        "{}: no labelled cases to sample from",
+        opts.data.display()
+    );
+    let cases = load_cases(&labelled, &dataset.labels)?;
+    let threads = rayon::current_num_threads();
+    if !opts.json {
+        println!(
+            "sampler vs training step on {} ({} cases); each side: 1 warm-up, then >= {} s",
+            opts.data.display(),
+            cases.len(),
+            opts.seconds
+        );
+        println!(
+            "machine: {}, {} worker threads; training step on Autodiff<Flex> (CPU)",
+            crate::bench::cpu_model(),
+            threads
+        );
+        println!();
+        println!(
+            "{:<12} {:>9} {:>6} {:>17} {:>15} {:>14}",
+            "preset", "patch", "batch", "sampler samples/s", "train samples/s", "sampler/train"
+        );
+    }
+    for preset in &opts.presets {
+        let r = bench_preset(preset, &dataset, &cases, opts)
+            .with_context(|| format!("preset '{preset}'"))?;
+        if opts.json {
+            println!(
+                "{}",
+                json!({
+                    "bench": "sampler",
+                    "data": opts.data.display().to_string(),
+                    "preset": r.preset,
+                    "patch_size": r.patch_size,
+                    "batch_size": r.batch_size,
+                    "threads": threads,
+                    "sampler_samples_per_s": r.sampler_samples_per_s,
+                    "sampler_batches": r.sampler_batches,
+                    "train_samples_per_s": r.train_samples_per_s,
+                    "train_steps": r.train_steps,
+                    "ratio": r.ratio(),
+                })
+            );
+        } else {
+            println!(
+                "{:<12} {:>9} {:>6} {:>17.1} {:>15.2} {:>13.1}x",
+                r.preset,
+                format!("{}x{}", r.patch_size[0], r.patch_size[1]),
+                r.batch_size,
+                r.sampler_samples_per_s,
+                r.train_samples_per_s,
+                r.ratio()
+            );
+        }
+    }
+    Ok(())
+}
