@@ -132,6 +132,17 @@ fn train_predict_evaluate_a_png_dataset() {
     assert!(out.status.success(), "evaluate failed:\n{}", text(&out));
     let summary = std::fs::read_to_string(report.join("summary.json")).unwrap();
     assert!(summary.contains("sq_005"), "{summary}");
+    // The HTML report draws 2D cases too, over their PNG images.
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    let overlay = report.join("report_files/overlay_best.png");
+    assert!(
+        html.contains("overlay_best.png") && overlay.exists(),
+        "{html}"
+    );
+    assert!(
+        !html.contains("no scan found"),
+        "the imagesTr PNGs were not found:\n{html}"
+    );
 }
 
 #[test]

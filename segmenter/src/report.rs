@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
-use segmenter_io::{read_nifti, Orientation};
+use segmenter_io::{read_volume, Orientation, IMAGE_ENDINGS};
 
 use crate::distance::percentile;
 use crate::evaluate::Summary;
@@ -143,10 +143,12 @@ fn case_id(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    name.strip_suffix(".nii.gz")
-        .or_else(|| name.strip_suffix(".nii"))
-        .unwrap_or(&name)
-        .to_string()
+    let lower = name.to_ascii_lowercase();
+    [".nii.gz", ".nii"]
+        .into_iter()
+        .chain(IMAGE_ENDINGS)
+        .find(|e| lower.ends_with(e))
+        .map_or(name.clone(), |e| name[..name.len() - e.len()].to_string())
 }
 
 fn escape(s: &str) -> String {
@@ -163,17 +165,13 @@ fn class_name(labels: &BTreeMap<u8, String>, k: u8) -> String {
         .unwrap_or_else(|| format!("class {k}"))
 }
 
-/// The scan of a case in `images`: `ID_0000.nii.gz`, `ID_0000.nii`, `ID.nii.gz` or `ID.nii`.
+/// The scan of a case in `images`: `ID_0000` or `ID` with a NIfTI or 2D image ending.
 fn find_image(images: &Path, id: &str) -> Option<PathBuf> {
-    [
-        format!("{id}_0000.nii.gz"),
-        format!("{id}_0000.nii"),
-        format!("{id}.nii.gz"),
-        format!("{id}.nii"),
-    ]
-    .into_iter()
-    .map(|n| images.join(n))
-    .find(|p| p.exists())
+    let endings = [".nii.gz", ".nii"].into_iter().chain(IMAGE_ENDINGS);
+    endings
+        .flat_map(|e| [format!("{id}_0000{e}"), format!("{id}{e}")])
+        .map(|n| images.join(n))
+        .find(|p| p.exists())
 }
 
 /// The `imagesXx` folder beside a reference folder named `labelsXx` (nnU-Net and Decathlon
@@ -479,8 +477,8 @@ fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 /// Draws the overlay picture of one case into `path`; returns the slice index shown (in the
 /// canonical orientation).
 fn overlay_png(case: &CaseRow, image: Option<&Path>, path: &Path) -> Result<usize> {
-    let reference = read_nifti(&case.reference)?;
-    let prediction = read_nifti(&case.prediction)?;
+    let reference = read_volume(&case.reference)?;
+    let prediction = read_volume(&case.prediction)?;
     let orientation = Orientation::from_affine(&reference.header.affine());
     let shape = reference.shape;
     let [nx, ny, nz] = orientation.canonical_shape(shape);
@@ -489,7 +487,7 @@ fn overlay_png(case: &CaseRow, image: Option<&Path>, path: &Path) -> Result<usiz
     let (r, p) = (canon(&reference.data), canon(&prediction.data));
     let scan = match image {
         Some(file) => {
-            let v = read_nifti(file)?;
+            let v = read_volume(file)?;
             anyhow::ensure!(
                 v.shape == shape,
                 "{}: shape {:?} differs from its reference's {:?}",

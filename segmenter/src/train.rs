@@ -547,6 +547,7 @@ where
     let [pr, pc] = plan.patch_size;
     let budget = info.time_budget_s.map(Duration::from_secs_f64);
     let mut lr = t.learning_rate;
+    let mut ahead: Option<(usize, crate::data::Batch)> = None;
     while state.epochs_done < t.epochs {
         let epoch = state.epochs_done;
         let (mut loss_sum, mut loss_count, mut skipped) = (0.0f64, 0usize, 0usize);
@@ -573,7 +574,12 @@ where
                 progress,
                 t.schedule,
             );
-            let batch = sampler.batch(state.step as u64, t.batch_size);
+            // The batch drawn while the previous step ran, if any (batches are a pure function
+            // of the step, so drawing ahead changes nothing but the waiting).
+            let batch = match ahead.take() {
+                Some((step, batch)) if step == state.step => batch,
+                _ => sampler.batch(state.step as u64, t.batch_size),
+            };
             let mut images = batch.images;
             if std::env::var_os("SEGMENTER_INJECT_NAN_AT_STEP")
                 .is_some_and(|v| v.to_str() == Some(&state.step.to_string()))
@@ -582,16 +588,23 @@ where
                 images[0] = f32::NAN;
             }
             let dims = [batch.batch, plan.channel_names.len(), pr, pc];
-            let (next, value) = train_step(
-                model,
-                &mut optimizer,
-                images,
-                &batch.labels,
-                dims,
-                classes,
-                lr,
-                device,
-            );
+            let next_step = state.step + 1;
+            let (next, value, drawn) = std::thread::scope(|scope| {
+                // Draw the next batch on the rayon workers while this step trains.
+                let drawing = scope.spawn(|| sampler.batch(next_step as u64, t.batch_size));
+                let (next, value) = train_step(
+                    model,
+                    &mut optimizer,
+                    images,
+                    &batch.labels,
+                    dims,
+                    classes,
+                    lr,
+                    device,
+                );
+                (next, value, drawing.join().ok())
+            });
+            ahead = drawn.map(|b| (next_step, b));
             model = next;
             state.step += 1;
             progress_bar.inc(1);
