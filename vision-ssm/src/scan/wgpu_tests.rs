@@ -1,0 +1,43 @@
+//! The CubeCL kernels on burn's wgpu backend (lavapipe, Mesa's software Vulkan, in CI) against
+//! the fused CPU kernel and the float64 reference: the same kernel source that runs on CUDA.
+
+use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
+use burn_cubecl::CubeBackend;
+
+use super::check::{check_backend, check_cases, CheckReport, RandomScan, INPUT_NAMES};
+use super::ScanBackend;
+
+/// burn's CubeCL backend on wgpu, without fusion.
+type WgpuCube = CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+/// Forward within 2e-5 of float64 (as the CPU kernel), gradients within 2e-4 of the CPU kernel's:
+/// both sides are float32 with different exponentials and summation orders over L and E.
+fn assert_close(r: &CheckReport) {
+    eprintln!("{r:?}");
+    assert!(r.y_vs_f64 < 2e-5, "{:?}: y vs f64 {}", r.dims, r.y_vs_f64);
+    assert!(r.y_vs_cpu < 2e-5, "{:?}: y vs CPU {}", r.dims, r.y_vs_cpu);
+    for (i, name) in INPUT_NAMES.iter().enumerate() {
+        let (ad, direct) = (r.grads_autodiff[i], r.grads_direct[i]);
+        assert!(ad < 2e-4, "{:?}: d{name} (autodiff) vs CPU {ad}", r.dims);
+        assert!(direct < 2e-4, "{:?}: d{name} (direct) vs CPU {direct}", r.dims);
+    }
+}
+
+fn check_all<B: ScanBackend>(device: &B::Device) {
+    for (i, dims) in check_cases().into_iter().enumerate() {
+        assert_close(&check_backend::<B>(device, &RandomScan::new(dims, 100 + i as u64)));
+    }
+}
+
+#[test]
+fn cube_kernel_on_wgpu_matches_cpu_kernel() {
+    check_all::<WgpuCube>(&WgpuDevice::default());
+}
+
+/// The Fusion-wrapped backend (as `burn::backend::Cuda` is in the segmenter binary) runs the
+/// kernel as a custom operation of its stream.
+#[cfg(feature = "fusion")]
+#[test]
+fn cube_kernel_under_fusion_matches_cpu_kernel() {
+    check_all::<burn_fusion::Fusion<WgpuCube>>(&WgpuDevice::default());
+}
