@@ -2,6 +2,7 @@
 //! evaluation — on burn, CPU by default and CUDA with `--features cuda`.
 
 pub mod bench;
+pub mod bench_kernel;
 pub mod config;
 pub mod data;
 pub mod distance;

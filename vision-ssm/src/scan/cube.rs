@@ -27,12 +27,24 @@
 
 use burn::tensor::{Shape, Tensor, TensorPrimitive};
 use burn_cubecl::{
-    kernel::into_contiguous, ops::numeric::{empty_device_dtype, zeros_client}, tensor::CubeTensor, BoolElement,
-    CubeBackend, CubeRuntime, FloatElement, IntElement,
+    kernel::into_contiguous,
+    ops::numeric::{empty_device_dtype, zeros_client},
+    tensor::CubeTensor,
+    BoolElement, CubeRuntime, FloatElement, IntElement,
 };
+/// burn's CubeCL backend (generic over the runtime), which the kernels implement the scan for.
+pub use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
 use super::ScanTensors;
+
+/// The kernels on CUDA without burn's fusion wrapper (the scan itself is never fused anyway).
+#[cfg(feature = "cuda")]
+pub type CudaCube = CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// The kernels on wgpu (Vulkan, Metal, DX12; lavapipe on a CPU) without fusion.
+#[cfg(feature = "wgpu")]
+pub type WgpuCube = CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 
 /// Steps between the state checkpoints of the GPU kernels; also the length of the block whose
 /// states a backward unit keeps in its local array ((CHUNK + 1) × N floats).

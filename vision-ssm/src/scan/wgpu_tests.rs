@@ -1,14 +1,11 @@
 //! The CubeCL kernels on burn's wgpu backend (lavapipe, Mesa's software Vulkan, in CI) against
 //! the fused CPU kernel and the float64 reference: the same kernel source that runs on CUDA.
 
-use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
-use burn_cubecl::CubeBackend;
+use burn::backend::wgpu::WgpuDevice;
 
 use super::check::{check_backend, check_cases, CheckReport, RandomScan, INPUT_NAMES};
+use super::cube::WgpuCube;
 use super::ScanBackend;
-
-/// burn's CubeCL backend on wgpu, without fusion.
-type WgpuCube = CubeBackend<WgpuRuntime, f32, i32, u32>;
 
 /// Forward within 2e-5 of float64 (as the CPU kernel), gradients within 2e-4 of the CPU kernel's:
 /// both sides are float32 with different exponentials and summation orders over L and E.
