@@ -25,7 +25,7 @@
 
 #![allow(clippy::too_many_arguments)] // kernels take every input and output as an argument
 
-use burn::tensor::{Shape, Tensor, TensorPrimitive};
+use burn::tensor::{Shape, Tensor as BurnTensor, TensorPrimitive};
 use burn_cubecl::{
     kernel::into_contiguous,
     ops::numeric::{empty_device_dtype, zeros_client},
@@ -522,14 +522,14 @@ pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
         );
     }
     let group_sum = |t: CubeTensor<R>| {
-        Tensor::<Cube<R, F, I, BT>, 3>::from_primitive(TensorPrimitive::Float(t))
+        BurnTensor::<Cube<R, F, I, BT>, 3>::from_primitive(TensorPrimitive::Float(t))
             .sum_dim(1)
             .reshape([batch, k_dirs, n_state, len])
             .into_primitive()
             .tensor()
     };
     let batch_sum = |t: CubeTensor<R>| {
-        Tensor::<Cube<R, F, I, BT>, 2>::from_primitive(TensorPrimitive::Float(t)).sum_dim(0)
+        BurnTensor::<Cube<R, F, I, BT>, 2>::from_primitive(TensorPrimitive::Float(t)).sum_dim(0)
     };
     ScanTensors {
         u: du,
