@@ -26,14 +26,14 @@
 #![allow(clippy::too_many_arguments)] // kernels take every input and output as an argument
 
 use burn::tensor::{Shape, Tensor as BurnTensor, TensorPrimitive};
+/// burn's CubeCL backend (generic over the runtime), which the kernels implement the scan for.
+pub use burn_cubecl::CubeBackend;
 use burn_cubecl::{
     kernel::into_contiguous,
     ops::numeric::{empty_device_dtype, zeros_client},
     tensor::CubeTensor,
     BoolElement, CubeRuntime, FloatElement, IntElement,
 };
-/// burn's CubeCL backend (generic over the runtime), which the kernels implement the scan for.
-pub use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
 use super::ScanTensors;
@@ -367,16 +367,7 @@ type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 fn contiguous<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: ScanTensors<Cube<R, F, I, BT>>,
 ) -> [CubeTensor<R>; 7] {
-    [
-        x.u,
-        x.delta,
-        x.a,
-        x.bm,
-        x.cm,
-        x.d_skip,
-        x.delta_bias,
-    ]
-    .map(into_contiguous)
+    [x.u, x.delta, x.a, x.bm, x.cm, x.d_skip, x.delta_bias].map(into_contiguous)
 }
 
 /// Launches the forward kernel: `y` when `write_y`, the block checkpoints when `save`.
@@ -478,7 +469,13 @@ pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     let u = &x[0];
     let launch = batch * channels > 0 && len > 0;
     // Partials nobody writes when there is nothing to scan must still sum to zero.
-    let part = |shape| if launch { empty(u, shape) } else { zeros(u, shape) };
+    let part = |shape| {
+        if launch {
+            empty(u, shape)
+        } else {
+            zeros(u, shape)
+        }
+    };
     let du = empty(u, vec![batch, channels, len]);
     let ddelta = empty(u, vec![batch, channels, len]);
     let da_part = part(vec![batch, channels * n_state]);

@@ -16,7 +16,8 @@ use std::marker::PhantomData;
 
 use super::{FloatTensor, ScanBackend, ScanTensors};
 
-type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+type Handles<B> =
+    HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
 /// The inner backend's tensors for the seven inputs described by `ir`.
 fn inner_inputs<B: FusionBackend>(ir: &[TensorIr], handles: &mut Handles<B>) -> ScanTensors<B> {

@@ -14,10 +14,10 @@ pub mod cpu;
 pub mod cube;
 #[cfg(feature = "fusion")]
 mod fusion;
-#[cfg(all(test, feature = "wgpu"))]
-mod wgpu_tests;
 pub mod reference;
 pub mod tensor_reference;
+#[cfg(all(test, feature = "wgpu"))]
+mod wgpu_tests;
 
 use burn::backend::autodiff::{
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
