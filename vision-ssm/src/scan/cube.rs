@@ -4,24 +4,31 @@
 //! Semantics as in [`super::cpu`]. Everything (softplus, exp(ΔA), ΔBu, the recurrence, C·h, D·u)
 //! happens inside the kernels; no `[B, D, L, N]` tensor exists.
 //!
-//! - Forward ([`scan_forward_kernel`]): one unit per (batch, channel) walks L sequentially with
-//!   its N-state in a local array that the unrolled state loops keep in registers. Channels of
-//!   one direction sit in neighbouring units, so B_t and C_t loads are broadcasts. Optionally it
-//!   stores the state entering every block of [`GPU_CHUNK`] steps (`[B·D, ⌈L/CHUNK⌉, N]`).
-//! - Backward ([`scan_backward_kernel`]): one cube per (batch, direction, group of up to
-//!   [`GROUP`] channels), one unit per channel. It walks the blocks in reverse; each unit
-//!   recomputes its block's states from the block's checkpoint into a local array
-//!   (`(CHUNK + 1) × N`) and then walks the block backwards carrying dL/dh. dB and dC, sums over
-//!   the direction's channels, are reduced without atomics: each step the units put their
-//!   N + N terms in shared memory and, after a barrier, the units sum columns of it and write one
-//!   partial per group (`[B, K, groups, N, L]`, summed over groups afterwards with burn ops).
-//!   dA, dD and dbias accumulate per unit over L and are written once per (batch, channel), then
-//!   summed over the batch with burn ops.
+//! L is cut into blocks of [`GPU_CHUNK`] steps, and the recurrence is linear in the state, so the
+//! blocks run in parallel and only a short carry pass is sequential (a two-level scan):
 //!
-//! The checkpoints come either from the training forward pass ([`forward`] with `save`) or from
-//! a checkpoint-only forward launch at the start of [`backward`].
-//! Not done (yet): a parallel scan within a block; L is walked sequentially, so the GPU is
-//! filled only through B·D units (B·D ≥ a few thousand in VMamba layers).
+//! - Forward: [`block_forward_kernel`] in summary mode runs every block of every channel (one
+//!   unit each, state in registers) from a zero state, giving the block's end state and Σ Δ;
+//!   [`block_carry_kernel`] then walks each channel's blocks once (N values per block) to get the
+//!   state entering every block, `h_in[c + 1] = exp(A Σ_c Δ) h_in[c] + local[c]`; finally
+//!   [`block_forward_kernel`] in output mode reruns every block from its entering state and
+//!   writes y. Units are ordered channels-fastest so a warp's units share B_t and C_t loads.
+//!   The entering states (`[B·D, ⌈L/CHUNK⌉, N]`, 1/CHUNK of all states) are what a training
+//!   forward pass keeps for the backward pass.
+//! - Backward: dL/dh flows from later steps with the same kind of linear recursion
+//!   (`carry_{t-1} = (C_t dy_t + carry_t) exp(Δ_t A)`, independent of the states), so
+//!   [`block_carry_local_kernel`] and the reverse carry pass give the carry entering every block.
+//!   Then [`block_backward_kernel`] runs one cube per (block, batch, direction, group of up to
+//!   [`GROUP`] channels), one unit per channel: it recomputes its block's states from the
+//!   entering state into a local array (`(CHUNK + 1) × N`) and walks the block backwards.
+//!   dB and dC, sums over the direction's channels, are reduced without atomics: each step the
+//!   units put their N + N terms in shared memory and, after a barrier, sum its columns and write
+//!   one partial per group (`[B, K, groups, N, L]`, summed over groups with burn ops). dA, dD and
+//!   dbias are written per (block, batch, channel) and summed with burn ops.
+//!
+//! Parallelism is B·D·⌈L/CHUNK⌉ units, not B·D: a VMamba layer at L = 4096 (B·D = 1536) gives
+//! ~200k units. The price is running each block twice in the forward pass (and the backward
+//! pass's summary), all of it arithmetic on data that is read anyway.
 
 #![allow(clippy::too_many_arguments)] // kernels take every input and output as an argument
 
@@ -67,10 +74,18 @@ fn softplus<F: Float>(z: F) -> F {
     out
 }
 
-/// Forward scan, one unit per (batch, channel); see the module docs. `y` is written when
-/// `write_y`, the block checkpoints into `states` when `save` (otherwise both may be dummies).
+/// Softplus of `delta + bias` at one step.
+#[cube]
+fn step_dt<F: Float>(delta: &Tensor<F>, at: usize, bias: F) -> F {
+    softplus::<F>(delta[at] + bias)
+}
+
+/// Block pass of the forward scan, one unit per (block, channel), channels fastest (so the units
+/// of a warp share B_t and C_t). Summary mode (`!write_y`): runs the block from a zero state and
+/// writes its end state to `local` and its Σ dt to `dt_sum`. Output mode (`write_y`): runs the
+/// block from its entering state in `states` and writes y. Unused arguments may be dummies.
 #[cube(launch)]
-fn scan_forward_kernel<F: Float>(
+fn block_forward_kernel<F: Float>(
     u: &Tensor<F>,
     delta: &Tensor<F>,
     a: &Tensor<F>,
@@ -78,48 +93,54 @@ fn scan_forward_kernel<F: Float>(
     cm: &Tensor<F>,
     d_skip: &Tensor<F>,
     delta_bias: &Tensor<F>,
+    states: &Tensor<F>,
     y: &mut Tensor<F>,
-    states: &mut Tensor<F>,
+    local: &mut Tensor<F>,
+    dt_sum: &mut Tensor<F>,
     #[comptime] n_state: usize,
     #[comptime] chunk: usize,
     #[comptime] write_y: bool,
-    #[comptime] save: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let channels = u.shape(1);
     let len = u.shape(2);
     let k_dirs = bm.shape(1);
-    let row = ABSOLUTE_POS;
-    if row >= u.shape(0) * channels {
+    let rows = u.shape(0) * channels;
+    let n_chunks = (len + chunk - 1) / chunk;
+    let unit = ABSOLUTE_POS;
+    if unit >= rows * n_chunks {
         terminate!();
     }
+    let row = unit % rows;
+    let c = unit / rows;
+    let block = row * n_chunks + c;
     let b = row / channels;
     let d = row % channels;
     let k = d / (channels / k_dirs);
     let bc = (b * k_dirs + k) * n_state * len;
-    let n_chunks = (len + chunk - 1) / chunk;
     let bias = delta_bias[d];
     let skip = d_skip[d];
+    let l0 = c * chunk;
+    let mut l1 = l0 + chunk;
+    if l1 > len {
+        l1 = len;
+    }
 
     let mut h = Array::<F>::new(n_state);
     let mut av = Array::<F>::new(n_state);
     #[unroll]
     for i in 0..n_state {
-        h[i] = F::new(0.0);
         av[i] = a[d * n_state + i];
-    }
-    for l in 0..len {
-        if save {
-            if l % chunk == 0 {
-                let at = (row * n_chunks + l / chunk) * n_state;
-                #[unroll]
-                for i in 0..n_state {
-                    states[at + i] = h[i];
-                }
-            }
+        h[i] = F::new(0.0);
+        if write_y {
+            h[i] = states[block * n_state + i];
         }
+    }
+    let mut total = F::new(0.0);
+    for l in l0..l1 {
         let x = u[row * len + l];
-        let dt = softplus::<F>(delta[row * len + l] + bias);
+        let dt = step_dt::<F>(delta, row * len + l, bias);
+        total += dt;
         let dtu = dt * x;
         let mut acc = F::new(0.0);
         #[unroll]
@@ -133,13 +154,130 @@ fn scan_forward_kernel<F: Float>(
             y[row * len + l] = acc + skip * x;
         }
     }
+    if !write_y {
+        #[unroll]
+        for i in 0..n_state {
+            local[block * n_state + i] = h[i];
+        }
+        dt_sum[block] = total;
+    }
 }
 
-/// Backward scan, one cube per (batch, direction, channel group), one unit per channel; see the
-/// module docs. Units past the direction's last channel compute on a clamped channel with their
-/// dB/dC terms masked to zero, so every unit reaches every barrier.
+/// Carry pass, one unit per channel, sequential over its blocks (N values per block): with
+/// P_c = exp(A Σ_c dt), the product of block c's decays, and `local[c]` what block c adds when
+/// entered with zero, writes `out[c]`, the value entering block c:
+/// forward (states): `out[0] = 0`, `out[c + 1] = P_c out[c] + local[c]`;
+/// `reverse` (dL/dh carried from later steps): the same recursion from the last block down.
 #[cube(launch)]
-fn scan_backward_kernel<F: Float>(
+fn block_carry_kernel<F: Float>(
+    a: &Tensor<F>,
+    local: &Tensor<F>,
+    dt_sum: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[comptime] n_state: usize,
+    #[comptime] reverse: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let rows = dt_sum.shape(0);
+    let n_chunks = dt_sum.shape(1);
+    let channels = a.shape(0);
+    let row = ABSOLUTE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let d = row % channels;
+    let mut run = Array::<F>::new(n_state);
+    let mut av = Array::<F>::new(n_state);
+    #[unroll]
+    for i in 0..n_state {
+        run[i] = F::new(0.0);
+        av[i] = a[d * n_state + i];
+    }
+    for cc in 0..n_chunks {
+        let mut c = cc;
+        if reverse {
+            c = n_chunks - 1 - cc;
+        }
+        let block = row * n_chunks + c;
+        let total = dt_sum[block];
+        #[unroll]
+        for i in 0..n_state {
+            out[block * n_state + i] = run[i];
+            run[i] = (av[i] * total).exp() * run[i] + local[block * n_state + i];
+        }
+    }
+}
+
+/// Backward summary pass, one unit per (block, channel): walks the block backwards from a zero
+/// carry (dL/dh_t = C_t dy_t + carry; carry = dL/dh_t · exp(Δ_t A), which needs no states) and
+/// writes the carry leaving the block towards earlier steps to `local`, its Σ dt to `dt_sum`.
+#[cube(launch)]
+fn block_carry_local_kernel<F: Float>(
+    delta: &Tensor<F>,
+    a: &Tensor<F>,
+    cm: &Tensor<F>,
+    delta_bias: &Tensor<F>,
+    dy: &Tensor<F>,
+    local: &mut Tensor<F>,
+    dt_sum: &mut Tensor<F>,
+    #[comptime] n_state: usize,
+    #[comptime] chunk: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let channels = delta.shape(1);
+    let len = delta.shape(2);
+    let k_dirs = cm.shape(1);
+    let rows = delta.shape(0) * channels;
+    let n_chunks = (len + chunk - 1) / chunk;
+    let unit = ABSOLUTE_POS;
+    if unit >= rows * n_chunks {
+        terminate!();
+    }
+    let row = unit % rows;
+    let c = unit / rows;
+    let block = row * n_chunks + c;
+    let b = row / channels;
+    let d = row % channels;
+    let k = d / (channels / k_dirs);
+    let bc = (b * k_dirs + k) * n_state * len;
+    let bias = delta_bias[d];
+    let l0 = c * chunk;
+    let mut l1 = l0 + chunk;
+    if l1 > len {
+        l1 = len;
+    }
+    let mut carry = Array::<F>::new(n_state);
+    let mut av = Array::<F>::new(n_state);
+    #[unroll]
+    for i in 0..n_state {
+        carry[i] = F::new(0.0);
+        av[i] = a[d * n_state + i];
+    }
+    let mut total = F::new(0.0);
+    for ll in l0..l1 {
+        let l = l1 - 1 - (ll - l0);
+        let dt = step_dt::<F>(delta, row * len + l, bias);
+        total += dt;
+        let gy = dy[row * len + l];
+        #[unroll]
+        for i in 0..n_state {
+            carry[i] = (cm[bc + i * len + l] * gy + carry[i]) * (dt * av[i]).exp();
+        }
+    }
+    #[unroll]
+    for i in 0..n_state {
+        local[block * n_state + i] = carry[i];
+    }
+    dt_sum[block] = total;
+}
+
+/// Backward scan of one block, one cube per (block, batch, direction, channel group), one unit
+/// per channel; see the module docs. Each unit starts from its block's entering state
+/// (`states`) and the carry entering from later blocks (`carry_in`). Units past the
+/// direction's last channel compute on a clamped channel with their dB/dC terms masked to zero,
+/// so every unit reaches every barrier.
+#[cube(launch)]
+fn block_backward_kernel<F: Float>(
     u: &Tensor<F>,
     delta: &Tensor<F>,
     a: &Tensor<F>,
@@ -149,6 +287,7 @@ fn scan_backward_kernel<F: Float>(
     delta_bias: &Tensor<F>,
     dy: &Tensor<F>,
     states: &Tensor<F>,
+    carry_in: &Tensor<F>,
     du: &mut Tensor<F>,
     ddelta: &mut Tensor<F>,
     da_part: &mut Tensor<F>,
@@ -162,15 +301,21 @@ fn scan_backward_kernel<F: Float>(
     #[comptime] group: usize,
     #[define(F)] _dtype: StorageType,
 ) {
+    let batch = u.shape(0);
     let channels = u.shape(1);
     let len = u.shape(2);
     let k_dirs = bm.shape(1);
     let per_dir = channels / k_dirs;
     let groups = n_groups as usize;
-    let cube = CUBE_POS as usize;
+    let n_chunks = (len + chunk - 1) / chunk;
+    let cube = CUBE_POS;
+    if cube >= n_chunks * batch * k_dirs * groups {
+        terminate!();
+    }
     let g = cube % groups;
     let k = (cube / groups) % k_dirs;
-    let b = cube / (groups * k_dirs);
+    let b = (cube / (groups * k_dirs)) % batch;
+    let c = cube / (groups * k_dirs * batch);
     let unit = UNIT_POS as usize;
     let e = g * group + unit;
     let valid = e < per_dir;
@@ -182,108 +327,104 @@ fn scan_backward_kernel<F: Float>(
     }
     let d = k * per_dir + e_eff;
     let row = b * channels + d;
+    let block = row * n_chunks + c;
     let bc = (b * k_dirs + k) * n_state * len;
     let part = ((b * k_dirs + k) * groups + g) * n_state * len;
-    let n_chunks = (len + chunk - 1) / chunk;
     let bias = delta_bias[d];
     let skip = d_skip[d];
     let width = 2 * n_state;
+    let l0 = c * chunk;
+    let mut steps = len - l0;
+    if steps > chunk {
+        steps = chunk;
+    }
 
     let mut sums = SharedMemory::<F>::new(group * 2 * n_state);
     let mut av = Array::<F>::new(n_state);
     let mut carry = Array::<F>::new(n_state);
     let mut da = Array::<F>::new(n_state);
-    // hs[s·N..] is the state after step s - 1 of the block (hs[0..N] its checkpoint).
+    // hs[s·N..] is the state after step s - 1 of the block (hs[0..N] the entering state).
     let mut hs = Array::<F>::new((chunk + 1) * n_state);
     #[unroll]
     for i in 0..n_state {
         av[i] = a[d * n_state + i];
-        carry[i] = F::new(0.0);
+        carry[i] = carry_in[block * n_state + i];
         da[i] = F::new(0.0);
+        hs[i] = states[block * n_state + i];
     }
     let mut dskip = F::new(0.0);
     let mut dbias = F::new(0.0);
 
-    for cc in 0..n_chunks {
-        let c = n_chunks - 1 - cc;
-        let l0 = c * chunk;
-        let mut steps = len - l0;
-        if steps > chunk {
-            steps = chunk;
-        }
-        // Recompute the block's states from its checkpoint.
+    // Recompute the block's states.
+    for s in 0..steps {
+        let l = l0 + s;
+        let dt = step_dt::<F>(delta, row * len + l, bias);
+        let dtu = dt * u[row * len + l];
         #[unroll]
         for i in 0..n_state {
-            hs[i] = states[(row * n_chunks + c) * n_state + i];
-        }
-        for s in 0..steps {
-            let l = l0 + s;
-            let dt = softplus::<F>(delta[row * len + l] + bias);
-            let dtu = dt * u[row * len + l];
-            #[unroll]
-            for i in 0..n_state {
-                hs[(s + 1) * n_state + i] =
-                    (dt * av[i]).exp() * hs[s * n_state + i] + dtu * bm[bc + i * len + l];
-            }
-        }
-        // Walk the block backwards.
-        for ss in 0..steps {
-            let s = steps - 1 - ss;
-            let l = l0 + s;
-            let z = delta[row * len + l] + bias;
-            let dt = softplus::<F>(z);
-            let sig = F::new(1.0) / (F::new(1.0) + (-z).exp());
-            let x = u[row * len + l];
-            let gy = dy[row * len + l];
-            let mut gu = skip * gy;
-            let mut gdt = F::new(0.0);
-            #[unroll]
-            for i in 0..n_state {
-                let at = bc + i * len + l;
-                let decay = (dt * av[i]).exp();
-                let h_prev = hs[s * n_state + i];
-                let h_cur = hs[(s + 1) * n_state + i];
-                let b_t = bm[at];
-                // dL/dh_t: through y_t, and from h_{t+1} through its decay.
-                let gh = cm[at] * gy + carry[i];
-                sums[unit * width + i] = mask * gh * dt * x;
-                sums[unit * width + n_state + i] = mask * h_cur * gy;
-                gu += gh * dt * b_t;
-                gdt += gh * (av[i] * decay * h_prev + b_t * x);
-                da[i] += gh * dt * decay * h_prev;
-                carry[i] = gh * decay;
-            }
-            if valid {
-                du[row * len + l] = gu;
-                ddelta[row * len + l] = gdt * sig;
-            }
-            dskip += gy * x;
-            dbias += gdt * sig;
-            sync_cube();
-            // Column j < N is dB[j, l], column N + j is dC[j, l], summed over the group.
-            let mut j = unit;
-            while j < width {
-                let mut total = F::new(0.0);
-                for w in 0..group {
-                    total += sums[w * width + j];
-                }
-                if j < n_state {
-                    dbm_part[part + j * len + l] = total;
-                } else {
-                    dcm_part[part + (j - n_state) * len + l] = total;
-                }
-                j += group;
-            }
-            sync_cube();
+            hs[(s + 1) * n_state + i] =
+                (dt * av[i]).exp() * hs[s * n_state + i] + dtu * bm[bc + i * len + l];
         }
     }
-    if valid {
+    // Walk the block backwards.
+    for ss in 0..steps {
+        let s = steps - 1 - ss;
+        let l = l0 + s;
+        let z = delta[row * len + l] + bias;
+        let dt = softplus::<F>(z);
+        let sig = F::new(1.0) / (F::new(1.0) + (-z).exp());
+        let x = u[row * len + l];
+        let gy = dy[row * len + l];
+        let mut gu = skip * gy;
+        let mut gdt = F::new(0.0);
         #[unroll]
         for i in 0..n_state {
-            da_part[row * n_state + i] = da[i];
+            let at = bc + i * len + l;
+            let decay = (dt * av[i]).exp();
+            let h_prev = hs[s * n_state + i];
+            let h_cur = hs[(s + 1) * n_state + i];
+            let b_t = bm[at];
+            // dL/dh_t: through y_t, and from h_{t+1} through its decay.
+            let gh = cm[at] * gy + carry[i];
+            sums[unit * width + i] = mask * gh * dt * x;
+            sums[unit * width + n_state + i] = mask * h_cur * gy;
+            gu += gh * dt * b_t;
+            gdt += gh * (av[i] * decay * h_prev + b_t * x);
+            da[i] += gh * dt * decay * h_prev;
+            carry[i] = gh * decay;
         }
-        dskip_part[row] = dskip;
-        dbias_part[row] = dbias;
+        if valid {
+            du[row * len + l] = gu;
+            ddelta[row * len + l] = gdt * sig;
+        }
+        dskip += gy * x;
+        dbias += gdt * sig;
+        sync_cube();
+        // Column j < N is dB[j, l], column N + j is dC[j, l], summed over the group.
+        let mut j = unit;
+        while j < width {
+            let mut total = F::new(0.0);
+            for w in 0..group {
+                total += sums[w * width + j];
+            }
+            if j < n_state {
+                dbm_part[part + j * len + l] = total;
+            } else {
+                dcm_part[part + (j - n_state) * len + l] = total;
+            }
+            j += group;
+        }
+        sync_cube();
+    }
+    if valid {
+        // Partials per (block, batch), summed afterwards.
+        let at = (c * batch + b) * channels + d;
+        #[unroll]
+        for i in 0..n_state {
+            da_part[at * n_state + i] = da[i];
+        }
+        dskip_part[at] = dskip;
+        dbias_part[at] = dbias;
     }
 }
 
@@ -370,69 +511,133 @@ fn contiguous<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     [x.u, x.delta, x.a, x.bm, x.cm, x.d_skip, x.delta_bias].map(into_contiguous)
 }
 
-/// Launches the forward kernel: `y` when `write_y`, the block checkpoints when `save`.
-fn launch_forward<R: CubeRuntime>(
-    x: &[CubeTensor<R>; 7],
-    write_y: bool,
-    save: bool,
-) -> (CubeTensor<R>, CubeTensor<R>) {
-    let dims = CubeDims::of(&[&x[0], &x[1], &x[2], &x[3], &x[4], &x[5], &x[6]]);
-    let u = &x[0];
-    for t in &x[1..] {
-        u.assert_is_on_same_device(t);
-        assert_eq!(t.dtype, u.dtype, "selective_scan: inputs of mixed dtypes");
-    }
-    let y = if write_y {
-        empty(u, vec![dims.batch, dims.channels, dims.len])
+/// A launch grid of `cubes` cubes (wgpu allows at most 65535 along one axis; the kernels read
+/// the linear cube position and return from the cubes past the end).
+fn grid(cubes: usize) -> CubeCount {
+    const MAX: usize = 65535;
+    let cubes = cubes.max(1);
+    if cubes <= MAX {
+        CubeCount::Static(cubes as u32, 1, 1)
     } else {
-        empty(u, vec![1])
-    };
-    let states = if save {
-        empty(
-            u,
-            vec![dims.batch * dims.channels, dims.n_chunks(), dims.n_state],
-        )
-    } else {
-        empty(u, vec![1])
-    };
-    let rows = dims.batch * dims.channels;
-    if rows == 0 || dims.len == 0 {
-        return (y, states);
+        CubeCount::Static(MAX as u32, cubes.div_ceil(MAX) as u32, 1)
     }
-    let cubes = rows.div_ceil(FORWARD_CUBE as usize) as u32;
-    let [u, delta, a, bm, cm, d_skip, delta_bias] = x.clone();
-    let client = u.client.clone();
-    let dtype = u.dtype;
-    scan_forward_kernel::launch::<R>(
-        &client,
-        CubeCount::Static(cubes, 1, 1),
+}
+
+/// One launch's grid for `units` units in cubes of [`FORWARD_CUBE`].
+fn unit_grid(units: usize) -> (CubeCount, CubeDim) {
+    (
+        grid(units.div_ceil(FORWARD_CUBE as usize)),
         CubeDim::new_1d(FORWARD_CUBE),
-        u.into_tensor_arg(),
+    )
+}
+
+/// The state entering every block of every channel, `[B·D, ⌈L/CHUNK⌉, N]`: a summary pass over
+/// all blocks in parallel, then the carry pass per channel.
+fn launch_states<R: CubeRuntime>(x: &[CubeTensor<R>; 7], dims: &CubeDims) -> CubeTensor<R> {
+    let (rows, n_chunks, n) = (dims.batch * dims.channels, dims.n_chunks(), dims.n_state);
+    let u = &x[0];
+    let local = empty(u, vec![rows, n_chunks, n]);
+    let dt_sum = empty(u, vec![rows, n_chunks]);
+    let states = empty(u, vec![rows, n_chunks, n]);
+    let [u, delta, a, bm, cm, d_skip, delta_bias] = x.clone();
+    let (client, dtype) = (u.client.clone(), u.dtype);
+    let (count, dim) = unit_grid(rows * n_chunks);
+    block_forward_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        u.clone().into_tensor_arg(),
+        delta.into_tensor_arg(),
+        a.clone().into_tensor_arg(),
+        bm.into_tensor_arg(),
+        cm.into_tensor_arg(),
+        d_skip.into_tensor_arg(),
+        delta_bias.into_tensor_arg(),
+        empty(&u, vec![1]).into_tensor_arg(),
+        empty(&u, vec![1]).into_tensor_arg(),
+        local.clone().into_tensor_arg(),
+        dt_sum.clone().into_tensor_arg(),
+        n,
+        GPU_CHUNK,
+        false,
+        dtype.into(),
+    );
+    let (count, dim) = unit_grid(rows);
+    block_carry_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        a.into_tensor_arg(),
+        local.into_tensor_arg(),
+        dt_sum.into_tensor_arg(),
+        states.clone().into_tensor_arg(),
+        n,
+        false,
+        dtype.into(),
+    );
+    states
+}
+
+/// y from the block states, all blocks in parallel.
+fn launch_output<R: CubeRuntime>(
+    x: &[CubeTensor<R>; 7],
+    dims: &CubeDims,
+    states: &CubeTensor<R>,
+) -> CubeTensor<R> {
+    let u = &x[0];
+    let y = empty(u, vec![dims.batch, dims.channels, dims.len]);
+    let [u, delta, a, bm, cm, d_skip, delta_bias] = x.clone();
+    let (client, dtype) = (u.client.clone(), u.dtype);
+    let (count, dim) = unit_grid(dims.batch * dims.channels * dims.n_chunks());
+    block_forward_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        u.clone().into_tensor_arg(),
         delta.into_tensor_arg(),
         a.into_tensor_arg(),
         bm.into_tensor_arg(),
         cm.into_tensor_arg(),
         d_skip.into_tensor_arg(),
         delta_bias.into_tensor_arg(),
-        y.clone().into_tensor_arg(),
         states.clone().into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        empty(&u, vec![1]).into_tensor_arg(),
+        empty(&u, vec![1]).into_tensor_arg(),
         dims.n_state,
         GPU_CHUNK,
-        write_y,
-        save,
+        true,
         dtype.into(),
     );
-    (y, states)
+    y
 }
 
-/// Forward scan on the device: `y: [B, D, L]` and, when `save`, the state checkpoints
+/// The inputs made contiguous and their sizes, checked to be on one device with one dtype.
+fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: ScanTensors<Cube<R, F, I, BT>>,
+) -> ([CubeTensor<R>; 7], CubeDims) {
+    let x = contiguous(x);
+    let dims = CubeDims::of(&[&x[0], &x[1], &x[2], &x[3], &x[4], &x[5], &x[6]]);
+    for t in &x[1..] {
+        x[0].assert_is_on_same_device(t);
+        assert_eq!(t.dtype, x[0].dtype, "selective_scan: inputs of mixed dtypes");
+    }
+    (x, dims)
+}
+
+/// Forward scan on the device: `y: [B, D, L]` and, when `save`, the block states
 /// `[B·D, ⌈L/GPU_CHUNK⌉, N]` that [`backward`] can take instead of recomputing them.
 pub fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: ScanTensors<Cube<R, F, I, BT>>,
     save: bool,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-    let x = contiguous(x);
-    let (y, states) = launch_forward(&x, true, save);
+    let (x, dims) = prepare(x);
+    if dims.batch * dims.channels == 0 || dims.len == 0 {
+        let y = empty(&x[0], vec![dims.batch, dims.channels, dims.len]);
+        return (y, None);
+    }
+    let states = launch_states(&x, &dims);
+    let y = launch_output(&x, &dims, &states);
     (y, save.then_some(states))
 }
 
@@ -443,15 +648,60 @@ fn grouping(per_dir: usize) -> (usize, usize) {
     (group, per_dir.div_ceil(group).max(1))
 }
 
-/// Gradients of all seven inputs given `dy: [B, D, L]`, from saved checkpoints (from
+/// dL/dh entering every block from the later ones, `[B·D, ⌈L/CHUNK⌉, N]`: a summary pass over
+/// all blocks in parallel, then the carry pass per channel, last block first.
+fn launch_carries<R: CubeRuntime>(
+    x: &[CubeTensor<R>; 7],
+    dims: &CubeDims,
+    dy: &CubeTensor<R>,
+) -> CubeTensor<R> {
+    let (rows, n_chunks, n) = (dims.batch * dims.channels, dims.n_chunks(), dims.n_state);
+    let u = &x[0];
+    let local = empty(u, vec![rows, n_chunks, n]);
+    let dt_sum = empty(u, vec![rows, n_chunks]);
+    let carries = empty(u, vec![rows, n_chunks, n]);
+    let [_, delta, a, _, cm, _, delta_bias] = x.clone();
+    let (client, dtype) = (u.client.clone(), u.dtype);
+    let (count, dim) = unit_grid(rows * n_chunks);
+    block_carry_local_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        delta.into_tensor_arg(),
+        a.clone().into_tensor_arg(),
+        cm.into_tensor_arg(),
+        delta_bias.into_tensor_arg(),
+        dy.clone().into_tensor_arg(),
+        local.clone().into_tensor_arg(),
+        dt_sum.clone().into_tensor_arg(),
+        n,
+        GPU_CHUNK,
+        dtype.into(),
+    );
+    let (count, dim) = unit_grid(rows);
+    block_carry_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        a.into_tensor_arg(),
+        local.into_tensor_arg(),
+        dt_sum.into_tensor_arg(),
+        carries.clone().into_tensor_arg(),
+        n,
+        true,
+        dtype.into(),
+    );
+    carries
+}
+
+/// Gradients of all seven inputs given `dy: [B, D, L]`, from saved block states (from
 /// [`forward`] with `save`) or by recomputing them first.
 pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: ScanTensors<Cube<R, F, I, BT>>,
     saved: Option<CubeTensor<R>>,
     dy: CubeTensor<R>,
 ) -> ScanTensors<Cube<R, F, I, BT>> {
-    let x = contiguous(x);
-    let dims = CubeDims::of(&[&x[0], &x[1], &x[2], &x[3], &x[4], &x[5], &x[6]]);
+    let (x, dims) = prepare(x);
     let dy = into_contiguous(dy);
     assert_eq!(
         dy.meta.shape().to_vec(),
@@ -465,35 +715,31 @@ pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
         k_dirs,
         n_state,
     } = dims;
+    let n_chunks = dims.n_chunks();
     let (group, groups) = grouping(channels / k_dirs);
     let u = &x[0];
     let launch = batch * channels > 0 && len > 0;
     // Partials nobody writes when there is nothing to scan must still sum to zero.
-    let part = |shape| {
-        if launch {
-            empty(u, shape)
-        } else {
-            zeros(u, shape)
-        }
-    };
+    let part = |shape| if launch { empty(u, shape) } else { zeros(u, shape) };
     let du = empty(u, vec![batch, channels, len]);
     let ddelta = empty(u, vec![batch, channels, len]);
-    let da_part = part(vec![batch, channels * n_state]);
-    let dskip_part = part(vec![batch, channels]);
-    let dbias_part = part(vec![batch, channels]);
+    let da_part = part(vec![n_chunks.max(1) * batch, channels * n_state]);
+    let dskip_part = part(vec![n_chunks.max(1) * batch, channels]);
+    let dbias_part = part(vec![n_chunks.max(1) * batch, channels]);
     let dbm_part = part(vec![batch * k_dirs, groups, n_state * len]);
     let dcm_part = part(vec![batch * k_dirs, groups, n_state * len]);
     if launch {
         let states = match saved {
             Some(s) => s,
-            None => launch_forward(&x, false, true).1,
+            None => launch_states(&x, &dims),
         };
+        let carries = launch_carries(&x, &dims, &dy);
         let [u, delta, a, bm, cm, d_skip, delta_bias] = x.clone();
         let client = u.client.clone();
         let dtype = u.dtype;
-        scan_backward_kernel::launch::<R>(
+        block_backward_kernel::launch::<R>(
             &client,
-            CubeCount::Static((batch * k_dirs * groups) as u32, 1, 1),
+            grid(n_chunks * batch * k_dirs * groups),
             CubeDim::new_1d(group as u32),
             u.into_tensor_arg(),
             delta.into_tensor_arg(),
@@ -504,6 +750,7 @@ pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
             delta_bias.into_tensor_arg(),
             dy.into_tensor_arg(),
             states.into_tensor_arg(),
+            carries.into_tensor_arg(),
             du.clone().into_tensor_arg(),
             ddelta.clone().into_tensor_arg(),
             da_part.clone().into_tensor_arg(),
