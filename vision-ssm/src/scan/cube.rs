@@ -74,6 +74,14 @@ fn softplus<F: Float>(z: F) -> F {
     out
 }
 
+/// Number of blocks of `chunk` steps covering `len` steps.
+#[cube]
+// Spelled out: one integer division on every runtime CubeCL targets.
+#[allow(clippy::manual_div_ceil)]
+fn block_count(len: usize, #[comptime] chunk: usize) -> usize {
+    (len + chunk - 1) / chunk
+}
+
 /// Softplus of `delta + bias` at one step.
 #[cube]
 fn step_dt<F: Float>(delta: &Tensor<F>, at: usize, bias: F) -> F {
@@ -106,7 +114,7 @@ fn block_forward_kernel<F: Float>(
     let len = u.shape(2);
     let k_dirs = bm.shape(1);
     let rows = u.shape(0) * channels;
-    let n_chunks = (len + chunk - 1) / chunk;
+    let n_chunks = block_count(len, chunk);
     let unit = ABSOLUTE_POS;
     if unit >= rows * n_chunks {
         terminate!();
@@ -228,7 +236,7 @@ fn block_carry_local_kernel<F: Float>(
     let len = delta.shape(2);
     let k_dirs = cm.shape(1);
     let rows = delta.shape(0) * channels;
-    let n_chunks = (len + chunk - 1) / chunk;
+    let n_chunks = block_count(len, chunk);
     let unit = ABSOLUTE_POS;
     if unit >= rows * n_chunks {
         terminate!();
@@ -307,7 +315,7 @@ fn block_backward_kernel<F: Float>(
     let k_dirs = bm.shape(1);
     let per_dir = channels / k_dirs;
     let groups = n_groups as usize;
-    let n_chunks = (len + chunk - 1) / chunk;
+    let n_chunks = block_count(len, chunk);
     let cube = CUBE_POS;
     if cube >= n_chunks * batch * k_dirs * groups {
         terminate!();
@@ -620,7 +628,10 @@ fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let dims = CubeDims::of(&[&x[0], &x[1], &x[2], &x[3], &x[4], &x[5], &x[6]]);
     for t in &x[1..] {
         x[0].assert_is_on_same_device(t);
-        assert_eq!(t.dtype, x[0].dtype, "selective_scan: inputs of mixed dtypes");
+        assert_eq!(
+            t.dtype, x[0].dtype,
+            "selective_scan: inputs of mixed dtypes"
+        );
     }
     (x, dims)
 }
@@ -720,7 +731,13 @@ pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     let u = &x[0];
     let launch = batch * channels > 0 && len > 0;
     // Partials nobody writes when there is nothing to scan must still sum to zero.
-    let part = |shape| if launch { empty(u, shape) } else { zeros(u, shape) };
+    let part = |shape| {
+        if launch {
+            empty(u, shape)
+        } else {
+            zeros(u, shape)
+        }
+    };
     let du = empty(u, vec![batch, channels, len]);
     let ddelta = empty(u, vec![batch, channels, len]);
     let da_part = part(vec![n_chunks.max(1) * batch, channels * n_state]);
