@@ -107,9 +107,10 @@ fn time_one<B: ScanBackend>(
     let x = case.tensors::<B>(device);
     sync()?;
     let fwd = median_ms(runs, || {
+        // Kept until the device is done, so a lazy backend cannot skip the work.
         let y = B::selective_scan(x.clone());
-        drop(y);
         sync().expect("device sync");
+        drop(y);
     });
     let dy = Tensor::<Autodiff<B>, 3>::from_data(
         TensorData::new(case.dy.clone(), shapes[0].clone()),
@@ -126,8 +127,8 @@ fn time_one<B: ScanBackend>(
             leaf::<B, 1>(&x.delta_bias),
         );
         let grads = (y * dy.clone()).sum().backward();
-        drop(grads);
         sync().expect("device sync");
+        drop(grads);
     });
     let inputs = case.inputs();
     let cpu_fwd = median_ms(runs, || drop(cpu::scan_forward(dims, &inputs)));
