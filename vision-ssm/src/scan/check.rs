@@ -145,8 +145,9 @@ pub struct CheckReport {
 /// of float64 here; 1e-5 leaves room for a GPU's own exp and summation order.
 pub const Y_TOLERANCE: f64 = 1e-5;
 
-/// Largest error of a gradient accepted by [`CheckReport::passes`] (1e-6 to 2e-6 measured on
-/// lavapipe; sums over L and over the direction's channels run in a different order).
+/// Largest error of a gradient accepted by [`CheckReport::passes`] (up to 2.6e-6 on the test
+/// shapes and 6.3e-6 at B=2 K=4 E=192 N=16 L=1000, measured on lavapipe; sums over L and over
+/// the direction's channels run in a different order than on the CPU).
 pub const GRAD_TOLERANCE: f64 = 5e-5;
 
 impl CheckReport {
