@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod bench;
 pub mod bench_infer;
+pub mod bench_kernel;
 pub mod bench_sampler;
 pub mod bench_step;
 pub mod config;

@@ -246,6 +246,36 @@ enum BenchKind {
         #[arg(long)]
         json: bool,
     },
+    /// Selective scan on one backend (e.g. the CubeCL kernel on CUDA): checked against the CPU
+    /// kernel on random inputs (forward and all seven gradients), then timed against it
+    /// (B=2, K=4, E=192, N=16). Exits non-zero when a check fails.
+    ScanKernel {
+        /// `cuda` (fused, as training uses it), `cuda-cube` (the kernel on CubeBackend without
+        /// fusion), `wgpu` (any Vulkan device, lavapipe included) or `cpu` (Flex).
+        #[arg(long, value_enum)]
+        backend: KernelBackend,
+        /// Sequence lengths L to time.
+        #[arg(long, value_delimiter = ',', default_values_t = [1024usize, 4096, 16384])]
+        lengths: Vec<usize>,
+        /// Timed runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Check only; do not time.
+        #[arg(long)]
+        check_only: bool,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Backends `bench scan-kernel` can run.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KernelBackend {
+    Cpu,
+    Cuda,
+    CudaCube,
+    Wgpu,
 }
 
 fn parse_class_tolerance(text: &str) -> Result<(u8, f64), String> {
@@ -538,6 +568,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench {
+            what:
+                BenchKind::ScanKernel {
+                    backend,
+                    lengths,
+                    runs,
+                    check_only,
+                    json,
+                },
+        } => {
+            let options = segmenter::bench_kernel::KernelBenchOptions {
+                lengths,
+                runs,
+                json,
+                check_only,
+            };
+            let passed = backend::kernel_bench(backend, &options)?;
+            if !passed {
+                eprintln!("bench scan-kernel: a check exceeded its tolerance (see FAIL above)");
+            }
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 
@@ -579,10 +635,59 @@ mod backend {
         }
     }
 
+    pub fn kernel_bench(
+        backend: KernelBackend,
+        options: &segmenter::bench_kernel::KernelBenchOptions,
+    ) -> Result<bool> {
+        use segmenter::bench_kernel::run_kernel_bench;
+        match backend {
+            KernelBackend::Cpu => run_kernel_bench::<Flex>("cpu", &Default::default(), options),
+            KernelBackend::Cuda => cuda::kernel_bench(false, options),
+            KernelBackend::CudaCube => cuda::kernel_bench(true, options),
+            KernelBackend::Wgpu => wgpu::kernel_bench(options),
+        }
+    }
+
+    #[cfg(feature = "wgpu")]
+    mod wgpu {
+        use super::*;
+
+        pub fn kernel_bench(options: &segmenter::bench_kernel::KernelBenchOptions) -> Result<bool> {
+            use vision_ssm::scan::cube::WgpuCube;
+            let device = burn::backend::wgpu::WgpuDevice::default();
+            segmenter::bench_kernel::run_kernel_bench::<WgpuCube>("wgpu", &device, options)
+        }
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    mod wgpu {
+        use super::*;
+
+        pub fn kernel_bench(_: &segmenter::bench_kernel::KernelBenchOptions) -> Result<bool> {
+            anyhow::bail!("--backend wgpu: this binary was built without wgpu support; rebuild with `cargo build --release --features wgpu`")
+        }
+    }
+
     #[cfg(feature = "cuda")]
     mod cuda {
         use super::*;
         use burn::backend::Cuda;
+
+        /// The kernel check and timing on CUDA, fused (as training runs) or on the plain
+        /// CubeBackend.
+        pub fn kernel_bench(
+            plain: bool,
+            options: &segmenter::bench_kernel::KernelBenchOptions,
+        ) -> Result<bool> {
+            use segmenter::bench_kernel::run_kernel_bench;
+            use vision_ssm::scan::cube::CudaCube;
+            let device = device()?;
+            if plain {
+                run_kernel_bench::<CudaCube>("cuda-cube", &device, options)
+            } else {
+                run_kernel_bench::<Cuda>("cuda", &device, options)
+            }
+        }
 
         fn device() -> Result<burn::backend::cuda::CudaDevice> {
             // cudarc panics when the driver library is absent; check first and say so.
@@ -633,6 +738,13 @@ mod backend {
         }
 
         pub fn predict(_: &PredictOptions) -> Result<segmenter::predict::PredictReport> {
+            anyhow::bail!(MESSAGE)
+        }
+
+        pub fn kernel_bench(
+            _: bool,
+            _: &segmenter::bench_kernel::KernelBenchOptions,
+        ) -> Result<bool> {
             anyhow::bail!(MESSAGE)
         }
     }

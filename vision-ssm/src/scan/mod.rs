@@ -8,9 +8,16 @@
 //! hand-written backward, so no `[B, D, L, N]` tensor is ever stored: the forward pass keeps the
 //! state every [`cpu::CHUNK`] steps ([`ScanSaved`]) and the backward pass recomputes the rest.
 
+pub mod check;
 pub mod cpu;
+#[cfg(feature = "cubecl")]
+pub mod cube;
+#[cfg(feature = "fusion")]
+mod fusion;
 pub mod reference;
 pub mod tensor_reference;
+#[cfg(all(test, feature = "wgpu"))]
+mod wgpu_tests;
 
 use burn::backend::autodiff::{
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -20,6 +27,7 @@ use burn::backend::autodiff::{
 };
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
+use std::any::Any;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -77,9 +85,28 @@ pub trait ScanBackend: Backend {
     }
 }
 
-/// What a forward pass kept for its backward pass (the CPU kernel's state checkpoints).
-#[derive(Clone, Debug)]
-pub struct ScanSaved(Arc<ScanCheckpoints>);
+/// What a forward pass kept for its backward pass: the state checkpoints of the kernel that ran
+/// it (the CPU kernel's [`ScanCheckpoints`], or a device tensor for the CubeCL kernel).
+#[derive(Clone)]
+pub struct ScanSaved(Arc<dyn Any + Send + Sync>);
+
+impl ScanSaved {
+    /// Wraps what a backend's forward pass kept.
+    pub fn new<T: Any + Send + Sync>(kept: T) -> Self {
+        Self(Arc::new(kept))
+    }
+
+    /// What was kept, if it is a `T` (a backend only reads back what it saved itself).
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref::<T>()
+    }
+}
+
+impl std::fmt::Debug for ScanSaved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScanSaved(..)")
+    }
+}
 
 /// Flex runs the CPU kernel on its tensors' own memory (a copy only for non-contiguous inputs).
 impl ScanBackend for burn::backend::Flex {
@@ -170,7 +197,7 @@ fn flex_forward(
     let (y, saved) = with_flex_inputs(x, |dims, inputs| {
         if save {
             let (y, saved) = cpu::scan_forward_saving(dims, inputs);
-            (y, Some(ScanSaved(Arc::new(saved))))
+            (y, Some(ScanSaved::new(saved)))
         } else {
             (cpu::scan_forward(dims, inputs), None)
         }
@@ -184,8 +211,9 @@ fn flex_backward(
     dy: &FlexTensor,
 ) -> ScanTensors<burn::backend::Flex> {
     let dyv = flex_values(dy);
-    let g = with_flex_inputs(x, |dims, inputs| match saved {
-        Some(ScanSaved(ck)) => cpu::scan_backward_from(dims, inputs, &dyv, ck),
+    let checkpoints = saved.and_then(ScanSaved::get::<ScanCheckpoints>);
+    let g = with_flex_inputs(x, |dims, inputs| match checkpoints {
+        Some(ck) => cpu::scan_backward_from(dims, inputs, &dyv, ck),
         None => cpu::scan_backward(dims, inputs, &dyv),
     });
     ScanTensors {
@@ -394,8 +422,38 @@ impl<B: ScanBackend, C: CheckpointStrategy> ScanBackend for Autodiff<B, C> {
     }
 }
 
-#[cfg(feature = "cuda")]
-impl ScanBackend for burn::backend::Cuda {}
+/// The CubeCL kernels ([`cube`]) on any CubeCL runtime; the forward pass of a training step
+/// keeps the kernel's state checkpoints for the backward pass.
+#[cfg(feature = "cubecl")]
+impl<R, F, I, BT> ScanBackend for burn_cubecl::CubeBackend<R, F, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+    fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
+        cube::forward(x, false).0
+    }
+
+    fn selective_scan_backward(x: ScanTensors<Self>, dy: FloatTensor<Self>) -> ScanTensors<Self> {
+        cube::backward(x, None, dy)
+    }
+
+    fn selective_scan_saving(x: ScanTensors<Self>) -> (FloatTensor<Self>, Option<ScanSaved>) {
+        let (y, states) = cube::forward(x, true);
+        (y, states.map(ScanSaved::new))
+    }
+
+    fn selective_scan_backward_saved(
+        x: ScanTensors<Self>,
+        saved: Option<ScanSaved>,
+        dy: FloatTensor<Self>,
+    ) -> ScanTensors<Self> {
+        let states = saved.and_then(|s| s.get::<FloatTensor<Self>>().cloned());
+        cube::backward(x, states, dy)
+    }
+}
 
 #[cfg(test)]
 mod tests {
