@@ -3,28 +3,11 @@
 //! as PNG label maps of the input's size.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use segmenter_io::{read_volume, write_labels, NiftiHeader};
 
-fn segmenter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_segmenter"))
-        .args(args)
-        .output()
-        .expect("run segmenter")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{s, segmenter, text};
 
 const WIDTH: usize = 32;
 const HEIGHT: usize = 24;

@@ -340,16 +340,25 @@ pub fn run_scan_bench(opts: &ScanBenchOptions) -> Result<()> {
         !opts.lengths.is_empty() && opts.lengths.iter().all(|&l| l > 0),
         "--lengths must list positive sequence lengths"
     );
-    match opts.threads {
+    with_threads(opts.threads, || bench_all(opts))
+}
+
+/// Runs `f` on a rayon pool of `threads` workers, or on the global pool (all cores, or
+/// `RAYON_NUM_THREADS`) when `None`; Flex's tensor ops run on whichever pool `f` is in.
+pub fn with_threads<T>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T>
+where
+    T: Send,
+{
+    match threads {
         Some(t) => {
             ensure!(t >= 1, "--threads must be at least 1");
             rayon::ThreadPoolBuilder::new()
                 .num_threads(t)
                 .build()
                 .context("could not start the worker threads")?
-                .install(|| bench_all(opts))
+                .install(f)
         }
-        None => bench_all(opts),
+        None => f(),
     }
 }
 

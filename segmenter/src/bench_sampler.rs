@@ -166,17 +166,7 @@ pub fn run_sampler_bench(opts: &SamplerBenchOptions) -> Result<()> {
         !opts.presets.is_empty(),
         "--presets must name at least one preset"
     );
-    match opts.threads {
-        Some(t) => {
-            ensure!(t >= 1, "--threads must be at least 1");
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .context("could not start the worker threads")?
-                .install(|| bench_all(opts))
-        }
-        None => bench_all(opts),
-    }
+    crate::bench::with_threads(opts.threads, || bench_all(opts))
 }
 
 fn bench_all(opts: &SamplerBenchOptions) -> Result<()> {

@@ -55,7 +55,7 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
     let batch = options.batch.unwrap_or(config.train.batch_size);
     let side = options.patch;
     anyhow::ensure!(
-        side >= crate::model::DOWNSAMPLING && side % crate::model::DOWNSAMPLING == 0,
+        side >= crate::model::DOWNSAMPLING && side.is_multiple_of(crate::model::DOWNSAMPLING),
         "--patch must be a multiple of {}",
         crate::model::DOWNSAMPLING
     );

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use segmenter::config::{ExperimentConfig, PRESETS};
 use segmenter::model::EncoderKind;
@@ -473,13 +473,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Curve { run } => {
             let plan = segmenter::plan::Plan::read(&run.join("plan.json"))?;
-            let classes: Vec<String> = plan
-                .labels
-                .iter()
-                .filter(|(k, _)| **k != 0)
-                .map(|(_, v)| v.clone())
-                .collect();
-            let path = segmenter::curve::write_learning_curve(&run, &classes)?;
+            let path = segmenter::curve::write_learning_curve(&run, &plan.foreground_names())?;
             println!("Learning curve: {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -531,17 +525,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     json,
                 },
         } => {
-            if let Some(n) = threads {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build_global()
-                    .context("cannot set the worker threads")?;
-            }
-            segmenter::bench_infer::run_infer_bench(&segmenter::bench_infer::InferBenchOptions {
+            let options = segmenter::bench_infer::InferBenchOptions {
                 inputs,
                 presets,
                 classes,
                 json,
+            };
+            segmenter::bench::with_threads(threads, || {
+                segmenter::bench_infer::run_infer_bench(&options)
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -431,6 +431,15 @@ pub fn network_shape(
 }
 
 impl Plan {
+    /// Names of the foreground classes (label 0 left out), in label order.
+    pub fn foreground_names(&self) -> Vec<String> {
+        self.labels
+            .iter()
+            .filter(|(k, _)| **k != 0)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// Number of output classes (background included).
     pub fn num_classes(&self) -> usize {
         self.labels.keys().max().map_or(1, |&m| m as usize + 1)

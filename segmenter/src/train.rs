@@ -655,13 +655,7 @@ where
         };
         finish_epoch(&run, &epoch_log, &mut state, &model, &optimizer)?;
         // The picture is a convenience: failing to draw it must not stop training.
-        let classes: Vec<String> = plan
-            .labels
-            .iter()
-            .filter(|(k, _)| **k != 0)
-            .map(|(_, v)| v.clone())
-            .collect();
-        if let Err(e) = crate::curve::write_learning_curve(run.path(), &classes) {
+        if let Err(e) = crate::curve::write_learning_curve(run.path(), &plan.foreground_names()) {
             say(&progress_bar, format!("warning: {e:#}"));
         }
         if out_of_time {
