@@ -136,7 +136,7 @@ fn bench_preset(
             [batch_size, channels, rows, cols],
             classes,
             config.train.learning_rate,
-            &device,
+            &crate::parallel::Replicas::single(&device),
         );
         model = Some(next);
     });

@@ -2,7 +2,9 @@
 //! backward of a preset's network on a batch of patches (Dice + CE loss against random labels:
 //! a training step without the optimizer update, which does not involve the scan) with the fused
 //! op, then with the straightforward tensor-op loop of `vision_ssm::scan::tensor_reference`,
-//! in the same run, and prints the ratio.
+//! in the same run, and prints the ratio. With `--replicas N`, also times the loss of training
+//! (deep supervision) and its gradients on one replica and on N data-parallel replicas sharing
+//! the cores ([`crate::parallel`]), in the same run, and prints the speed-up.
 
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::config::ExperimentConfig;
+use crate::parallel::{loss_and_grads, Replicas};
 use crate::train::{dice_ce_loss, one_hot};
 
 type Ad = Autodiff<Flex>;
@@ -31,6 +34,8 @@ pub struct StepBenchOptions {
     pub runs: usize,
     /// Also time the tensor-op reference (slow: minutes for the `tiny` preset).
     pub reference: bool,
+    /// Also time N data-parallel replicas against one.
+    pub replicas: Option<usize>,
     /// One JSON object per line instead of text.
     pub json: bool,
 }
@@ -69,6 +74,7 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
     let labels: Vec<u8> = (0..batch * side * side)
         .map(|_| rng.random_range(0..3u8))
         .collect();
+    let x_host = x.clone();
     let x = Tensor::<Ad, 4>::from_data(TensorData::new(x, [batch, 1, side, side]), &device);
     let target = one_hot::<Ad>(&labels, [batch, side, side], classes, 1, &device);
     let step = || {
@@ -91,6 +97,49 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
                 json!({"bench": "step", "preset": options.preset, "impl": imp, "batch": batch,
                        "patch": side, "ms_median": ms, "runs": options.runs,
                        "threads": rayon::current_num_threads(), "speedup_of_fused": ms / fused})
+            );
+        }
+    }
+    if let Some(n) = options.replicas {
+        anyhow::ensure!(
+            (2..=batch).contains(&n),
+            "--replicas must be between 2 and the batch size ({batch})"
+        );
+        let one = Replicas::<Ad>::single(&device);
+        let many = Replicas::<Ad>::new(&device, n)?;
+        let dims = [batch, 1, side, side];
+        let time = |r: &Replicas<Ad>| {
+            time_steps(options.runs, || {
+                drop(loss_and_grads(
+                    &model,
+                    r,
+                    x_host.clone(),
+                    &labels,
+                    dims,
+                    classes,
+                ));
+            })
+        };
+        let (ms_one, ms_many) = (time(&one), time(&many));
+        if options.json {
+            for (replicas, ms, threads) in [
+                (1, ms_one, one.threads_each()),
+                (n, ms_many, many.threads_each()),
+            ] {
+                println!(
+                    "{}",
+                    json!({"bench": "step-replicas", "preset": options.preset, "replicas": replicas,
+                           "threads_each": threads, "batch": batch, "patch": side, "ms_median": ms,
+                           "runs": options.runs, "speedup_vs_one": ms_one / ms})
+                );
+            }
+        } else {
+            println!(
+                "Deep-supervision loss and gradients, batch {batch}: 1 replica ({} threads) {ms_one:.1} ms, \
+                 {n} replicas ({} threads each) {ms_many:.1} ms: {:.2}x",
+                one.threads_each(),
+                many.threads_each(),
+                ms_one / ms_many
             );
         }
     }

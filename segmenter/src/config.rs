@@ -26,7 +26,7 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Linear warm-up steps before the polynomial decay.
     pub warmup_steps: usize,
-    /// Gradients are clipped to this global L2 norm.
+    /// Each parameter's gradient is clipped to this L2 norm (burn's per-parameter clipping).
     pub grad_clip_norm: f64,
     /// Validate on held-out volumes every this many epochs (and after the last).
     pub val_every: usize,
@@ -47,6 +47,14 @@ pub struct TrainConfig {
     /// nnU-Net v2, because it is slow and rarely helps.
     #[serde(default)]
     pub elastic_deformation: bool,
+    /// Data-parallel model replicas, the batch split between them: one per GPU (devices 0..n),
+    /// or sharing the CPU's cores. 1 (the default) trains one model on all cores.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
 }
 
 fn default_momentum() -> f64 {
@@ -127,8 +135,15 @@ impl ExperimentConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate().map_err(anyhow::Error::msg)?;
         let t = &self.train;
-        if t.batch_size == 0 || t.steps_per_epoch == 0 || t.val_every == 0 {
-            bail!("train.batch_size, train.steps_per_epoch and train.val_every must be positive");
+        if t.batch_size == 0 || t.steps_per_epoch == 0 || t.val_every == 0 || t.replicas == 0 {
+            bail!("train.batch_size, train.steps_per_epoch, train.val_every and train.replicas must be positive");
+        }
+        if t.replicas > t.batch_size {
+            bail!(
+                "train.replicas ({}) must not exceed train.batch_size ({}): each replica needs a slice of the batch",
+                t.replicas,
+                t.batch_size
+            );
         }
         if !(0.0..=1.0).contains(&t.foreground_fraction) {
             bail!(

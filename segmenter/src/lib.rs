@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod infer;
 pub mod model;
 pub mod norm;
+pub mod parallel;
 pub mod plan;
 pub mod postprocess;
 pub mod predict;

@@ -76,6 +76,10 @@ enum Command {
         /// Encoder blocks: vss (Swin-UMamba) or conv (residual convolutions, for ablations).
         #[arg(long, value_enum)]
         encoder: Option<EncoderKind>,
+        /// Data-parallel model replicas, the batch split between them (overrides the config):
+        /// with `--device cuda` one per GPU (devices 0..N); on the CPU, N replicas share the cores
+        #[arg(long)]
+        replicas: Option<usize>,
     },
     /// Fingerprint a dataset and write the plan `train` would use (print it in plain words).
     Plan {
@@ -198,6 +202,9 @@ enum BenchKind {
         /// Also time the straightforward tensor-op scan (slow).
         #[arg(long)]
         reference: bool,
+        /// Also time N data-parallel replicas sharing the cores against one replica.
+        #[arg(long)]
+        replicas: Option<usize>,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
@@ -331,6 +338,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             encoder,
             plan,
+            replicas,
             resume: None,
         } => {
             let (Some(data), Some(out)) = (data, out) else {
@@ -348,6 +356,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(kind) = encoder {
                 experiment.model.encoder = kind;
+            }
+            if let Some(n) = replicas {
+                experiment.train.replicas = n;
             }
             experiment.validate()?;
             let time_budget = time_budget_min.map(|m| Duration::from_secs_f64(m * 60.0));
@@ -502,6 +513,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     patch,
                     runs,
                     reference,
+                    replicas,
                     json,
                 },
         } => {
@@ -511,6 +523,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 patch,
                 runs,
                 reference,
+                replicas,
                 json,
             })?;
             Ok(ExitCode::SUCCESS)

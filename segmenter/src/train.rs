@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{AdamWConfig, Optimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::backend::AutodiffBackend;
@@ -26,6 +26,7 @@ use crate::data::{Augmentation, Sampler, TrainVolume};
 use crate::evaluate::dice_per_class;
 use crate::infer::{predict_volume, WindowSettings};
 use crate::model::{ModelBackend, SwinUMamba};
+use crate::parallel::{loss_and_grads, Replicas};
 use crate::plan::{NetworkCase, Plan, SliceGeometry};
 use crate::run::RunDir;
 
@@ -547,6 +548,17 @@ where
     let [pr, pc] = plan.patch_size;
     let budget = info.time_budget_s.map(Duration::from_secs_f64);
     let mut lr = t.learning_rate;
+    let replicas = Replicas::<B>::new(device, t.replicas)?;
+    if replicas.len() > 1 {
+        say(
+            &progress_bar,
+            format!(
+                "Data-parallel: {} replicas, {} worker threads each",
+                replicas.len(),
+                replicas.threads_each()
+            ),
+        );
+    }
     let mut ahead: Option<(usize, crate::data::Batch)> = None;
     while state.epochs_done < t.epochs {
         let epoch = state.epochs_done;
@@ -600,7 +612,7 @@ where
                     dims,
                     classes,
                     lr,
-                    device,
+                    &replicas,
                 );
                 (next, value, drawing.join().ok())
             });
@@ -680,9 +692,9 @@ where
 const DEEP_SUPERVISION_WEIGHTS: [f64; 3] = [4.0 / 7.0, 2.0 / 7.0, 1.0 / 7.0];
 
 /// One optimiser step on a batch (images `[batch, channels, rows, cols]`, labels `[batch, rows, cols]`):
-/// forward, deep-supervision Dice + cross-entropy, backward, update. Returns the model and the loss;
-/// when the loss is not finite the step is skipped and the model comes back unchanged.
-/// Public so that `segmenter bench sampler` times exactly what training does.
+/// forward, deep-supervision Dice + cross-entropy, backward (split across the replicas), update.
+/// Returns the model and the loss; when the loss is not finite the step is skipped and the model
+/// comes back unchanged. Public so that `segmenter bench sampler` times exactly what training does.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step<B, O>(
     model: SwinUMamba<B>,
@@ -692,11 +704,30 @@ pub fn train_step<B, O>(
     dims: [usize; 4],
     classes: usize,
     learning_rate: f64,
-    device: &B::Device,
+    replicas: &Replicas<B>,
 ) -> (SwinUMamba<B>, f64)
 where
     B: AutodiffBackend + ModelBackend,
     O: Optimizer<SwinUMamba<B>, B>,
+{
+    let (value, grads) = loss_and_grads(&model, replicas, images, labels, dims, classes);
+    if !value.is_finite() {
+        return (model, value);
+    }
+    (optimizer.step(learning_rate, model, grads), value)
+}
+
+/// The deep-supervision Dice + cross-entropy loss of a batch on `device`.
+pub(crate) fn deep_supervision_loss<B>(
+    model: &SwinUMamba<B>,
+    images: Vec<f32>,
+    labels: &[u8],
+    dims: [usize; 4],
+    classes: usize,
+    device: &B::Device,
+) -> Tensor<B, 1>
+where
+    B: AutodiffBackend + ModelBackend,
 {
     let [batch, _, rows, cols] = dims;
     let x = Tensor::<B, 4>::from_data(TensorData::new(images, dims), device);
@@ -714,13 +745,7 @@ where
             Some(l) => l + term,
         });
     }
-    let loss = loss.expect("the network has at least one output");
-    let value = loss.clone().into_scalar().elem::<f64>();
-    if !value.is_finite() {
-        return (model, value);
-    }
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    (optimizer.step(learning_rate, model, grads), value)
+    loss.expect("the network has at least one output")
 }
 
 /// Prints a line above the progress bar, or plainly when the bar is hidden (output not a terminal).
