@@ -138,32 +138,42 @@ fn a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_
 
 #[test]
 fn a_nan_batch_is_skipped_without_poisoning_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = root().join("sample-data/hippocampus");
-    let config = small_config(dir.path(), 3);
-    let run = dir.path().join("run");
-    let out = bin()
-        .args(train_args(&data, &run, &config))
-        .env("SEGMENTER_INJECT_NAN_AT_STEP", "1")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("step 2: loss is NaN; step skipped"),
-        "{}",
-        text(&out)
-    );
-    let lines = log_lines(&run);
-    let skipped: Vec<u64> = lines
-        .iter()
-        .map(|l| l["skipped_steps"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        skipped,
-        vec![1, 0, 0],
-        "only the injected step is skipped; later steps train normally"
-    );
-    assert!(lines
-        .iter()
-        .all(|l| l["train_loss"].as_f64().unwrap().is_finite()));
+    // Also with two data-parallel replicas: the NaN is then in one replica's half of the batch.
+    for replicas in ["1", "2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = root().join("sample-data/hippocampus");
+        let config = small_config(dir.path(), 3);
+        let run = dir.path().join("run");
+        let out = bin()
+            .args(train_args(&data, &run, &config))
+            .args(["--replicas", replicas])
+            .env("SEGMENTER_INJECT_NAN_AT_STEP", "1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("step 2: loss is NaN; step skipped"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(
+            text(&out).contains("Data-parallel: 2 replicas"),
+            replicas == "2",
+            "{}",
+            text(&out)
+        );
+        let lines = log_lines(&run);
+        let skipped: Vec<u64> = lines
+            .iter()
+            .map(|l| l["skipped_steps"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            skipped,
+            vec![1, 0, 0],
+            "only the injected step is skipped; later steps train normally ({replicas} replicas)"
+        );
+        assert!(lines
+            .iter()
+            .all(|l| l["train_loss"].as_f64().unwrap().is_finite()));
+    }
 }

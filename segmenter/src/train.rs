@@ -246,6 +246,9 @@ pub struct RunInfo {
     pub val_fraction: f64,
     /// Wall-time budget in seconds, if any.
     pub time_budget_s: Option<f64>,
+    /// Cross-validation fold held out (`--fold`), if the split is one of the five folds.
+    #[serde(default)]
+    pub fold: Option<usize>,
 }
 
 /// Training progress saved with each checkpoint.
@@ -312,10 +315,13 @@ fn prepare(
     run.write_plan(&plan)?;
     eprintln!("Plan: {}", plan.describe());
     eprintln!(
-        "Split: {} training cases, {} validation cases (seed {})",
+        "Split: {} training cases, {} validation cases ({})",
         train_cases.len(),
         val_cases.len(),
-        info.seed
+        match info.fold {
+            Some(k) => format!("fold {k} of {FOLDS}"),
+            None => format!("seed {}", info.seed),
+        }
     );
     let volumes = train_cases
         .into_iter()
@@ -381,6 +387,7 @@ where
         seed: options.seed,
         val_fraction: options.val_fraction,
         time_budget_s: options.time_budget.map(|d| d.as_secs_f64()),
+        fold: options.fold,
     };
     run.write_json("run.json", &info)?;
     run.write_json("splits.json", &split)?;
