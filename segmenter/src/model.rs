@@ -153,6 +153,18 @@ fn conv<B: Backend>(
     stride: usize,
     device: &B::Device,
 ) -> Conv2d<B> {
+    conv_config(cin, cout, kernel, stride).init(device)
+}
+
+/// A convolution whose output goes straight into an instance norm: no bias, since the norm
+/// subtracts every (sample, channel) mean and with it any bias (so its gradient is zero, and
+/// burn's bias backward, a strided copy of the whole output gradient, is pure cost). Weights
+/// saved with a bias load into it unchanged in effect: the bias is ignored, as the norm ignored it.
+fn conv_before_norm<B: Backend>(cin: usize, cout: usize, device: &B::Device) -> Conv2d<B> {
+    conv_config(cin, cout, 3, 1).with_bias(false).init(device)
+}
+
+fn conv_config(cin: usize, cout: usize, kernel: usize, stride: usize) -> Conv2dConfig {
     Conv2dConfig::new([cin, cout], [kernel, kernel])
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(
@@ -161,7 +173,6 @@ fn conv<B: Backend>(
             kernel / 2,
             kernel / 2,
         ))
-        .init(device)
 }
 
 fn norm<B: Backend>(channels: usize, device: &B::Device) -> FusedInstanceNorm<B> {
@@ -186,9 +197,9 @@ pub struct ResBlock<B: Backend> {
 impl<B: Backend> ResBlock<B> {
     fn new(cin: usize, cout: usize, device: &B::Device) -> Self {
         Self {
-            conv1: conv(cin, cout, 3, 1, device),
+            conv1: conv_before_norm(cin, cout, device),
             norm1: norm(cout, device),
-            conv2: conv(cout, cout, 3, 1, device),
+            conv2: conv_before_norm(cout, cout, device),
             norm2: norm(cout, device),
             shortcut: (cin != cout).then(|| conv(cin, cout, 1, 1, device)),
         }
@@ -330,5 +341,58 @@ impl<B: ModelBackend> SwinUMamba<B> {
     /// Full-resolution logits only (inference).
     pub fn logits(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.forward(x).swap_remove(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::module::Param;
+    use burn::tensor::Distribution;
+
+    fn values(t: Tensor<Flex, 4>) -> Vec<f32> {
+        t.into_data().into_vec::<f32>().expect("f32")
+    }
+
+    #[test]
+    fn a_bias_before_instance_norm_changes_nothing() {
+        let device = Default::default();
+        assert!(conv_before_norm::<Flex>(4, 6, &device).bias.is_none());
+        let plain: Conv2d<Flex> = conv_config(4, 6, 3, 1).init(&device);
+        // burn draws a parameter lazily, and each clone of an undrawn one draws its own.
+        drop(plain.weight.val());
+        let bias = Tensor::<Flex, 1>::random([6], Distribution::Uniform(1.0, 3.0), &device);
+        let biased = Conv2d {
+            bias: Some(Param::from_tensor(bias)),
+            ..plain.clone()
+        };
+        let unbiased = Conv2d {
+            bias: None,
+            ..plain
+        };
+        let norm = norm::<Flex>(6, &device);
+        let x = Tensor::<Flex, 4>::random([2, 4, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let (conv_a, conv_b) = (
+            values(biased.forward(x.clone())),
+            values(unbiased.forward(x.clone())),
+        );
+        let conv_diff = conv_a
+            .iter()
+            .zip(&conv_b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            conv_diff >= 1.0,
+            "the bias shifts the convolution ({conv_diff})"
+        );
+        let a = values(norm.forward(biased.forward(x.clone())));
+        let b = values(norm.forward(unbiased.forward(x)));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff <= 1e-4, "after the norm the bias is gone ({diff})");
     }
 }
