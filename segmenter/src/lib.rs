@@ -8,6 +8,7 @@ pub mod bench_kernel;
 pub mod bench_sampler;
 pub mod bench_step;
 pub mod config;
+pub mod conv;
 pub mod curve;
 pub mod data;
 pub mod distance;

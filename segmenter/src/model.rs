@@ -11,6 +11,7 @@
 //! convolution, concatenation with the skip and a residual conv block. Deep supervision adds
 //! 1×1 heads at 1/2 and 1/4 resolution.
 
+use crate::conv::{forward_same, ConvBackend};
 use crate::norm::{FusedInstanceNorm, NormBackend};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
@@ -179,10 +180,11 @@ fn norm<B: Backend>(channels: usize, device: &B::Device) -> FusedInstanceNorm<B>
     FusedInstanceNorm::new(channels, device)
 }
 
-/// What the network needs of a backend: the selective scan and the fused instance norm.
-pub trait ModelBackend: ScanBackend + NormBackend {}
+/// What the network needs of a backend: the selective scan, the fused instance norm and the
+/// "same" convolutions with their own backward pass.
+pub trait ModelBackend: ScanBackend + NormBackend + ConvBackend {}
 
-impl<B: ScanBackend + NormBackend> ModelBackend for B {}
+impl<B: ScanBackend + NormBackend + ConvBackend> ModelBackend for B {}
 
 /// Residual block of two 3×3 conv + instance norm + leaky ReLU (UNETR's `UnetResBlock`).
 #[derive(Module, Debug)]
@@ -206,15 +208,15 @@ impl<B: Backend> ResBlock<B> {
     }
 }
 
-impl<B: NormBackend> ResBlock<B> {
+impl<B: NormBackend + ConvBackend> ResBlock<B> {
     /// `[B, cin, H, W]` -> `[B, cout, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let residual = match &self.shortcut {
-            Some(proj) => proj.forward(x.clone()),
+            Some(proj) => forward_same(proj, x.clone()),
             None => x.clone(),
         };
-        let y = activation::leaky_relu(self.norm1.forward(self.conv1.forward(x)), 0.01);
-        let y = self.norm2.forward(self.conv2.forward(y));
+        let y = activation::leaky_relu(self.norm1.forward(forward_same(&self.conv1, x)), 0.01);
+        let y = self.norm2.forward(forward_same(&self.conv2, y));
         activation::leaky_relu(y + residual, 0.01)
     }
 }
@@ -235,7 +237,7 @@ impl<B: Backend> ChannelsLastRes<B> {
     }
 }
 
-impl<B: NormBackend> ChannelsLastRes<B> {
+impl<B: NormBackend + ConvBackend> ChannelsLastRes<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = self.norm.forward(x.clone()).permute([0, 3, 1, 2]);
         x + self.block.forward(y).permute([0, 2, 3, 1])
@@ -276,7 +278,7 @@ impl<B: Backend> UpBlock<B> {
     }
 }
 
-impl<B: NormBackend> UpBlock<B> {
+impl<B: NormBackend + ConvBackend> UpBlock<B> {
     fn forward(&self, x: Tensor<B, 4>, skip: Tensor<B, 4>) -> Tensor<B, 4> {
         self.block
             .forward(Tensor::cat(vec![self.up.forward(x), skip], 1))
@@ -332,9 +334,9 @@ impl<B: ModelBackend> SwinUMamba<B> {
         let d1 = self.decoders[3].forward(d2.clone(), enc1);
         let d0 = self.decoders[4].forward(d1.clone(), enc0);
         vec![
-            self.head.forward(d0),
-            self.ds_heads[0].forward(d1),
-            self.ds_heads[1].forward(d2),
+            forward_same(&self.head, d0),
+            forward_same(&self.ds_heads[0], d1),
+            forward_same(&self.ds_heads[1], d2),
         ]
     }
 
