@@ -52,17 +52,7 @@ fn shards_split_the_cases_and_list_files_select_them() {
     let mut parts = Vec::new();
     for shard in ["0/2", "1/2"] {
         let out_dir = dir.path().join(format!("shard{}", &shard[..1]));
-        let out = segmenter(&[
-            "predict",
-            "--model",
-            s(&run),
-            "--input",
-            s(&input),
-            "--output",
-            s(&out_dir),
-            "--shard",
-            shard,
-        ]);
+        let out = predict(&run, &input, &out_dir, &["--shard", shard]);
         assert!(out.status.success(), "{}", text(&out));
         parts.push(outputs(&out_dir));
     }
@@ -84,15 +74,7 @@ fn shards_split_the_cases_and_list_files_select_them() {
     )
     .unwrap();
     let listed = dir.path().join("listed");
-    let out = segmenter(&[
-        "predict",
-        "--model",
-        s(&run),
-        "--input",
-        s(&list),
-        "--output",
-        s(&listed),
-    ]);
+    let out = predict(&run, &list, &listed, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         outputs(&listed),
@@ -113,10 +95,7 @@ fn probabilities_and_largest_component_post_processing() {
         (&plain, &["--save-probabilities"][..]),
         (&post, &["--postprocess", "largest-component"][..]),
     ] {
-        let mut args = vec!["predict", "--model", s(&run), "--input", s(&scan)];
-        args.extend(["--output", s(out_dir)]);
-        args.extend(extra);
-        let out = segmenter(&args);
+        let out = predict(&run, &scan, out_dir, extra);
         assert!(out.status.success(), "{}", text(&out));
     }
     let labels = read_nifti(&plain.join("hippocampus_037.nii.gz")).unwrap();
@@ -164,15 +143,7 @@ fn probabilities_and_largest_component_post_processing() {
     );
 
     // Predicting into the same folder with other settings is refused, not mixed.
-    let out = segmenter(&[
-        "predict",
-        "--model",
-        s(&run),
-        "--input",
-        s(&scan),
-        "--output",
-        s(&post),
-    ]);
+    let out = predict(&run, &scan, &post, &[]);
     assert!(!out.status.success());
     assert!(text(&out).contains("other settings"), "{}", text(&out));
 }

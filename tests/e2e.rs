@@ -15,15 +15,7 @@ fn train_predict_evaluate_through_the_binary() {
     let data = root().join("sample-data/hippocampus");
 
     let preds = dir.path().join("preds");
-    let out = segmenter(&[
-        "predict",
-        "--model",
-        s(&run),
-        "--input",
-        s(&data.join("imagesTs")),
-        "--output",
-        s(&preds),
-    ]);
+    let out = predict(&run, &data.join("imagesTs"), &preds, &[]);
     assert!(out.status.success(), "predict failed:\n{}", text(&out));
     let inputs: Vec<PathBuf> = std::fs::read_dir(data.join("imagesTs"))
         .unwrap()
@@ -45,30 +37,17 @@ fn train_predict_evaluate_through_the_binary() {
     }
 
     // A second run skips what exists instead of overwriting it.
-    let again = segmenter(&[
-        "predict",
-        "--model",
-        s(&run),
-        "--input",
-        s(&data.join("imagesTs")),
-        "--output",
-        s(&preds),
-    ]);
+    let again = predict(&run, &data.join("imagesTs"), &preds, &[]);
     assert!(again.status.success());
     assert!(text(&again).contains("4 skipped"), "{}", text(&again));
 
     let report = dir.path().join("report");
-    let out = segmenter(&[
-        "evaluate",
-        "--pred",
-        s(&preds),
-        "--ref",
-        s(&data.join("labelsTs")),
-        "--dataset-json",
-        s(&data.join("dataset.json")),
-        "--out",
-        s(&report),
-    ]);
+    let out = evaluate(
+        &preds,
+        &data.join("labelsTs"),
+        &data.join("dataset.json"),
+        &report,
+    );
     assert!(out.status.success(), "evaluate failed:\n{}", text(&out));
     assert!(text(&out).contains("foreground mean"), "{}", text(&out));
     let summary: serde_json::Value =
@@ -102,15 +81,7 @@ fn a_corrupt_case_fails_alone_and_the_exit_code_says_so() {
     std::fs::write(input.join("broken_case.nii.gz"), bytes).unwrap();
 
     let preds = dir.path().join("preds");
-    let out = segmenter(&[
-        "predict",
-        "--model",
-        s(&run),
-        "--input",
-        s(&input),
-        "--output",
-        s(&preds),
-    ]);
+    let out = predict(&run, &input, &preds, &[]);
     assert!(
         !out.status.success(),
         "a failed case must give a non-zero exit code"
@@ -232,15 +203,7 @@ fn a_reoriented_scan_gets_the_same_segmentation_in_its_own_orientation() {
     write_flipped_copy(&scan, &flipped_inputs.join("case.nii.gz"));
     let (preds, flipped_preds) = (dir.path().join("pred-ras"), dir.path().join("pred-lps"));
     for (input, output) in [(&inputs, &preds), (&flipped_inputs, &flipped_preds)] {
-        let out = segmenter(&[
-            "predict",
-            "--model",
-            s(&run),
-            "--input",
-            s(input),
-            "--output",
-            s(output),
-        ]);
+        let out = predict(&run, input, output, &[]);
         assert!(out.status.success(), "{}", text(&out));
     }
     let a = read_nifti(&preds.join("case.nii.gz")).unwrap();
@@ -288,15 +251,7 @@ fn an_lps_mri_comes_back_with_its_own_geometry() {
     let dir = tempfile::tempdir().unwrap();
     let run = trained_run(dir.path());
     let preds = dir.path().join("preds");
-    let out = segmenter(&[
-        "predict",
-        "--model",
-        s(&run),
-        "--input",
-        s(&scan),
-        "--output",
-        s(&preds),
-    ]);
+    let out = predict(&run, &scan, &preds, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let (input, _) = read_nifti_raw(&scan).unwrap();
     let pred = read_nifti(&preds.join("example_mr_sm.nii.gz")).unwrap();

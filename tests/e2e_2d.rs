@@ -7,7 +7,7 @@ use std::path::Path;
 use segmenter_io::{read_volume, write_labels, NiftiHeader};
 
 mod common;
-use common::{s, segmenter, text};
+use common::{evaluate, predict, s, segmenter, text, train_two_steps};
 
 const WIDTH: usize = 32;
 const HEIGHT: usize = 24;
@@ -60,38 +60,16 @@ fn train_predict_evaluate_a_png_dataset() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("Dataset001_Squares");
     png_dataset(&data, 6);
-    let config = dir.path().join("fast.toml");
-    std::fs::write(
-        &config,
-        "[train]\nbatch_size = 2\nwarmup_steps = 1\nval_every = 1\n",
-    )
-    .unwrap();
     let run = dir.path().join("run");
-    let out = segmenter(&[
-        "train",
-        "--data",
-        s(&data),
-        "--out",
-        s(&run),
-        "--config",
-        s(&config),
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "2",
-    ]);
+    let out = train_two_steps(
+        &data,
+        &run,
+        "batch_size = 2\nwarmup_steps = 1\nval_every = 1\n",
+    );
     assert!(out.status.success(), "train failed:\n{}", text(&out));
 
     let preds = dir.path().join("preds");
-    let out = segmenter(&[
-        "predict",
-        "--model",
-        s(&run),
-        "--input",
-        s(&data.join("imagesTr")),
-        "--output",
-        s(&preds),
-    ]);
+    let out = predict(&run, &data.join("imagesTr"), &preds, &[]);
     assert!(out.status.success(), "predict failed:\n{}", text(&out));
     for case in 0..6 {
         let path = preds.join(format!("sq_{case:03}.png"));
@@ -101,17 +79,12 @@ fn train_predict_evaluate_a_png_dataset() {
     }
 
     let report = dir.path().join("eval");
-    let out = segmenter(&[
-        "evaluate",
-        "--pred",
-        s(&preds),
-        "--ref",
-        s(&data.join("labelsTr")),
-        "--dataset-json",
-        s(&data.join("dataset.json")),
-        "--out",
-        s(&report),
-    ]);
+    let out = evaluate(
+        &preds,
+        &data.join("labelsTr"),
+        &data.join("dataset.json"),
+        &report,
+    );
     assert!(out.status.success(), "evaluate failed:\n{}", text(&out));
     let summary = std::fs::read_to_string(report.join("summary.json")).unwrap();
     assert!(summary.contains("sq_005"), "{summary}");

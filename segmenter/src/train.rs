@@ -117,7 +117,8 @@ struct EpochLog {
     step: usize,
     elapsed_s: f64,
     learning_rate: f64,
-    train_loss: f64,
+    /// Mean loss of the epoch's finite steps; null when none ran.
+    train_loss: Option<f64>,
     skipped_steps: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     val_dice: Option<Vec<f64>>,
@@ -651,6 +652,20 @@ where
                     .unwrap_or_default()
             ));
         }
+        let epoch_complete = state.step >= (epoch + 1) * t.steps_per_epoch;
+        if epoch_complete && !out_of_time && budget.is_some_and(|b| started.elapsed() >= b) {
+            // Caught here rather than before the next step, which would log an epoch of no steps
+            // and validate the same weights a second time.
+            say(
+                &progress_bar,
+                format!("Time budget reached after {} steps.", state.step),
+            );
+            out_of_time = true;
+        }
+        if out_of_time && loss_count + skipped == 0 && state.step > 0 {
+            // Nothing trained since the last checkpoint (a run resumed with its budget spent).
+            break;
+        }
         let validate_now =
             out_of_time || (epoch + 1).is_multiple_of(t.val_every) || epoch + 1 == t.epochs;
         let val = if validate_now {
@@ -658,7 +673,7 @@ where
         } else {
             None
         };
-        if !out_of_time {
+        if epoch_complete {
             state.epochs_done += 1;
         }
         state.elapsed_s = started.elapsed().as_secs_f64();
@@ -667,7 +682,7 @@ where
             step: state.step,
             elapsed_s: state.elapsed_s,
             learning_rate: lr,
-            train_loss: loss_sum / loss_count.max(1) as f64,
+            train_loss: (loss_count > 0).then(|| loss_sum / loss_count as f64),
             skipped_steps: skipped,
             val_mean_foreground_dice: val.as_ref().map(|d| mean_ignoring_nan(&d[1..])),
             val_dice: val,

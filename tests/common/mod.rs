@@ -35,29 +35,57 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A run folder trained for two steps on the sample data, shared by the tests of a file.
-pub fn trained_run(dir: &Path) -> PathBuf {
-    let data = root().join("sample-data/hippocampus");
-    let config = dir.join("fast.toml");
-    std::fs::write(
-        &config,
-        "[train]\nbatch_size = 4\nwarmup_steps = 1\nval_every = 1\n",
-    )
-    .unwrap();
-    let run = dir.join("run");
-    let out = segmenter(&[
+/// Trains `data` for one epoch of two steps into `run` with the `[train]` settings `train_toml`.
+pub fn train_two_steps(data: &Path, run: &Path, train_toml: &str) -> Output {
+    let config = run.with_extension("toml");
+    std::fs::write(&config, format!("[train]\n{train_toml}")).unwrap();
+    segmenter(&[
         "train",
         "--data",
-        s(&data),
+        s(data),
         "--out",
-        s(&run),
+        s(run),
         "--config",
         s(&config),
         "--epochs",
         "1",
         "--steps-per-epoch",
         "2",
-    ]);
+    ])
+}
+
+/// Runs `segmenter predict` of the scans in `input` into `output`, with `extra` options.
+pub fn predict(run: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["predict", "--model", s(run), "--input", s(input)];
+    args.extend(["--output", s(output)]);
+    args.extend(extra);
+    segmenter(&args)
+}
+
+/// Runs `segmenter evaluate` of the label maps in `pred` against `reference`, report into `out`.
+pub fn evaluate(pred: &Path, reference: &Path, dataset_json: &Path, out: &Path) -> Output {
+    segmenter(&[
+        "evaluate",
+        "--pred",
+        s(pred),
+        "--ref",
+        s(reference),
+        "--dataset-json",
+        s(dataset_json),
+        "--out",
+        s(out),
+    ])
+}
+
+/// A run folder trained for two steps on the sample data, shared by the tests of a file.
+pub fn trained_run(dir: &Path) -> PathBuf {
+    let data = root().join("sample-data/hippocampus");
+    let run = dir.join("run");
+    let out = train_two_steps(
+        &data,
+        &run,
+        "batch_size = 4\nwarmup_steps = 1\nval_every = 1\n",
+    );
     assert!(out.status.success(), "train failed:\n{}", text(&out));
     for file in [
         "model.mpk",
