@@ -294,3 +294,34 @@ fn bench_sampler_prints_one_json_object_per_preset() {
     assert!(sampler > 0.0 && train > 0.0, "{v}");
     assert!((v["ratio"].as_f64().unwrap() - sampler / train).abs() < 1e-9 * sampler / train);
 }
+
+/// 2.5D: with `--context-slices 1` the network sees each slice with its two neighbours, the plan
+/// records it, and prediction feeds the same stack.
+#[test]
+fn a_run_with_neighbouring_slices_trains_and_predicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = root().join("sample-data/hippocampus");
+    let run = dir.path().join("run");
+    let out = train_two_steps(
+        &data,
+        &run,
+        "batch_size = 4\nwarmup_steps = 1\nval_every = 1\n[model]\ncontext_slices = 1\n",
+    );
+    assert!(out.status.success(), "train failed:\n{}", text(&out));
+    assert!(
+        text(&out).contains("1 neighbouring slice(s) each side"),
+        "{}",
+        text(&out)
+    );
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["context_slices"], 1, "{plan}");
+    let scan = data.join("imagesTs/hippocampus_036.nii.gz");
+    let preds = dir.path().join("preds");
+    let out = predict(&run, &scan, &preds, &["--tta"]);
+    assert!(out.status.success(), "predict failed:\n{}", text(&out));
+    let (header, _) = read_nifti_raw(&scan).unwrap();
+    let pred = read_nifti(&preds.join("hippocampus_036.nii.gz")).unwrap();
+    assert_eq!(pred.shape, header.shape());
+    assert!(pred.data.iter().all(|&v| v == 0.0 || v == 1.0 || v == 2.0));
+}

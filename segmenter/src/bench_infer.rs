@@ -102,6 +102,7 @@ fn plan_for(group: &Group, max_patch_side: usize) -> Plan {
         reorient: true,
         // The scans as they are: the benchmark counts the network's work on their own voxels.
         target_spacing: None,
+        context_slices: 0,
     }
 }
 
@@ -142,7 +143,7 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
             let model =
                 config
                     .model
-                    .init::<Flex>(plan.channel_names.len(), plan.num_classes(), &device);
+                    .init::<Flex>(plan.input_channels(), plan.num_classes(), &device);
             for tta in [false, true] {
                 let settings = WindowSettings {
                     mirror: tta,

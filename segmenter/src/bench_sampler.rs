@@ -106,6 +106,7 @@ fn bench_preset(
         foreground_fraction: config.train.foreground_fraction,
         augmentation: Augmentation::default().with_elastic(config.train.elastic_deformation),
         seed: 42,
+        context_slices: plan.context_slices,
     };
     let (sampler_batches, sampler_time) = time_repeatedly(opts.seconds, |step| {
         std::hint::black_box(sampler.batch(step, batch_size));
@@ -113,7 +114,7 @@ fn bench_preset(
 
     type B = Autodiff<Flex>;
     let device = Default::default();
-    let channels = plan.channel_names.len();
+    let channels = plan.input_channels();
     let classes = plan.num_classes();
     let mut model: Option<SwinUMamba<B>> = Some(config.model.init(channels, classes, &device));
     let mut optimizer = AdamWConfig::new()

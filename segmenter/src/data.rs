@@ -133,6 +133,8 @@ pub struct Sampler<'a> {
     pub augmentation: Augmentation,
     /// Base seed: batch `step` is a function of (seed, step) only.
     pub seed: u64,
+    /// Neighbouring slices on each side stacked after each channel's slice ([`Plan::context_slices`]).
+    pub context_slices: usize,
 }
 
 #[derive(Clone)]
@@ -227,16 +229,20 @@ impl Sampler<'_> {
         };
         let transform = self.random_transform(rng, centre);
         let patch = [rows, cols];
-        let mut image = Vec::with_capacity(volume.channels.len() * rows * cols);
+        let planes = 2 * self.context_slices + 1;
+        let mut image = Vec::with_capacity(volume.channels.len() * planes * rows * cols);
         for channel in &volume.channels {
-            let src = geometry.extract(channel, slice);
-            image.extend(resample(
-                &src,
-                [src_rows, src_cols],
-                [rows, cols],
-                &transform,
-                Interp::Linear,
-            ));
+            // The neighbours go through the same transform: they are the same patch, above and below.
+            for s in geometry.context(slice, self.context_slices) {
+                let src = geometry.extract(channel, s);
+                image.extend(resample(
+                    &src,
+                    [src_rows, src_cols],
+                    [rows, cols],
+                    &transform,
+                    Interp::Linear,
+                ));
+            }
         }
         let label_u: Vec<f32> = label.iter().map(|&l| l as f32).collect();
         let label_out: Vec<u8> = resample(
@@ -286,13 +292,19 @@ impl Sampler<'_> {
     fn intensity(&self, rng: &mut SmallRng, image: &mut [f32], channels: usize, patch: [usize; 2]) {
         let aug = &self.augmentation;
         let p = aug.p_intensity;
+        // A channel is its slice and the neighbours stacked with it: one scan, so one draw of each
+        // transform for all of them.
         let per_channel = image.len() / channels.max(1);
+        let plane = patch[0] * patch[1];
         // nnU-Net decides blur and low resolution once per sample, then per channel.
         let blur = rng.random_bool(aug.p_blur);
         let low_res = rng.random_bool(aug.p_low_res);
         for channel in image.chunks_mut(per_channel.max(1)) {
             if blur && rng.random_bool(aug.p_per_channel) {
-                gaussian_blur(channel, patch, uniform(rng, aug.blur_sigma));
+                let sigma = uniform(rng, aug.blur_sigma);
+                for slice in channel.chunks_mut(plane) {
+                    gaussian_blur(slice, patch, sigma);
+                }
             }
             if rng.random_bool(p) {
                 let factor: f32 = rng.random_range(0.75..1.25);
@@ -306,7 +318,10 @@ impl Sampler<'_> {
                     .for_each(|v| *v = (*v - mean) * factor + mean);
             }
             if low_res && rng.random_bool(aug.p_per_channel) {
-                simulate_low_resolution(channel, patch, uniform(rng, aug.low_res_zoom));
+                let zoom = uniform(rng, aug.low_res_zoom);
+                for slice in channel.chunks_mut(plane) {
+                    simulate_low_resolution(slice, patch, zoom);
+                }
             }
             if rng.random_bool(p) {
                 let gamma: f32 = rng.random_range(0.7..1.5);
@@ -418,6 +433,7 @@ mod tests {
             foreground_fraction: 0.33,
             augmentation: Augmentation::default(),
             seed: 5,
+            context_slices: 0,
         };
         let (mut with_fg, mut total) = (0, 0);
         for step in 0..30 {
@@ -498,6 +514,8 @@ mod tests {
                 ..Augmentation::default().with_elastic(true)
             },
             seed: 11,
+            // With neighbours, so blur and low resolution also run plane by plane.
+            context_slices: 1,
         };
         assert_eq!(sampler.augmentation.p_elastic, 0.2);
         // Fixed magnitudes, so both samplers draw the same random numbers and differ only in alpha.
@@ -513,6 +531,7 @@ mod tests {
         for step in 0..10 {
             let batch = elastic_always.batch(step, 6);
             assert!(batch.labels.iter().all(|l| [0, 1, 2].contains(l)));
+            assert_eq!(batch.images.len(), 6 * 3 * 32 * 32);
             assert!(batch.images.iter().all(|v| v.is_finite()));
             let again = elastic_always.batch(step, 6);
             assert_eq!(batch.images, again.images);
@@ -520,6 +539,72 @@ mod tests {
             let undeformed = zero_alpha.batch(step, 6);
             assert_ne!(batch.labels, undeformed.labels);
         }
+    }
+
+    #[test]
+    fn context_planes_are_the_neighbouring_slices_under_the_same_transform() {
+        // Every pixel of slice z holds 1000 + z, so a plane's value names its slice.
+        let (shape, nz) = ([20, 24, 6], 6usize);
+        let image: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|i| 1000.0 + (i / (20 * 24)) as f32)
+            .collect();
+        let mut label = vec![0u8; image.len()];
+        label[3 + 20 * (4 + 24 * 5)] = 1; // one voxel in the last slice
+        let volumes = vec![TrainVolume::new(
+            "ctx".into(),
+            vec![image],
+            label,
+            SliceGeometry {
+                shape,
+                slice_axis: 2,
+            },
+        )];
+        let sampler = Sampler {
+            volumes: &volumes,
+            patch_size: [32, 32],
+            foreground_fraction: 0.5,
+            augmentation: Augmentation {
+                p_spatial: 0.0,
+                p_intensity: 0.0,
+                p_blur: 0.0,
+                p_low_res: 0.0,
+                ..Augmentation::default()
+            },
+            seed: 3,
+            context_slices: 2,
+        };
+        let plane = 32 * 32;
+        let batch = sampler.batch(0, 16);
+        assert_eq!(batch.images.len(), 16 * 5 * plane);
+        let mut seen_last = false;
+        for sample in batch.images.chunks(5 * plane) {
+            let middle = &sample[2 * plane..3 * plane];
+            // Pixels whose 3x3 neighbourhood is all one value: inside the slice, not blended with
+            // the zero padding around it.
+            let inside: Vec<usize> = (32 + 1..plane - 32 - 1)
+                .filter(|&p| p % 32 != 0 && p % 32 != 31)
+                .filter(|&p| {
+                    [p - 33, p - 32, p - 31, p - 1, p + 1, p + 31, p + 32, p + 33]
+                        .iter()
+                        .all(|&q| (middle[q] - middle[p]).abs() < 1e-2)
+                        && middle[p] > 500.0
+                })
+                .collect();
+            assert!(!inside.is_empty(), "the patch shows none of its slice");
+            let z = (middle[inside[0]] - 1000.0).round() as isize;
+            seen_last |= z == nz as isize - 1;
+            for (j, offset) in (-2isize..=2).enumerate() {
+                let want = 1000.0 + (z + offset).clamp(0, nz as isize - 1) as f32;
+                for &p in &inside {
+                    let got = sample[j * plane + p];
+                    assert!((got - want).abs() < 1e-2, "plane {j} of slice {z}: {got}");
+                }
+            }
+        }
+        assert!(
+            seen_last,
+            "foreground patches come from the last slice, clamped above"
+        );
     }
 
     #[test]

@@ -156,18 +156,22 @@ pub fn predict_volume_with_probabilities<B: ModelBackend>(
             }
         }
     }
+    let in_channels = plan.input_channels();
     for group in windows.chunks(settings.batch_windows.max(1)) {
-        let mut input = Vec::with_capacity(group.len() * channels.len() * pr * pc);
+        let mut input = Vec::with_capacity(group.len() * in_channels * pr * pc);
         for w in group {
+            // The order the sampler stacks them in: per channel, the slice and its neighbours.
             for ch in 0..channels.len() {
-                for i in 0..pr {
-                    let src = ch * canvas_r * canvas_c + (w.row + i) * canvas_c + w.col;
-                    input.extend_from_slice(&canvases[w.slice][src..src + pc]);
+                for s in geometry.context(w.slice, plan.context_slices) {
+                    for i in 0..pr {
+                        let src = ch * canvas_r * canvas_c + (w.row + i) * canvas_c + w.col;
+                        input.extend_from_slice(&canvases[s][src..src + pc]);
+                    }
                 }
             }
         }
         let x = Tensor::<B, 4>::from_data(
-            TensorData::new(input, [group.len(), channels.len(), pr, pc]),
+            TensorData::new(input, [group.len(), in_channels, pr, pc]),
             device,
         );
         let probs = window_probabilities(model, x, settings.mirror)

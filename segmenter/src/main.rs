@@ -43,7 +43,7 @@ enum Command {
         out: Option<PathBuf>,
         /// Continue the run in this folder from its last checkpoint (other options are ignored:
         /// the run's own config, plan, split and time budget apply).
-        #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "fold", "plan"])]
+        #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "context_slices", "fold", "plan"])]
         resume: Option<PathBuf>,
         /// Built-in preset: tiny (CPU, minutes) or swin-umamba (the paper's encoder, GPU).
         #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
@@ -76,6 +76,10 @@ enum Command {
         /// Encoder blocks: vss (Swin-UMamba) or conv (residual convolutions, for ablations).
         #[arg(long, value_enum)]
         encoder: Option<EncoderKind>,
+        /// Neighbouring slices on each side given to the network with each slice, as extra input
+        /// channels (2.5D; overrides the config's model.context_slices; 0: the slice alone)
+        #[arg(long)]
+        context_slices: Option<usize>,
         /// Data-parallel model replicas, the batch split between them (overrides the config):
         /// with `--device cuda` one per GPU (devices 0..N); on the CPU, N replicas share the cores
         #[arg(long)]
@@ -337,6 +341,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             fold,
             seed,
             encoder,
+            context_slices,
             plan,
             replicas,
             resume: None,
@@ -356,6 +361,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(kind) = encoder {
                 experiment.model.encoder = kind;
+            }
+            if let Some(k) = context_slices {
+                experiment.model.context_slices = k;
             }
             if let Some(n) = replicas {
                 experiment.train.replicas = n;

@@ -54,7 +54,14 @@ pub struct ModelConfig {
     /// VSS (default) or convolutional encoder blocks.
     #[serde(default)]
     pub encoder: EncoderKind,
+    /// Neighbouring slices on each side given to the network with each slice as extra input
+    /// channels (2.5D); 0 (default): the slice alone. Recorded in the run's plan for inference.
+    #[serde(default)]
+    pub context_slices: usize,
 }
+
+/// Most neighbouring slices a side `context_slices` may ask for: more is a 3D problem.
+pub const MAX_CONTEXT_SLICES: usize = 8;
 
 impl ModelConfig {
     /// Small network that trains on a laptop CPU in minutes.
@@ -66,6 +73,7 @@ impl ModelConfig {
             d_state: 8,
             expand: 2,
             encoder: EncoderKind::Vss,
+            context_slices: 0,
         }
     }
 
@@ -78,6 +86,7 @@ impl ModelConfig {
             d_state: 16,
             expand: 2,
             encoder: EncoderKind::Vss,
+            context_slices: 0,
         }
     }
 
@@ -93,6 +102,12 @@ impl ModelConfig {
         }
         if self.depths.contains(&0) || self.stem_channels == 0 || self.d_state == 0 {
             return Err("model depths, stem_channels and d_state must be positive".into());
+        }
+        if self.context_slices > MAX_CONTEXT_SLICES {
+            return Err(format!(
+                "model.context_slices must be at most {MAX_CONTEXT_SLICES}, got {}",
+                self.context_slices
+            ));
         }
         Ok(())
     }

@@ -91,6 +91,10 @@ pub struct Plan {
     /// prediction back. None: every slice as it is (plans written before resampling existed).
     #[serde(default)]
     pub target_spacing: Option<[f64; 2]>,
+    /// Neighbouring slices on each side fed to the network with each slice, as extra input
+    /// channels (2.5D); 0: the slice alone.
+    #[serde(default)]
+    pub context_slices: usize,
 }
 
 /// A case's channels and label in the frame the network sees: reoriented when the plan says so.
@@ -440,6 +444,11 @@ impl Plan {
             .collect()
     }
 
+    /// Number of network input channels: each image channel at the slice and its neighbours.
+    pub fn input_channels(&self) -> usize {
+        self.channel_names.len() * (2 * self.context_slices + 1)
+    }
+
     /// Number of output classes (background included).
     pub fn num_classes(&self) -> usize {
         self.labels.keys().max().map_or(1, |&m| m as usize + 1)
@@ -486,6 +495,7 @@ impl Plan {
             fingerprint: Some(Fingerprint::of(&dataset.channel_names, cases)),
             reorient: true,
             target_spacing: Some(target_spacing),
+            context_slices: 0,
         }
     }
 
@@ -511,8 +521,12 @@ impl Plan {
         let spacing = self.target_spacing.map_or(String::new(), |[a, b]| {
             format!(" (slices resampled to {a:.3}×{b:.3} mm)")
         });
+        let context = match self.context_slices {
+            0 => String::new(),
+            k => format!(" with {k} neighbouring slice(s) each side as extra channels"),
+        };
         format!(
-            "slices along axis {} of {}×{} pixels{spacing}; classes {}; normalisation {}",
+            "slices along axis {}{context} of {}×{} pixels{spacing}; classes {}; normalisation {}",
             self.slice_axis,
             self.patch_size[0],
             self.patch_size[1],
@@ -603,6 +617,13 @@ impl SliceGeometry {
         p[0] + self.shape[0] * (p[1] + self.shape[1] * p[2])
     }
 
+    /// The slices `slice - k ..= slice + k`, those beyond either end of the stack replaced by the
+    /// end slice (as nnU-Net pads images by their edge values).
+    pub fn context(&self, slice: usize, k: usize) -> impl Iterator<Item = usize> {
+        let last = self.count().saturating_sub(1);
+        (0..=2 * k).map(move |i| (slice + i).saturating_sub(k).min(last))
+    }
+
     /// Copies slice `slice` of `volume` into a row-major `[rows, cols]` buffer.
     pub fn extract<T: Copy>(&self, volume: &[T], slice: usize) -> Vec<T> {
         let [rows, cols] = self.slice_shape();
@@ -628,6 +649,20 @@ impl SliceGeometry {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn context_slices_repeat_the_end_slices_past_the_ends() {
+        let g = super::SliceGeometry {
+            shape: [3, 4, 5],
+            slice_axis: 2,
+        };
+        let ctx = |s, k| g.context(s, k).collect::<Vec<_>>();
+        assert_eq!(ctx(2, 0), [2]);
+        assert_eq!(ctx(2, 1), [1, 2, 3]);
+        assert_eq!(ctx(0, 2), [0, 0, 0, 1, 2]);
+        assert_eq!(ctx(4, 2), [2, 3, 4, 4, 4]);
+        assert_eq!(ctx(1, 3), [0, 0, 0, 1, 2, 3, 4]);
+    }
+
     use super::*;
 
     #[test]
@@ -699,6 +734,7 @@ mod tests {
             fingerprint: None,
             reorient: true,
             target_spacing: Some([1.0, 1.0]),
+            context_slices: 0,
         };
         let frame = NetworkCase::for_plan(&case, &plan);
         assert!(frame.is_resampled());

@@ -196,7 +196,7 @@ impl RunDir {
             })?;
         let model = config
             .model
-            .init::<B>(plan.channel_names.len(), plan.num_classes(), device)
+            .init::<B>(plan.input_channels(), plan.num_classes(), device)
             .load_record(record);
         Ok((model, plan))
     }

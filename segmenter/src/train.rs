@@ -301,7 +301,7 @@ fn prepare(
     let (train_cases, val_cases): (Vec<LoadedCase>, Vec<LoadedCase>) = loaded
         .into_iter()
         .partition(|c| split.train.contains(&c.id));
-    let plan = match plan {
+    let mut plan = match plan {
         Some(plan) => {
             if plan.channel_names != dataset.channel_names || plan.labels != dataset.labels {
                 bail!(
@@ -313,6 +313,8 @@ fn prepare(
         }
         None => Plan::from_dataset(&dataset, &train_cases, config.train.max_patch_side),
     };
+    // The config says how much context the network sees; the plan carries it to inference.
+    plan.context_slices = config.model.context_slices;
     run.write_plan(&plan)?;
     eprintln!("Plan: {}", plan.describe());
     eprintln!(
@@ -397,7 +399,7 @@ where
     let prepared = prepare(run, plan, &info, &split, config)?;
     B::seed(device, options.seed);
     let model: SwinUMamba<B> = config.model.init(
-        prepared.plan.channel_names.len(),
+        prepared.plan.input_channels(),
         prepared.plan.num_classes(),
         device,
     );
@@ -432,7 +434,7 @@ where
     let prepared = prepare(run, Some(plan), &info, &split, &config)?;
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
     let model: SwinUMamba<B> = config.model.init(
-        prepared.plan.channel_names.len(),
+        prepared.plan.input_channels(),
         prepared.plan.num_classes(),
         device,
     );
@@ -542,6 +544,7 @@ where
         foreground_fraction: t.foreground_fraction,
         augmentation: Augmentation::default().with_elastic(t.elastic_deformation),
         seed: info.seed,
+        context_slices: plan.context_slices,
     };
     let total_steps = t.epochs * t.steps_per_epoch;
     let progress_bar = ProgressBar::new(total_steps as u64);
@@ -607,7 +610,7 @@ where
                 // Test hook: a corrupted batch must be skipped without poisoning the weights.
                 images[0] = f32::NAN;
             }
-            let dims = [batch.batch, plan.channel_names.len(), pr, pc];
+            let dims = [batch.batch, plan.input_channels(), pr, pc];
             let next_step = state.step + 1;
             let (next, value, drawn) = std::thread::scope(|scope| {
                 // Draw the next batch on the rayon workers while this step trains.
