@@ -309,7 +309,7 @@ fn a_run_with_neighbouring_slices_trains_and_predicts() {
     );
     assert!(out.status.success(), "train failed:\n{}", text(&out));
     assert!(
-        text(&out).contains("1 neighbouring slice(s) each side"),
+        text(&out).contains("each with its neighbour on each side"),
         "{}",
         text(&out)
     );

@@ -523,10 +523,11 @@ impl Plan {
         });
         let context = match self.context_slices {
             0 => String::new(),
-            k => format!(" with {k} neighbouring slice(s) each side as extra channels"),
+            1 => ", each with its neighbour on each side as extra channels".to_string(),
+            k => format!(", each with {k} neighbours on each side as extra channels"),
         };
         format!(
-            "slices along axis {}{context} of {}×{} pixels{spacing}; classes {}; normalisation {}",
+            "slices along axis {} of {}×{} pixels{spacing}{context}; classes {}; normalisation {}",
             self.slice_axis,
             self.patch_size[0],
             self.patch_size[1],
@@ -618,7 +619,7 @@ impl SliceGeometry {
     }
 
     /// The slices `slice - k ..= slice + k`, those beyond either end of the stack replaced by the
-    /// end slice (as nnU-Net pads images by their edge values).
+    /// end slice, the nearest thing the scan holds to what lies past its end.
     pub fn context(&self, slice: usize, k: usize) -> impl Iterator<Item = usize> {
         let last = self.count().saturating_sub(1);
         (0..=2 * k).map(move |i| (slice + i).saturating_sub(k).min(last))
@@ -649,9 +650,11 @@ impl SliceGeometry {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn context_slices_repeat_the_end_slices_past_the_ends() {
-        let g = super::SliceGeometry {
+        let g = SliceGeometry {
             shape: [3, 4, 5],
             slice_axis: 2,
         };
@@ -662,8 +665,6 @@ mod tests {
         assert_eq!(ctx(4, 2), [2, 3, 4, 4, 4]);
         assert_eq!(ctx(1, 3), [0, 0, 0, 1, 2, 3, 4]);
     }
-
-    use super::*;
 
     #[test]
     fn slicing_picks_the_coarse_axis_the_median_spacing_and_a_patch_for_resampled_slices() {
