@@ -57,6 +57,14 @@ fn parse(log: &str, path: &Path) -> Result<Points> {
     Ok(points)
 }
 
+/// Few enough step labels that five-digit step counts fit side by side in half the picture.
+const STEP_LABELS: usize = 5;
+
+/// Steps are whole numbers; plotters' default float labels ("2000.0") run into each other.
+fn step_label(step: &f64) -> String {
+    format!("{step:.0}")
+}
+
 /// Draws the learning curve of `log` (the text of a `log.jsonl`); `classes` names the foreground
 /// classes in label order, for the legend.
 pub fn learning_curve_svg(log: &str, path: &Path, classes: &[String]) -> Result<String> {
@@ -96,6 +104,8 @@ pub fn learning_curve_svg(log: &str, path: &Path, classes: &[String]) -> Result<
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_labels(STEP_LABELS)
+            .x_label_formatter(&step_label)
             .draw()
             .map_err(|e| err(&e))?;
         chart
@@ -115,6 +125,8 @@ pub fn learning_curve_svg(log: &str, path: &Path, classes: &[String]) -> Result<
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_labels(STEP_LABELS)
+            .x_label_formatter(&step_label)
             .draw()
             .map_err(|e| err(&e))?;
         let mean: Vec<(f64, f64)> = p.val.iter().map(|(s, _, m)| (*s, *m)).collect();
@@ -202,6 +214,32 @@ mod tests {
         }
         // Three validation markers would mean a point was invented; two are drawn.
         assert_eq!(svg.matches("<circle").count(), 2);
+        // A long run's step axis: whole-number labels, not "2000.0".
+        let long: String = (1..=20)
+            .map(|e| {
+                format!(
+                    "{{\"epoch\":{e},\"step\":{},\"train_loss\":0.1,\"val_dice\":[0.9,0.8],\"val_mean_foreground_dice\":0.8}}\n",
+                    e * 600
+                )
+            })
+            .collect();
+        let svg = learning_curve_svg(&long, Path::new("log.jsonl"), &["A".into()]).unwrap();
+        let texts: Vec<&str> = svg
+            .split('>')
+            .filter_map(|t| t.split('<').next())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        // Losses and Dice lie below 1000 here, so larger numbers are step labels.
+        let step_labels: Vec<&&str> = texts
+            .iter()
+            .filter(|t| t.parse::<f64>().is_ok_and(|v| v >= 1000.0))
+            .collect();
+        assert!(step_labels.len() >= 2, "no step labels: {texts:?}");
+        assert!(
+            step_labels.iter().all(|t| !t.contains('.')),
+            "fractional step labels: {step_labels:?}"
+        );
         let bad = learning_curve_svg("{not json", Path::new("run/log.jsonl"), &[]).unwrap_err();
         assert!(format!("{bad:#}").contains("run/log.jsonl:1"), "{bad:#}");
     }

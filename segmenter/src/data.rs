@@ -543,16 +543,19 @@ mod tests {
 
     #[test]
     fn context_planes_are_the_neighbouring_slices_under_the_same_transform() {
-        // Every pixel of slice z holds 1000 + z, so a plane's value names its slice.
+        // Every pixel of slice z of channel c holds 1000·(c+1) + z, so a plane's value names its
+        // channel and slice. Inference stacks in the same order (infer.rs has the twin test).
         let (shape, nz) = ([20, 24, 6], 6usize);
-        let image: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|i| 1000.0 + (i / (20 * 24)) as f32)
-            .collect();
-        let mut label = vec![0u8; image.len()];
+        let image = |c: usize| -> Vec<f32> {
+            (0..shape.iter().product::<usize>())
+                .map(|i| 1000.0 * (c + 1) as f32 + (i / (20 * 24)) as f32)
+                .collect()
+        };
+        let mut label = vec![0u8; image(0).len()];
         label[3 + 20 * (4 + 24 * 5)] = 1; // one voxel in the last slice
         let volumes = vec![TrainVolume::new(
             "ctx".into(),
-            vec![image],
+            vec![image(0), image(1)],
             label,
             SliceGeometry {
                 shape,
@@ -575,9 +578,9 @@ mod tests {
         };
         let plane = 32 * 32;
         let batch = sampler.batch(0, 16);
-        assert_eq!(batch.images.len(), 16 * 5 * plane);
+        assert_eq!(batch.images.len(), 16 * 2 * 5 * plane);
         let mut seen_last = false;
-        for sample in batch.images.chunks(5 * plane) {
+        for sample in batch.images.chunks(2 * 5 * plane) {
             let middle = &sample[2 * plane..3 * plane];
             // Pixels whose 3x3 neighbourhood is all one value: inside the slice, not blended with
             // the zero padding around it.
@@ -593,11 +596,17 @@ mod tests {
             assert!(!inside.is_empty(), "the patch shows none of its slice");
             let z = (middle[inside[0]] - 1000.0).round() as isize;
             seen_last |= z == nz as isize - 1;
-            for (j, offset) in (-2isize..=2).enumerate() {
-                let want = 1000.0 + (z + offset).clamp(0, nz as isize - 1) as f32;
-                for &p in &inside {
-                    let got = sample[j * plane + p];
-                    assert!((got - want).abs() < 1e-2, "plane {j} of slice {z}: {got}");
+            for c in 0..2 {
+                for (j, offset) in (-2isize..=2).enumerate() {
+                    let want =
+                        1000.0 * (c + 1) as f32 + (z + offset).clamp(0, nz as isize - 1) as f32;
+                    for &p in &inside {
+                        let got = sample[(c * 5 + j) * plane + p];
+                        assert!(
+                            (got - want).abs() < 1e-2,
+                            "channel {c} plane {j} of slice {z}: {got}"
+                        );
+                    }
                 }
             }
         }

@@ -86,6 +86,65 @@ struct Window {
     col: usize,
 }
 
+/// Every slice of a volume padded, centred, onto a canvas at least one patch large, so that
+/// windows never leave it and a slice's neighbours are extracted only once.
+struct Canvases {
+    /// Per slice, `[channel][row][col]`.
+    slices: Vec<Vec<f32>>,
+    channels: usize,
+    shape: [usize; 2],
+    /// Where the slice's first pixel lies on its canvas.
+    offset: [usize; 2],
+}
+
+impl Canvases {
+    fn new(channels: &[Vec<f32>], geometry: &SliceGeometry, [pr, pc]: [usize; 2]) -> Self {
+        let [rows, cols] = geometry.slice_shape();
+        let (canvas_r, canvas_c) = (rows.max(pr), cols.max(pc));
+        let (off_r, off_c) = ((canvas_r - rows) / 2, (canvas_c - cols) / 2);
+        let slices = (0..geometry.count())
+            .map(|s| {
+                let mut canvas = vec![0.0f32; channels.len() * canvas_r * canvas_c];
+                for (ch, values) in channels.iter().enumerate() {
+                    let slice = geometry.extract(values, s);
+                    for r in 0..rows {
+                        let dst = ch * canvas_r * canvas_c + (r + off_r) * canvas_c + off_c;
+                        canvas[dst..dst + cols].copy_from_slice(&slice[r * cols..(r + 1) * cols]);
+                    }
+                }
+                canvas
+            })
+            .collect();
+        Self {
+            slices,
+            channels: channels.len(),
+            shape: [canvas_r, canvas_c],
+            offset: [off_r, off_c],
+        }
+    }
+
+    /// Appends the network input of window `w`: per image channel, its slice and the `context`
+    /// neighbours on each side (end slices repeated), the order the training sampler stacks them.
+    fn push_window(
+        &self,
+        geometry: &SliceGeometry,
+        context: usize,
+        [pr, pc]: [usize; 2],
+        w: &Window,
+        out: &mut Vec<f32>,
+    ) {
+        let [canvas_r, canvas_c] = self.shape;
+        for ch in 0..self.channels {
+            for s in geometry.context(w.slice, context) {
+                for i in 0..pr {
+                    let src = ch * canvas_r * canvas_c + (w.row + i) * canvas_c + w.col;
+                    out.extend_from_slice(&self.slices[s][src..src + pc]);
+                }
+            }
+        }
+    }
+}
+
 /// Predicts the label map of one normalised volume (channels in file order) of shape `shape`.
 pub fn predict_volume<B: ModelBackend>(
     model: &SwinUMamba<B>,
@@ -115,27 +174,13 @@ pub fn predict_volume_with_probabilities<B: ModelBackend>(
     };
     let [rows, cols] = geometry.slice_shape();
     let [pr, pc] = plan.patch_size;
-    let (canvas_r, canvas_c) = (rows.max(pr), cols.max(pc));
-    let (off_r, off_c) = ((canvas_r - rows) / 2, (canvas_c - cols) / 2);
+    let canvases = Canvases::new(channels, &geometry, plan.patch_size);
+    let ([canvas_r, canvas_c], [off_r, off_c]) = (canvases.shape, canvases.offset);
     let classes = plan.num_classes();
     let weights = gaussian_weights(plan.patch_size);
     let starts_r = window_starts(canvas_r, pr, settings.step_fraction);
     let starts_c = window_starts(canvas_c, pc, settings.step_fraction);
 
-    // Each slice padded onto a canvas at least one patch large, centred.
-    let canvases: Vec<Vec<f32>> = (0..geometry.count())
-        .map(|s| {
-            let mut canvas = vec![0.0f32; channels.len() * canvas_r * canvas_c];
-            for (ch, values) in channels.iter().enumerate() {
-                let slice = geometry.extract(values, s);
-                for r in 0..rows {
-                    let dst = ch * canvas_r * canvas_c + (r + off_r) * canvas_c + off_c;
-                    canvas[dst..dst + cols].copy_from_slice(&slice[r * cols..(r + 1) * cols]);
-                }
-            }
-            canvas
-        })
-        .collect();
     let mut windows = Vec::new();
     for slice in 0..geometry.count() {
         for &row in &starts_r {
@@ -160,15 +205,13 @@ pub fn predict_volume_with_probabilities<B: ModelBackend>(
     for group in windows.chunks(settings.batch_windows.max(1)) {
         let mut input = Vec::with_capacity(group.len() * in_channels * pr * pc);
         for w in group {
-            // The order the sampler stacks them in: per channel, the slice and its neighbours.
-            for ch in 0..channels.len() {
-                for s in geometry.context(w.slice, plan.context_slices) {
-                    for i in 0..pr {
-                        let src = ch * canvas_r * canvas_c + (w.row + i) * canvas_c + w.col;
-                        input.extend_from_slice(&canvases[s][src..src + pc]);
-                    }
-                }
-            }
+            canvases.push_window(
+                &geometry,
+                plan.context_slices,
+                plan.patch_size,
+                w,
+                &mut input,
+            );
         }
         let x = Tensor::<B, 4>::from_data(
             TensorData::new(input, [group.len(), in_channels, pr, pc]),
@@ -233,6 +276,48 @@ mod tests {
         let starts = window_starts(100, 64, 0.5);
         assert_eq!((starts[0], *starts.last().unwrap()), (0, 36));
         assert!(starts.windows(2).all(|w| w[1] - w[0] <= 32));
+    }
+
+    #[test]
+    fn window_inputs_stack_each_channel_with_its_neighbouring_slices() {
+        // Channel c of slice z holds 1000·(c+1) + z everywhere, so a plane's value names both.
+        let (shape, nz, k) = ([10, 12, 5], 5usize, 2usize);
+        let voxels: usize = shape.iter().product();
+        let channels: Vec<Vec<f32>> = (0..2)
+            .map(|c| {
+                (0..voxels)
+                    .map(|i| 1000.0 * (c + 1) as f32 + (i / (10 * 12)) as f32)
+                    .collect()
+            })
+            .collect();
+        let geometry = SliceGeometry {
+            shape,
+            slice_axis: 2,
+        };
+        let patch = [16, 16];
+        let canvases = Canvases::new(&channels, &geometry, patch);
+        assert_eq!((canvases.shape, canvases.offset), ([16, 16], [3, 2]));
+        let planes = 2 * (2 * k + 1);
+        for slice in 0..nz {
+            let mut input = Vec::new();
+            let w = Window {
+                slice,
+                row: 0,
+                col: 0,
+            };
+            canvases.push_window(&geometry, k, patch, &w, &mut input);
+            assert_eq!(input.len(), planes * 16 * 16);
+            for plane in 0..planes {
+                let (c, j) = (plane / (2 * k + 1), plane % (2 * k + 1));
+                let z = (slice as isize + j as isize - k as isize).clamp(0, nz as isize - 1);
+                let want = 1000.0 * (c + 1) as f32 + z as f32;
+                let at = |r: usize, col: usize| input[plane * 256 + r * 16 + col];
+                // Inside the slice it names the right neighbour; the padding stays zero.
+                assert_eq!(at(3, 2), want, "slice {slice} plane {plane}");
+                assert_eq!(at(12, 13), want, "slice {slice} plane {plane}");
+                assert_eq!(at(0, 0), 0.0);
+            }
+        }
     }
 
     #[test]

@@ -570,21 +570,28 @@ where
             ),
         );
     }
+    // Checked before each step and again at the end of an epoch (see below); says so once.
+    let budget_reached = |step: usize| {
+        let reached = budget.is_some_and(|b| started.elapsed() >= b);
+        if reached {
+            say(
+                &progress_bar,
+                format!("Time budget reached after {step} steps."),
+            );
+        }
+        reached
+    };
     let mut ahead: Option<(usize, crate::data::Batch)> = None;
     while state.epochs_done < t.epochs {
         let epoch = state.epochs_done;
         let (mut loss_sum, mut loss_count, mut skipped) = (0.0f64, 0usize, 0usize);
         let mut out_of_time = false;
         while state.step < (epoch + 1) * t.steps_per_epoch {
-            let elapsed = started.elapsed();
-            if budget.is_some_and(|b| elapsed >= b) {
-                say(
-                    &progress_bar,
-                    format!("Time budget reached after {} steps.", state.step),
-                );
+            if budget_reached(state.step) {
                 out_of_time = true;
                 break;
             }
+            let elapsed = started.elapsed();
             let progress = match budget {
                 Some(b) => (state.step as f64 / total_steps as f64)
                     .max(elapsed.as_secs_f64() / b.as_secs_f64()),
@@ -656,13 +663,9 @@ where
             ));
         }
         let epoch_complete = state.step >= (epoch + 1) * t.steps_per_epoch;
-        if epoch_complete && !out_of_time && budget.is_some_and(|b| started.elapsed() >= b) {
+        if epoch_complete && !out_of_time && budget_reached(state.step) {
             // Caught here rather than before the next step, which would log an epoch of no steps
             // and validate the same weights a second time.
-            say(
-                &progress_bar,
-                format!("Time budget reached after {} steps.", state.step),
-            );
             out_of_time = true;
         }
         if out_of_time && loss_count + skipped == 0 && state.step > 0 {
