@@ -95,10 +95,13 @@ struct Canvases {
     shape: [usize; 2],
     /// Where the slice's first pixel lies on its canvas.
     offset: [usize; 2],
+    /// The window (network patch) size.
+    patch: [usize; 2],
 }
 
 impl Canvases {
-    fn new(channels: &[Vec<f32>], geometry: &SliceGeometry, [pr, pc]: [usize; 2]) -> Self {
+    fn new(channels: &[Vec<f32>], geometry: &SliceGeometry, patch: [usize; 2]) -> Self {
+        let [pr, pc] = patch;
         let [rows, cols] = geometry.slice_shape();
         let (canvas_r, canvas_c) = (rows.max(pr), cols.max(pc));
         let (off_r, off_c) = ((canvas_r - rows) / 2, (canvas_c - cols) / 2);
@@ -120,6 +123,7 @@ impl Canvases {
             channels: channels.len(),
             shape: [canvas_r, canvas_c],
             offset: [off_r, off_c],
+            patch,
         }
     }
 
@@ -129,11 +133,10 @@ impl Canvases {
         &self,
         geometry: &SliceGeometry,
         context: usize,
-        [pr, pc]: [usize; 2],
         w: &Window,
         out: &mut Vec<f32>,
     ) {
-        let [canvas_r, canvas_c] = self.shape;
+        let ([canvas_r, canvas_c], [pr, pc]) = (self.shape, self.patch);
         for ch in 0..self.channels {
             for s in geometry.context(w.slice, context) {
                 for i in 0..pr {
@@ -205,13 +208,7 @@ pub fn predict_volume_with_probabilities<B: ModelBackend>(
     for group in windows.chunks(settings.batch_windows.max(1)) {
         let mut input = Vec::with_capacity(group.len() * in_channels * pr * pc);
         for w in group {
-            canvases.push_window(
-                &geometry,
-                plan.context_slices,
-                plan.patch_size,
-                w,
-                &mut input,
-            );
+            canvases.push_window(&geometry, plan.context_slices, w, &mut input);
         }
         let x = Tensor::<B, 4>::from_data(
             TensorData::new(input, [group.len(), in_channels, pr, pc]),
@@ -305,7 +302,7 @@ mod tests {
                 row: 0,
                 col: 0,
             };
-            canvases.push_window(&geometry, k, patch, &w, &mut input);
+            canvases.push_window(&geometry, k, &w, &mut input);
             assert_eq!(input.len(), planes * 16 * 16);
             for plane in 0..planes {
                 let (c, j) = (plane / (2 * k + 1), plane % (2 * k + 1));
