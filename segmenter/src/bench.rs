@@ -551,9 +551,9 @@ mod tests {
 
     #[test]
     fn cpu_description_has_family_and_model_of_the_first_processor() {
-        let info = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\n\
-                    model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\n\
-                    model name\t: Other\n";
+        // "model name" first: a key matched by prefix would take it for "model".
+        let info = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 23\nmodel\t\t: 1\n\
+                    \nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: Other\n";
         assert_eq!(
             describe_cpu(info).as_deref(),
             Some("AMD EPYC (family 23, model 1)")
