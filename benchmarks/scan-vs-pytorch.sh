@@ -45,6 +45,11 @@ def ms(suite, impl, L, pas, t):
         if suite == "pytorch" and r.get("L") == L and r.get("case") == {"fwd": "scan_fwd", "fwd_bwd": "scan_fwd_bwd"}[pas]:
             return r.get("median_ms")
     return None
+# Which CPU and which kernel path the figures are for: the ratios depend on both.
+for r in rows:
+    if r.get("suite") == "rust" and r.get("impl") == "fused":
+        print(f"cpu: {r.get('cpu', '?')}; fused kernel: {r.get('kernel_isa', '?')}")
+        break
 print(f"{'threads':>7} {'L':>6} {'pass':>8} {'fused ms':>9} {'pytorch ms':>10} {'ratio':>6} {'ref ms':>9} {'ratio':>6}")
 for t in sorted({r["threads"] for r in rows if "threads" in r}):
     for L in sorted({r["L"] for r in rows if "L" in r}):
