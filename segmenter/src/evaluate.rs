@@ -402,7 +402,7 @@ pub fn table(summary: &Summary, labels: &BTreeMap<u8, String>) -> String {
     let fmt = |v: Option<f64>| v.map_or("   n/a".to_string(), |x| format!("{x:6.4}"));
     let fmt_mm = |v: Option<f64>| v.map_or("    n/a".to_string(), |x| format!("{x:7.2}"));
     let mut out = format!(
-        "{} cases (Dice median and IQR over cases; HD95 in mm)\n{:<4} {:<20} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6}\n",
+        "{} cases. Dice: mean, median and interquartile range over cases; IoU, HD95 (mm), NSD: means.\n{:<4} {:<20} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6}\n",
         summary.metric_per_case.len(),
         "id",
         "class",
