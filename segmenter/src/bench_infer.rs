@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::bench::with_peak;
 use crate::config::ExperimentConfig;
-use crate::infer::{predict_volume, WindowSettings};
+use crate::infer::{predict_volume, windows_per_batch, WindowSettings};
 use crate::plan::{slicing, NetworkCase, Normalization, Plan};
 
 /// Options of `segmenter bench infer`.
@@ -30,6 +30,8 @@ pub struct InferBenchOptions {
     pub classes: Vec<usize>,
     /// One JSON object per line instead of a table.
     pub json: bool,
+    /// Skip the rows with mirroring test-time augmentation.
+    pub no_tta: bool,
 }
 
 /// The default inputs: the sample hippocampus MRIs and the TotalSegmentator example CT (when the
@@ -116,6 +118,8 @@ struct Row {
     seconds: f64,
     peak_bytes: usize,
     patch: [usize; 2],
+    /// Windows per network call.
+    batch: usize,
 }
 
 /// Runs the benchmark and prints a table (or JSON lines).
@@ -145,6 +149,9 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                     .model
                     .init::<Flex>(plan.input_channels(), plan.num_classes(), &device);
             for tta in [false, true] {
+                if tta && options.no_tta {
+                    continue;
+                }
                 let settings = WindowSettings {
                     mirror: tta,
                     ..Default::default()
@@ -185,6 +192,11 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                     seconds: start.elapsed().as_secs_f64(),
                     peak_bytes,
                     patch: plan.patch_size,
+                    batch: windows_per_batch(
+                        settings.batch_windows,
+                        plan.num_classes(),
+                        plan.patch_size,
+                    ),
                 };
                 if options.json {
                     println!("{}", row_json(&row));
@@ -211,13 +223,14 @@ fn row_json(r: &Row) -> serde_json::Value {
         "voxels_per_s": r.voxels as f64 / r.seconds,
         "peak_bytes": r.peak_bytes,
         "patch": r.patch,
+        "batch_windows": r.batch,
         "threads": rayon::current_num_threads(),
     })
 }
 
 fn print_table(rows: &[Row], groups: &[Group]) {
     println!(
-        "Inference on {} ({} worker threads); whole volumes, sliding window step 0.5, windows batched by 16",
+        "Inference on {} ({} worker threads); whole volumes, sliding window step 0.5",
         crate::bench::cpu_model(),
         rayon::current_num_threads()
     );
@@ -238,16 +251,21 @@ fn print_table(rows: &[Row], groups: &[Group]) {
         );
     }
     println!(
-        "\n{:<16} {:<12} {:>4} {:>9} {:>10} {:>9} {:>12} {:>9}",
-        "data", "preset", "tta", "patch", "voxels", "seconds", "voxels/s", "peak MiB"
+        "  batch: windows per network call, 16 or fewer where their class probabilities would pass {} MiB",
+        crate::infer::BATCH_PROBABILITY_BYTES >> 20
+    );
+    println!(
+        "\n{:<16} {:<12} {:>4} {:>9} {:>5} {:>10} {:>9} {:>12} {:>9}",
+        "data", "preset", "tta", "patch", "batch", "voxels", "seconds", "voxels/s", "peak MiB"
     );
     for r in rows {
         println!(
-            "{:<16} {:<12} {:>4} {:>9} {:>10} {:>9.2} {:>12.0} {:>9.1}",
+            "{:<16} {:<12} {:>4} {:>9} {:>5} {:>10} {:>9.2} {:>12.0} {:>9.1}",
             r.group,
             r.preset,
             if r.tta { "yes" } else { "no" },
             format!("{}x{}", r.patch[0], r.patch[1]),
+            r.batch,
             r.voxels,
             r.seconds,
             r.voxels as f64 / r.seconds,

@@ -12,7 +12,8 @@ use crate::plan::{Plan, SliceGeometry};
 pub struct WindowSettings {
     /// Step between windows as a fraction of the patch size.
     pub step_fraction: f64,
-    /// Windows run through the network together.
+    /// Windows run through the network together, at most: fewer when their class
+    /// probabilities would pass [`BATCH_PROBABILITY_BYTES`].
     pub batch_windows: usize,
     /// Mirroring test-time augmentation: average over the window and its flips along both
     /// in-plane axes (4 passes).
@@ -27,6 +28,20 @@ impl Default for WindowSettings {
             mirror: false,
         }
     }
+}
+
+/// Most bytes the class probabilities of one batch of windows may take. With many classes and
+/// large patches, 16 windows' logits, softmax and copy would take gigabytes (118 classes at
+/// 256 x 256: 495 MB for each of them), for no gain in speed on the CPU.
+pub const BATCH_PROBABILITY_BYTES: usize = 64 << 20;
+
+/// Windows per network call: `batch_windows`, fewer if their probabilities would pass
+/// [`BATCH_PROBABILITY_BYTES`], and at least one.
+pub fn windows_per_batch(batch_windows: usize, classes: usize, [rows, cols]: [usize; 2]) -> usize {
+    let per_window = (classes * rows * cols * std::mem::size_of::<f32>()).max(1);
+    batch_windows
+        .min(BATCH_PROBABILITY_BYTES / per_window)
+        .max(1)
 }
 
 /// Softmax probabilities `[n, classes, rows, cols]`, averaged over mirrored copies when asked.
@@ -127,6 +142,11 @@ impl Canvases {
         }
     }
 
+    /// Input planes of one window: every channel with `context` neighbours on each side.
+    fn planes(&self, context: usize) -> usize {
+        self.channels * (2 * context + 1)
+    }
+
     /// Appends the network input of window `w`: per image channel, its slice and the `context`
     /// neighbours on each side (end slices repeated), the order the training sampler stacks them.
     fn push_window(
@@ -175,90 +195,162 @@ pub fn predict_volume_with_probabilities<B: ModelBackend>(
         shape,
         slice_axis: plan.slice_axis,
     };
-    let [rows, cols] = geometry.slice_shape();
     let [pr, pc] = plan.patch_size;
-    let canvases = Canvases::new(channels, &geometry, plan.patch_size);
-    let ([canvas_r, canvas_c], [off_r, off_c]) = (canvases.shape, canvases.offset);
-    let classes = plan.num_classes();
-    let weights = gaussian_weights(plan.patch_size);
-    let starts_r = window_starts(canvas_r, pr, settings.step_fraction);
-    let starts_c = window_starts(canvas_c, pc, settings.step_fraction);
+    let in_channels = plan.input_channels();
+    let run = |input: Vec<f32>, n: usize| {
+        let x = Tensor::<B, 4>::from_data(TensorData::new(input, [n, in_channels, pr, pc]), device);
+        window_probabilities(model, x, settings.mirror)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 probabilities")
+    };
+    let job = SlidingWindows {
+        geometry: &geometry,
+        patch: plan.patch_size,
+        classes: plan.num_classes(),
+        context: plan.context_slices,
+        settings,
+    };
+    job.predict(channels, keep_probabilities, run)
+}
 
-    let mut windows = Vec::new();
-    for slice in 0..geometry.count() {
+/// One volume's sliding-window prediction, apart from the network: which windows, in which
+/// batches, and how their probabilities become labels.
+struct SlidingWindows<'a> {
+    geometry: &'a SliceGeometry,
+    patch: [usize; 2],
+    classes: usize,
+    context: usize,
+    settings: &'a WindowSettings,
+}
+
+impl SlidingWindows<'_> {
+    /// Runs every window through `run` (network input `[n, planes, rows, cols]` and `n` in,
+    /// probabilities `[n, classes, rows, cols]` out) and returns the labels and, when asked, the
+    /// probabilities of every voxel.
+    ///
+    /// Scores are kept only for the slices whose windows are in flight, and each slice is
+    /// resolved into labels as soon as its last window is in. A whole-volume buffer of scores
+    /// would be slices x classes x canvas: 10 GB for a 300 x 300 x 250 CT with TotalSegmentator's
+    /// 118 classes, where this needs a few slices' worth.
+    fn predict(
+        &self,
+        channels: &[Vec<f32>],
+        keep_probabilities: bool,
+        mut run: impl FnMut(Vec<f32>, usize) -> Vec<f32>,
+    ) -> (Vec<u8>, Option<Vec<Vec<f32>>>) {
+        let (geometry, classes) = (self.geometry, self.classes);
+        let [rows, cols] = geometry.slice_shape();
+        let [pr, pc] = self.patch;
+        let canvases = Canvases::new(channels, geometry, self.patch);
+        let ([canvas_r, canvas_c], [off_r, off_c]) = (canvases.shape, canvases.offset);
+        let weights = gaussian_weights(self.patch);
+        let starts_r = window_starts(canvas_r, pr, self.settings.step_fraction);
+        let starts_c = window_starts(canvas_c, pc, self.settings.step_fraction);
+
+        // Slice-major, so a slice's windows are consecutive and every slice has at least one.
+        let mut windows = Vec::new();
+        for slice in 0..geometry.count() {
+            for &row in &starts_r {
+                for &col in &starts_c {
+                    windows.push(Window { slice, row, col });
+                }
+            }
+        }
+        let mut norm = vec![0.0f32; canvas_r * canvas_c];
         for &row in &starts_r {
             for &col in &starts_c {
-                windows.push(Window { slice, row, col });
-            }
-        }
-    }
-
-    let mut scores = vec![0.0f32; geometry.count() * classes * canvas_r * canvas_c];
-    let mut norm = vec![0.0f32; canvas_r * canvas_c];
-    for &row in &starts_r {
-        for &col in &starts_c {
-            for i in 0..pr {
-                for j in 0..pc {
-                    norm[(row + i) * canvas_c + col + j] += weights[i * pc + j];
-                }
-            }
-        }
-    }
-    let in_channels = plan.input_channels();
-    for group in windows.chunks(settings.batch_windows.max(1)) {
-        let mut input = Vec::with_capacity(group.len() * in_channels * pr * pc);
-        for w in group {
-            canvases.push_window(&geometry, plan.context_slices, w, &mut input);
-        }
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(input, [group.len(), in_channels, pr, pc]),
-            device,
-        );
-        let probs = window_probabilities(model, x, settings.mirror)
-            .into_data()
-            .convert::<f32>();
-        let probs = probs.as_slice::<f32>().expect("f32 probabilities");
-        for (n, w) in group.iter().enumerate() {
-            for k in 0..classes {
-                let base = ((w.slice * classes + k) * canvas_r + w.row) * canvas_c + w.col;
-                let src = &probs[(n * classes + k) * pr * pc..(n * classes + k + 1) * pr * pc];
                 for i in 0..pr {
                     for j in 0..pc {
-                        scores[base + i * canvas_c + j] += src[i * pc + j] * weights[i * pc + j];
+                        norm[(row + i) * canvas_c + col + j] += weights[i * pc + j];
                     }
                 }
             }
         }
-    }
 
-    let voxels: usize = shape.iter().product();
-    let mut labels = vec![0u8; voxels];
-    let mut probabilities = keep_probabilities.then(|| vec![vec![0.0f32; voxels]; classes]);
-    for s in 0..geometry.count() {
-        let mut slice_labels = vec![0u8; rows * cols];
-        let mut slice_probs = vec![vec![0.0f32; rows * cols]; classes];
-        for r in 0..rows {
-            for c in 0..cols {
-                let p = (r + off_r) * canvas_c + c + off_c;
-                let mut best = (0usize, f32::MIN);
-                for (k, probs) in slice_probs.iter_mut().enumerate() {
-                    let v = scores[(s * classes + k) * canvas_r * canvas_c + p] / norm[p];
-                    probs[r * cols + c] = v;
-                    if v > best.1 {
-                        best = (k, v);
+        let voxels: usize = geometry.shape.iter().product();
+        let mut labels = vec![0u8; voxels];
+        let mut probabilities = keep_probabilities.then(|| vec![vec![0.0f32; voxels]; classes]);
+        // Resolves one slice's scores `[classes][canvas]` into labels and probabilities.
+        let mut finish = |s: usize, scores: &[f32]| {
+            let mut slice_labels = vec![0u8; rows * cols];
+            let mut slice_probs = vec![vec![0.0f32; rows * cols]; classes];
+            for r in 0..rows {
+                for c in 0..cols {
+                    let p = (r + off_r) * canvas_c + c + off_c;
+                    let mut best = (0usize, f32::MIN);
+                    for (k, probs) in slice_probs.iter_mut().enumerate() {
+                        let v = scores[k * canvas_r * canvas_c + p] / norm[p];
+                        probs[r * cols + c] = v;
+                        if v > best.1 {
+                            best = (k, v);
+                        }
+                    }
+                    slice_labels[r * cols + c] = best.0 as u8;
+                }
+            }
+            geometry.insert(&mut labels, s, &slice_labels);
+            if let Some(volumes) = probabilities.as_mut() {
+                for (volume, probs) in volumes.iter_mut().zip(&slice_probs) {
+                    geometry.insert(volume, s, probs);
+                }
+            }
+        };
+
+        let per_slice = classes * canvas_r * canvas_c;
+        let batch = windows_per_batch(self.settings.batch_windows, classes, self.patch);
+        // The slices in flight, consecutive and in order, with their scores; finished buffers
+        // are zeroed and reused.
+        let mut open: std::collections::VecDeque<(usize, Vec<f32>)> = Default::default();
+        let mut spare: Vec<Vec<f32>> = Vec::new();
+        for (g, group) in windows.chunks(batch).enumerate() {
+            let mut input =
+                Vec::with_capacity(group.len() * canvases.planes(self.context) * pr * pc);
+            for w in group {
+                canvases.push_window(geometry, self.context, w, &mut input);
+                if open.back().is_none_or(|(s, _)| *s != w.slice) {
+                    let scores = match spare.pop() {
+                        Some(mut buf) => {
+                            buf.fill(0.0);
+                            buf
+                        }
+                        None => vec![0.0f32; per_slice],
+                    };
+                    open.push_back((w.slice, scores));
+                }
+            }
+            let probs = run(input, group.len());
+            assert_eq!(
+                probs.len(),
+                group.len() * classes * pr * pc,
+                "window probabilities"
+            );
+            let first = open.front().map_or(0, |(s, _)| *s);
+            for (n, w) in group.iter().enumerate() {
+                let scores = &mut open[w.slice - first].1;
+                for k in 0..classes {
+                    let base = (k * canvas_r + w.row) * canvas_c + w.col;
+                    let src = &probs[(n * classes + k) * pr * pc..][..pr * pc];
+                    for i in 0..pr {
+                        let dst = &mut scores[base + i * canvas_c..][..pc];
+                        let (src, wts) = (&src[i * pc..][..pc], &weights[i * pc..][..pc]);
+                        for ((d, &p), &wt) in dst.iter_mut().zip(src).zip(wts) {
+                            *d += p * wt;
+                        }
                     }
                 }
-                slice_labels[r * cols + c] = best.0 as u8;
+            }
+            // Every slice before the next window's is complete.
+            let next = windows.get((g + 1) * batch).map_or(usize::MAX, |w| w.slice);
+            while open.front().is_some_and(|(s, _)| *s < next) {
+                let (s, scores) = open.pop_front().expect("an open slice");
+                finish(s, &scores);
+                spare.push(scores);
             }
         }
-        geometry.insert(&mut labels, s, &slice_labels);
-        if let Some(volumes) = probabilities.as_mut() {
-            for (volume, probs) in volumes.iter_mut().zip(&slice_probs) {
-                geometry.insert(volume, s, probs);
-            }
-        }
+        (labels, probabilities)
     }
-    (labels, probabilities)
 }
 
 #[cfg(test)]
@@ -315,6 +407,168 @@ mod tests {
                 assert_eq!(at(0, 0), 0.0);
             }
         }
+    }
+
+    /// A stand-in network: per window and pixel, softmax over classes of a fixed linear map of
+    /// the input planes. Each window's output depends on that window alone, as the real one's.
+    fn fake_network(planes: usize, classes: usize) -> impl Fn(Vec<f32>, usize) -> Vec<f32> {
+        move |input, n| {
+            let pixels = input.len() / (n * planes);
+            let mut out = vec![0.0f32; n * classes * pixels];
+            for w in 0..n {
+                for p in 0..pixels {
+                    let x = |q: usize| input[(w * planes + q) * pixels + p];
+                    let logits: Vec<f32> = (0..classes)
+                        .map(|k| {
+                            (0..planes)
+                                .map(|q| ((k * 7 + q * 3) % 5) as f32 * 0.4 - 0.8)
+                                .enumerate()
+                                .map(|(q, c)| c * x(q))
+                                .sum::<f32>()
+                                + 0.1 * k as f32
+                        })
+                        .collect();
+                    let top = logits.iter().cloned().fold(f32::MIN, f32::max);
+                    let total: f32 = logits.iter().map(|l| (l - top).exp()).sum();
+                    for (k, l) in logits.iter().enumerate() {
+                        out[(w * classes + k) * pixels + p] = (l - top).exp() / total;
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    /// How scores were accumulated before: one buffer for the whole volume, windows one at a time.
+    fn whole_volume_reference(
+        job: &SlidingWindows,
+        channels: &[Vec<f32>],
+        run: impl Fn(Vec<f32>, usize) -> Vec<f32>,
+    ) -> (Vec<u8>, Vec<Vec<f32>>) {
+        let (geometry, classes, [pr, pc]) = (job.geometry, job.classes, job.patch);
+        let [rows, cols] = geometry.slice_shape();
+        let canvases = Canvases::new(channels, geometry, job.patch);
+        let ([cr, cc], [or, oc]) = (canvases.shape, canvases.offset);
+        let weights = gaussian_weights(job.patch);
+        let starts_r = window_starts(cr, pr, job.settings.step_fraction);
+        let starts_c = window_starts(cc, pc, job.settings.step_fraction);
+        let mut scores = vec![0.0f32; geometry.count() * classes * cr * cc];
+        let mut norm = vec![0.0f32; cr * cc];
+        for slice in 0..geometry.count() {
+            for &row in &starts_r {
+                for &col in &starts_c {
+                    let mut input = Vec::new();
+                    let w = Window { slice, row, col };
+                    canvases.push_window(geometry, job.context, &w, &mut input);
+                    let probs = run(input, 1);
+                    for k in 0..classes {
+                        for i in 0..pr {
+                            for j in 0..pc {
+                                let at = ((slice * classes + k) * cr + row + i) * cc + col + j;
+                                scores[at] += probs[(k * pr + i) * pc + j] * weights[i * pc + j];
+                                if slice == 0 && k == 0 {
+                                    norm[(row + i) * cc + col + j] += weights[i * pc + j];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let voxels: usize = geometry.shape.iter().product();
+        let (mut labels, mut probs) = (vec![0u8; voxels], vec![vec![0.0f32; voxels]; classes]);
+        for s in 0..geometry.count() {
+            let mut slice_labels = vec![0u8; rows * cols];
+            let mut slice_probs = vec![vec![0.0f32; rows * cols]; classes];
+            for r in 0..rows {
+                for c in 0..cols {
+                    let p = (r + or) * cc + c + oc;
+                    let v: Vec<f32> = (0..classes)
+                        .map(|k| scores[(s * classes + k) * cr * cc + p] / norm[p])
+                        .collect();
+                    for k in 0..classes {
+                        slice_probs[k][r * cols + c] = v[k];
+                    }
+                    // First of the largest, as the prediction breaks ties.
+                    let best = (0..classes).fold(0, |b, k| if v[k] > v[b] { k } else { b });
+                    slice_labels[r * cols + c] = best as u8;
+                }
+            }
+            geometry.insert(&mut labels, s, &slice_labels);
+            for (volume, sp) in probs.iter_mut().zip(&slice_probs) {
+                geometry.insert(volume, s, sp);
+            }
+        }
+        (labels, probs)
+    }
+
+    #[test]
+    fn slice_by_slice_scores_match_a_whole_volume_buffer() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        };
+        // (shape, slice axis, image channels, context, classes, patch): several windows per
+        // slice, one window per slice (slice smaller than the patch), 2.5D input, many classes.
+        let cases = [
+            ([23, 45, 7], 2, 1, 0, 3, [16, 16]),
+            ([9, 40, 33], 0, 2, 1, 4, [16, 32]),
+            ([10, 12, 5], 2, 1, 2, 2, [16, 16]),
+            ([20, 6, 18], 1, 1, 0, 40, [16, 16]),
+        ];
+        for (shape, slice_axis, n_ch, context, classes, patch) in cases {
+            let voxels: usize = shape.iter().product();
+            let channels: Vec<Vec<f32>> = (0..n_ch)
+                .map(|_| (0..voxels).map(|_| random()).collect())
+                .collect();
+            let geometry = SliceGeometry { shape, slice_axis };
+            let run = fake_network(n_ch * (2 * context + 1), classes);
+            let settings = WindowSettings::default();
+            let job = SlidingWindows {
+                geometry: &geometry,
+                patch,
+                classes,
+                context,
+                settings: &settings,
+            };
+            let (want_labels, want_probs) = whole_volume_reference(&job, &channels, &run);
+            // The labels are not all one class, or the comparison would prove little.
+            assert!(
+                want_labels.iter().any(|&l| l != want_labels[0]),
+                "{shape:?}"
+            );
+            for batch_windows in [1, 3, 10, 16, 1000] {
+                let settings = WindowSettings {
+                    batch_windows,
+                    ..WindowSettings::default()
+                };
+                let job = SlidingWindows {
+                    settings: &settings,
+                    ..job
+                };
+                let (labels, probs) = job.predict(&channels, true, &run);
+                let what = format!("{shape:?} axis {slice_axis}, {batch_windows} windows a batch");
+                assert_eq!(labels, want_labels, "{what}");
+                assert_eq!(probs.unwrap(), want_probs, "{what}");
+                let (labels_only, none) = job.predict(&channels, false, &run);
+                assert_eq!(labels_only, want_labels, "{what}");
+                assert!(none.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn batches_shrink_only_when_their_probabilities_would_be_large() {
+        // Hippocampus: 3 classes at 64 x 64, 49 KB a window.
+        assert_eq!(windows_per_batch(16, 3, [64, 64]), 16);
+        // TotalSegmentator's 118 classes: 7.7 MB a window at 128 x 128, 31 MB at 256 x 256.
+        assert_eq!(windows_per_batch(16, 118, [128, 128]), 8);
+        assert_eq!(windows_per_batch(16, 118, [256, 256]), 2);
+        assert_eq!(windows_per_batch(16, 118, [1024, 1024]), 1);
+        assert_eq!(windows_per_batch(0, 3, [64, 64]), 1);
     }
 
     #[test]

@@ -232,6 +232,9 @@ enum BenchKind {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Time only without --tta (with it, each row takes four times as long).
+        #[arg(long)]
+        no_tta: bool,
     },
     /// Augmented samples per second of the sampler next to the samples per second one training
     /// step consumes, per preset, with their ratio.
@@ -544,6 +547,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     presets,
                     threads,
                     json,
+                    no_tta,
                 },
         } => {
             let options = segmenter::bench_infer::InferBenchOptions {
@@ -551,6 +555,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 presets,
                 classes,
                 json,
+                no_tta,
             };
             segmenter::bench::with_threads(threads, || {
                 segmenter::bench_infer::run_infer_bench(&options)
