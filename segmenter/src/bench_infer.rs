@@ -11,13 +11,14 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use burn::backend::Flex;
-use segmenter_io::{find_cases, load_case, Case};
+use segmenter_io::{find_cases, load_case, Case, LoadedCase};
 use serde_json::json;
 
 use crate::bench::with_peak;
 use crate::config::ExperimentConfig;
 use crate::infer::{predict_volume, windows_per_batch, WindowSettings};
-use crate::plan::{slicing, NetworkCase, Normalization, Plan};
+use crate::plan::{network_shape, patch_size_for, slicing, NetworkCase, Normalization, Plan};
+use crate::predict::predict_case;
 
 /// Options of `segmenter bench infer`.
 #[derive(Clone, Debug)]
@@ -32,6 +33,11 @@ pub struct InferBenchOptions {
     pub json: bool,
     /// Skip the rows with mirroring test-time augmentation.
     pub no_tta: bool,
+    /// In-plane spacing (mm) to plan: slices of another spacing are resampled for the network
+    /// and the prediction back, as `predict` does. None: every scan as it is.
+    pub spacing: Option<f64>,
+    /// Also return the class probabilities of every voxel, as `predict --save-probabilities`.
+    pub keep_probabilities: bool,
 }
 
 /// The default inputs: the sample hippocampus MRIs and the TotalSegmentator example CT (when the
@@ -49,6 +55,8 @@ pub fn default_inputs() -> Vec<(PathBuf, usize)> {
 /// One group of scans, loaded and brought into the network's frame.
 struct Group {
     name: String,
+    /// The scans as loaded, and in the canonical frame.
+    loaded: Vec<LoadedCase>,
     cases: Vec<NetworkCase>,
     classes: usize,
 }
@@ -67,28 +75,37 @@ fn load_group(input: &Path, classes: usize) -> Result<Group> {
                 },
                 &labels,
             )
-            .map(|l| NetworkCase::new(&l, true))
         })
         .collect::<segmenter_io::Result<Vec<_>>>()?;
+    let canonical = loaded.iter().map(|l| NetworkCase::new(l, true)).collect();
     Ok(Group {
         name: input.file_name().map_or_else(
             || input.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         ),
-        cases: loaded,
+        loaded,
+        cases: canonical,
         classes,
     })
 }
 
 /// A plan for timing: the real slicing and patch size, z-score normalisation for every channel.
-fn plan_for(group: &Group, max_patch_side: usize) -> Plan {
+fn plan_for(group: &Group, max_patch_side: usize, spacing: Option<f64>) -> Plan {
     let frames: Vec<([usize; 3], [f64; 3])> =
         group.cases.iter().map(|c| (c.shape, c.spacing)).collect();
     let crate::plan::Slicing {
         slice_axis,
-        patch_size,
+        mut patch_size,
         ..
     } = slicing(&frames, max_patch_side);
+    let target_spacing = spacing.map(|mm| [mm, mm]);
+    if target_spacing.is_some() {
+        let shapes: Vec<[usize; 3]> = frames
+            .iter()
+            .map(|&(shape, sp)| network_shape(shape, sp, slice_axis, target_spacing))
+            .collect();
+        patch_size = patch_size_for(&shapes, slice_axis, max_patch_side);
+    }
     let channels = group.cases[0].channels.len();
     Plan {
         dataset_name: group.name.clone(),
@@ -102,8 +119,8 @@ fn plan_for(group: &Group, max_patch_side: usize) -> Plan {
         normalization: vec![Normalization::ZScore; channels],
         fingerprint: None,
         reorient: true,
-        // The scans as they are: the benchmark counts the network's work on their own voxels.
-        target_spacing: None,
+        // Without --spacing, the scans as they are: the network's work on their own voxels.
+        target_spacing,
         context_slices: 0,
     }
 }
@@ -143,7 +160,7 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
     for preset in &options.presets {
         let config = ExperimentConfig::preset(preset)?;
         for group in &groups {
-            let plan = plan_for(group, config.train.max_patch_side);
+            let plan = plan_for(group, config.train.max_patch_side, options.spacing);
             let model =
                 config
                     .model
@@ -156,8 +173,24 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                     mirror: tta,
                     ..Default::default()
                 };
+                let resampling = options.spacing.is_some() || options.keep_probabilities;
                 let run_all = || {
                     let mut voxels = 0;
+                    if resampling {
+                        // What predict does between reading and writing files.
+                        for case in &group.loaded {
+                            let (labels, _) = predict_case(
+                                &model,
+                                &plan,
+                                case,
+                                &settings,
+                                options.keep_probabilities,
+                                &device,
+                            );
+                            voxels += labels.len();
+                        }
+                        return voxels;
+                    }
                     for case in &group.cases {
                         let mut channels = case.channels.clone();
                         plan.normalize(&mut channels);
@@ -199,19 +232,19 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                     ),
                 };
                 if options.json {
-                    println!("{}", row_json(&row));
+                    println!("{}", row_json(&row, options));
                 }
                 rows.push(row);
             }
         }
     }
     if !options.json {
-        print_table(&rows, &groups);
+        print_table(&rows, &groups, options);
     }
     Ok(())
 }
 
-fn row_json(r: &Row) -> serde_json::Value {
+fn row_json(r: &Row, options: &InferBenchOptions) -> serde_json::Value {
     json!({
         "bench": "infer",
         "data": r.group,
@@ -225,15 +258,25 @@ fn row_json(r: &Row) -> serde_json::Value {
         "patch": r.patch,
         "batch_windows": r.batch,
         "threads": rayon::current_num_threads(),
+        "spacing_mm": options.spacing,
+        "keep_probabilities": options.keep_probabilities,
     })
 }
 
-fn print_table(rows: &[Row], groups: &[Group]) {
+fn print_table(rows: &[Row], groups: &[Group], options: &InferBenchOptions) {
     println!(
         "Inference on {} ({} worker threads); whole volumes, sliding window step 0.5",
         crate::bench::cpu_model(),
         rayon::current_num_threads()
     );
+    if let Some(mm) = options.spacing {
+        println!(
+            "  slices resampled to {mm} mm in-plane for the network and the prediction back, as predict does"
+        );
+    }
+    if options.keep_probabilities {
+        println!("  class probabilities of every voxel kept, as predict --save-probabilities");
+    }
     for g in groups {
         let shapes: Vec<String> = g
             .cases

@@ -195,15 +195,50 @@ pub fn predict_volume_with_probabilities<B: ModelBackend>(
         shape,
         slice_axis: plan.slice_axis,
     };
-    let [pr, pc] = plan.patch_size;
-    let in_channels = plan.input_channels();
-    let run = |input: Vec<f32>, n: usize| {
+    let run = network_runner(model, plan, settings, device);
+    let job = SlidingWindows {
+        geometry: &geometry,
+        patch: plan.patch_size,
+        classes: plan.num_classes(),
+        context: plan.context_slices,
+        settings,
+    };
+    job.labels(channels, keep_probabilities, run)
+}
+
+/// The network input of a batch of windows, to the probabilities of its windows.
+fn network_runner<'a, B: ModelBackend>(
+    model: &'a SwinUMamba<B>,
+    plan: &Plan,
+    settings: &'a WindowSettings,
+    device: &'a B::Device,
+) -> impl FnMut(Vec<f32>, usize) -> Vec<f32> + 'a {
+    let ([pr, pc], in_channels) = (plan.patch_size, plan.input_channels());
+    move |input: Vec<f32>, n: usize| {
         let x = Tensor::<B, 4>::from_data(TensorData::new(input, [n, in_channels, pr, pc]), device);
         window_probabilities(model, x, settings.mirror)
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
             .expect("f32 probabilities")
+    }
+}
+
+/// Like [`predict_volume`], for a volume whose slices were resampled for the network: the labels
+/// come out on the grid of shape `out_shape` (the same slices at their own in-plane size), from
+/// each slice's class probabilities resampled linearly, slice by slice.
+pub fn predict_volume_resampled<B: ModelBackend>(
+    model: &SwinUMamba<B>,
+    plan: &Plan,
+    channels: &[Vec<f32>],
+    shape: [usize; 3],
+    out_shape: [usize; 3],
+    settings: &WindowSettings,
+    device: &B::Device,
+) -> Vec<u8> {
+    let geometry = SliceGeometry {
+        shape,
+        slice_axis: plan.slice_axis,
     };
     let job = SlidingWindows {
         geometry: &geometry,
@@ -212,7 +247,11 @@ pub fn predict_volume_with_probabilities<B: ModelBackend>(
         context: plan.context_slices,
         settings,
     };
-    job.predict(channels, keep_probabilities, run)
+    job.labels_resampled(
+        channels,
+        out_shape,
+        network_runner(model, plan, settings, device),
+    )
 }
 
 /// One volume's sliding-window prediction, apart from the network: which windows, in which
@@ -227,8 +266,9 @@ struct SlidingWindows<'a> {
 
 impl SlidingWindows<'_> {
     /// Runs every window through `run` (network input `[n, planes, rows, cols]` and `n` in,
-    /// probabilities `[n, classes, rows, cols]` out) and returns the labels and, when asked, the
-    /// probabilities of every voxel.
+    /// probabilities `[n, classes, rows, cols]` out) and hands each slice's class probabilities
+    /// (`[classes][rows x cols]`, the Gaussian-weighted average over its windows) to `sink`, in
+    /// slice order.
     ///
     /// Scores are kept only for the slices whose windows are in flight, and each slice is
     /// resolved into labels as soon as its last window is in. A whole-volume buffer of scores
@@ -237,9 +277,9 @@ impl SlidingWindows<'_> {
     fn predict(
         &self,
         channels: &[Vec<f32>],
-        keep_probabilities: bool,
         mut run: impl FnMut(Vec<f32>, usize) -> Vec<f32>,
-    ) -> (Vec<u8>, Option<Vec<Vec<f32>>>) {
+        mut sink: impl FnMut(usize, &[Vec<f32>]),
+    ) {
         let (geometry, classes) = (self.geometry, self.classes);
         let [rows, cols] = geometry.slice_shape();
         let [pr, pc] = self.patch;
@@ -269,33 +309,19 @@ impl SlidingWindows<'_> {
             }
         }
 
-        let voxels: usize = geometry.shape.iter().product();
-        let mut labels = vec![0u8; voxels];
-        let mut probabilities = keep_probabilities.then(|| vec![vec![0.0f32; voxels]; classes]);
-        // Resolves one slice's scores `[classes][canvas]` into labels and probabilities.
+        // One slice's class probabilities, `[classes][rows x cols]`, refilled for every slice.
+        let mut slice_probs = vec![vec![0.0f32; rows * cols]; classes];
         let mut finish = |s: usize, scores: &[f32]| {
-            let mut slice_labels = vec![0u8; rows * cols];
-            let mut slice_probs = vec![vec![0.0f32; rows * cols]; classes];
-            for r in 0..rows {
-                for c in 0..cols {
-                    let p = (r + off_r) * canvas_c + c + off_c;
-                    let mut best = (0usize, f32::MIN);
-                    for (k, probs) in slice_probs.iter_mut().enumerate() {
-                        let v = scores[k * canvas_r * canvas_c + p] / norm[p];
-                        probs[r * cols + c] = v;
-                        if v > best.1 {
-                            best = (k, v);
-                        }
+            for (k, probs) in slice_probs.iter_mut().enumerate() {
+                let class = &scores[k * canvas_r * canvas_c..][..canvas_r * canvas_c];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let p = (r + off_r) * canvas_c + c + off_c;
+                        probs[r * cols + c] = class[p] / norm[p];
                     }
-                    slice_labels[r * cols + c] = best.0 as u8;
                 }
             }
-            geometry.insert(&mut labels, s, &slice_labels);
-            if let Some(volumes) = probabilities.as_mut() {
-                for (volume, probs) in volumes.iter_mut().zip(&slice_probs) {
-                    geometry.insert(volume, s, probs);
-                }
-            }
+            sink(s, &slice_probs);
         };
 
         let per_slice = classes * canvas_r * canvas_c;
@@ -349,7 +375,101 @@ impl SlidingWindows<'_> {
                 spare.push(scores);
             }
         }
+    }
+
+    /// Labels of every voxel (argmax over classes, ties to the lower label) and, when asked,
+    /// the class probabilities, one `Vec` per class in the volume's voxel order.
+    fn labels(
+        &self,
+        channels: &[Vec<f32>],
+        keep_probabilities: bool,
+        run: impl FnMut(Vec<f32>, usize) -> Vec<f32>,
+    ) -> (Vec<u8>, Option<Vec<Vec<f32>>>) {
+        let geometry = self.geometry;
+        let voxels: usize = geometry.shape.iter().product();
+        let mut labels = vec![0u8; voxels];
+        let mut probabilities =
+            keep_probabilities.then(|| vec![vec![0.0f32; voxels]; self.classes]);
+        let [rows, cols] = geometry.slice_shape();
+        let mut slice_labels = vec![0u8; rows * cols];
+        self.predict(channels, run, |s, probs| {
+            argmax_into(probs, &mut slice_labels);
+            geometry.insert(&mut labels, s, &slice_labels);
+            if let Some(volumes) = probabilities.as_mut() {
+                for (volume, class) in volumes.iter_mut().zip(probs) {
+                    geometry.insert(volume, s, class);
+                }
+            }
+        });
         (labels, probabilities)
+    }
+
+    /// Labels on a grid whose slices have another in-plane shape (same slices, same extent):
+    /// each slice's class probabilities resampled linearly to `out_shape`, then the argmax.
+    /// Equal to resampling whole-volume probabilities and taking the argmax, as nnU-Net does,
+    /// without holding classes x voxels floats.
+    fn labels_resampled(
+        &self,
+        channels: &[Vec<f32>],
+        out_shape: [usize; 3],
+        run: impl FnMut(Vec<f32>, usize) -> Vec<f32>,
+    ) -> Vec<u8> {
+        let geometry = self.geometry;
+        let axis = geometry.slice_axis;
+        assert_eq!(
+            out_shape[axis], geometry.shape[axis],
+            "resampling changes only the in-plane shape"
+        );
+        let out_geometry = SliceGeometry {
+            shape: out_shape,
+            slice_axis: axis,
+        };
+        let mut labels = vec![0u8; out_shape.iter().product()];
+        let ([rows, cols], [out_rows, out_cols]) =
+            (geometry.slice_shape(), out_geometry.slice_shape());
+        // One slice as a volume one voxel thick, x fastest: the rows axis (the lower one) runs
+        // fastest, so element (r, c) sits at r + rows * c.
+        let (mut thin, mut out_thin) = (geometry.shape, out_shape);
+        (thin[axis], out_thin[axis]) = (1, 1);
+        let mut class_thin = vec![0.0f32; rows * cols];
+        let mut best = vec![(f32::MIN, 0u8); out_rows * out_cols];
+        let mut slice_labels = vec![0u8; out_rows * out_cols];
+        self.predict(channels, run, |s, probs| {
+            best.fill((f32::MIN, 0));
+            for (k, class) in probs.iter().enumerate() {
+                for r in 0..rows {
+                    for c in 0..cols {
+                        class_thin[r + rows * c] = class[r * cols + c];
+                    }
+                }
+                let resampled = segmenter_io::resample_linear(&class_thin, thin, out_thin);
+                for (b, &v) in best.iter_mut().zip(&resampled) {
+                    if v > b.0 {
+                        *b = (v, k as u8);
+                    }
+                }
+            }
+            for r in 0..out_rows {
+                for c in 0..out_cols {
+                    slice_labels[r * out_cols + c] = best[r + out_rows * c].1;
+                }
+            }
+            out_geometry.insert(&mut labels, s, &slice_labels);
+        });
+        labels
+    }
+}
+
+/// Per pixel, the first class of highest probability; `probs` is `[classes][pixels]`.
+fn argmax_into(probs: &[Vec<f32>], labels: &mut [u8]) {
+    for (p, label) in labels.iter_mut().enumerate() {
+        let mut best = (0usize, f32::MIN);
+        for (k, class) in probs.iter().enumerate() {
+            if class[p] > best.1 {
+                best = (k, class[p]);
+            }
+        }
+        *label = best.0 as u8;
     }
 }
 
@@ -549,14 +669,70 @@ mod tests {
                     settings: &settings,
                     ..job
                 };
-                let (labels, probs) = job.predict(&channels, true, &run);
+                let (labels, probs) = job.labels(&channels, true, &run);
                 let what = format!("{shape:?} axis {slice_axis}, {batch_windows} windows a batch");
                 assert_eq!(labels, want_labels, "{what}");
                 assert_eq!(probs.unwrap(), want_probs, "{what}");
-                let (labels_only, none) = job.predict(&channels, false, &run);
+                let (labels_only, none) = job.labels(&channels, false, &run);
                 assert_eq!(labels_only, want_labels, "{what}");
                 assert!(none.is_none());
             }
+        }
+    }
+
+    #[test]
+    fn slice_by_slice_resampling_matches_resampling_the_whole_volume() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        };
+        // (network shape, slice axis, shape to resample to, classes): up and down, every axis.
+        let cases = [
+            ([23, 45, 7], 2, [40, 30, 7], 3),
+            ([9, 20, 33], 0, [9, 31, 17], 4),
+            ([20, 6, 18], 1, [13, 6, 25], 12),
+        ];
+        for (shape, slice_axis, out_shape, classes) in cases {
+            let voxels: usize = shape.iter().product();
+            let channels = vec![(0..voxels).map(|_| random()).collect::<Vec<f32>>()];
+            let geometry = SliceGeometry { shape, slice_axis };
+            let run = fake_network(1, classes);
+            let settings = WindowSettings {
+                batch_windows: 3,
+                ..WindowSettings::default()
+            };
+            let job = SlidingWindows {
+                geometry: &geometry,
+                patch: [16, 16],
+                classes,
+                context: 0,
+                settings: &settings,
+            };
+            // What predict did before: whole-volume probabilities, resampled, then the argmax.
+            let (_, probs) = job.labels(&channels, true, &run);
+            let resampled: Vec<Vec<f32>> = probs
+                .unwrap()
+                .iter()
+                .map(|class| segmenter_io::resample_linear(class, shape, out_shape))
+                .collect();
+            let n: usize = out_shape.iter().product();
+            let want: Vec<u8> = (0..n)
+                .map(|v| {
+                    (0..classes).fold(0, |b, k| {
+                        if resampled[k][v] > resampled[b][v] {
+                            k
+                        } else {
+                            b
+                        }
+                    }) as u8
+                })
+                .collect();
+            assert!(want.iter().any(|&l| l != want[0]), "{shape:?}");
+            let got = job.labels_resampled(&channels, out_shape, &run);
+            assert_eq!(got, want, "{shape:?} axis {slice_axis} -> {out_shape:?}");
         }
     }
 

@@ -405,15 +405,26 @@ pub fn slicing(frames: &[([usize; 3], [f64; 3])], max_patch_side: usize) -> Slic
         .iter()
         .map(|&(shape, spacing)| network_shape(shape, spacing, slice_axis, Some(target_spacing)))
         .collect();
-    let max_rows = resampled.iter().map(|shape| shape[r]).max().unwrap_or(1);
-    let max_cols = resampled.iter().map(|shape| shape[c]).max().unwrap_or(1);
-    let side = |n: usize| n.div_ceil(DOWNSAMPLING).max(1) * DOWNSAMPLING;
-    let cap = (max_patch_side / DOWNSAMPLING).max(1) * DOWNSAMPLING;
     Slicing {
         slice_axis,
         target_spacing,
-        patch_size: [side(max_rows).min(cap), side(max_cols).min(cap)],
+        patch_size: patch_size_for(&resampled, slice_axis, max_patch_side),
     }
+}
+
+/// The patch that covers the largest slice of volumes of these network-frame shapes, rounded up
+/// to the network's downsampling and capped at `max_patch_side`.
+pub fn patch_size_for(
+    shapes: &[[usize; 3]],
+    slice_axis: usize,
+    max_patch_side: usize,
+) -> [usize; 2] {
+    let [r, c] = in_plane_axes(slice_axis);
+    let max_rows = shapes.iter().map(|shape| shape[r]).max().unwrap_or(1);
+    let max_cols = shapes.iter().map(|shape| shape[c]).max().unwrap_or(1);
+    let side = |n: usize| n.div_ceil(DOWNSAMPLING).max(1) * DOWNSAMPLING;
+    let cap = (max_patch_side / DOWNSAMPLING).max(1) * DOWNSAMPLING;
+    [side(max_rows).min(cap), side(max_cols).min(cap)]
 }
 
 /// Shape of a canonical volume once its slices are resampled to `target` in-plane spacing (the

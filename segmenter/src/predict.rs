@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use segmenter_io::{find_cases, load_case, write_labels, write_nifti, Case, NiftiData};
+use segmenter_io::{find_cases, load_case, write_labels, write_nifti, Case, LoadedCase, NiftiData};
 use serde::{Deserialize, Serialize};
 
-use crate::infer::{predict_volume_with_probabilities, WindowSettings};
-use crate::model::ModelBackend;
-use crate::plan::NetworkCase;
+use crate::infer::{predict_volume_resampled, predict_volume_with_probabilities, WindowSettings};
+use crate::model::{ModelBackend, SwinUMamba};
+use crate::plan::{NetworkCase, Plan};
 use crate::postprocess::PostProcessing;
 use crate::run::RunDir;
 
@@ -167,6 +167,48 @@ fn output_name(case: &Case) -> String {
     format!("{}{ending}", case.id)
 }
 
+/// The label map of a loaded case in its file's voxel order and, with `keep_probabilities`,
+/// its class probabilities (one `Vec` per class, same order).
+///
+/// The case is predicted in the network's frame (canonical orientation, slices at the plan's
+/// spacing). When its slices were resampled, the labels are the argmax of the probabilities
+/// resampled back, as nnU-Net does; without `keep_probabilities` that is done slice by slice,
+/// so memory does not grow with classes x voxels.
+pub fn predict_case<B: ModelBackend>(
+    model: &SwinUMamba<B>,
+    plan: &Plan,
+    case: &LoadedCase,
+    window: &WindowSettings,
+    keep_probabilities: bool,
+    device: &B::Device,
+) -> (Vec<u8>, Option<Vec<Vec<f32>>>) {
+    let mut frame = NetworkCase::for_plan(case, plan);
+    plan.normalize(&mut frame.channels);
+    if frame.is_resampled() && !keep_probabilities {
+        let labels = predict_volume_resampled(
+            model,
+            plan,
+            &frame.channels,
+            frame.shape,
+            frame.canonical_shape,
+            window,
+            device,
+        );
+        let labels = frame.orientation.from_canonical(&labels, frame.file_shape);
+        return (labels, None);
+    }
+    let (labels, probabilities) = predict_volume_with_probabilities(
+        model,
+        plan,
+        &frame.channels,
+        frame.shape,
+        window,
+        device,
+        keep_probabilities,
+    );
+    frame.prediction_to_file(labels, probabilities)
+}
+
 /// Predicts every case under `options.input` with the run in `options.model`.
 pub fn predict<B: ModelBackend>(
     options: &PredictOptions,
@@ -254,28 +296,18 @@ pub fn predict<B: ModelBackend>(
                 },
                 &plan.labels,
             )?;
-            // Predict in the network's frame (canonical orientation), write in the file's own.
-            let mut frame = NetworkCase::for_plan(&loaded, &plan);
-            plan.normalize(&mut frame.channels);
-            let (labels, probabilities) = predict_volume_with_probabilities(
+            let (mut labels, probabilities) = predict_case(
                 &model,
                 &plan,
-                &frame.channels,
-                frame.shape,
+                &loaded,
                 &options.window,
+                options.save_probabilities,
                 device,
-                options.save_probabilities || frame.is_resampled(),
             );
-            let (mut labels, probabilities) = frame.prediction_to_file(labels, probabilities);
             if let (true, Some(probabilities)) = (options.save_probabilities, probabilities) {
-                write_probabilities(
-                    &prob_target,
-                    &loaded.header,
-                    frame.file_shape,
-                    &probabilities,
-                )?;
+                write_probabilities(&prob_target, &loaded.header, loaded.shape, &probabilities)?;
             }
-            options.postprocessing.apply(&mut labels, frame.file_shape);
+            options.postprocessing.apply(&mut labels, loaded.shape);
             write_labels(&target, &loaded.header, &labels)?;
             Ok(labels.len())
         })();
