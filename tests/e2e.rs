@@ -262,6 +262,18 @@ fn an_lps_mri_comes_back_with_its_own_geometry() {
         (input.qform_code, input.sform_code)
     );
     assert_eq!(pred.header.pixdim, input.pixdim);
+    // Without --save-probabilities the probabilities are resampled back slice by slice; with it,
+    // for the whole volume at once. The label maps must be the same.
+    let preds_p = dir.path().join("preds-p");
+    let out = predict(&run, &scan, &preds_p, &["--save-probabilities"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pred_p = read_nifti(&preds_p.join("example_mr_sm.nii.gz")).unwrap();
+    assert_eq!(pred_p.data, pred.data);
+    let distinct: std::collections::BTreeSet<u32> = pred.data.iter().map(|&v| v as u32).collect();
+    assert!(
+        distinct.len() >= 2,
+        "a constant prediction ({distinct:?}) proves little"
+    );
 }
 
 #[test]
