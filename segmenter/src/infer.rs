@@ -196,13 +196,7 @@ pub fn predict_volume_with_probabilities<B: ModelBackend>(
         slice_axis: plan.slice_axis,
     };
     let run = network_runner(model, plan, settings, device);
-    let job = SlidingWindows {
-        geometry: &geometry,
-        patch: plan.patch_size,
-        classes: plan.num_classes(),
-        context: plan.context_slices,
-        settings,
-    };
+    let job = SlidingWindows::for_plan(&geometry, plan, settings);
     job.labels(channels, keep_probabilities, run)
 }
 
@@ -240,13 +234,7 @@ pub fn predict_volume_resampled<B: ModelBackend>(
         shape,
         slice_axis: plan.slice_axis,
     };
-    let job = SlidingWindows {
-        geometry: &geometry,
-        patch: plan.patch_size,
-        classes: plan.num_classes(),
-        context: plan.context_slices,
-        settings,
-    };
+    let job = SlidingWindows::for_plan(&geometry, plan, settings);
     job.labels_resampled(
         channels,
         out_shape,
@@ -264,7 +252,18 @@ struct SlidingWindows<'a> {
     settings: &'a WindowSettings,
 }
 
-impl SlidingWindows<'_> {
+impl<'a> SlidingWindows<'a> {
+    /// The windows of a volume of this geometry as the plan sets them out.
+    fn for_plan(geometry: &'a SliceGeometry, plan: &Plan, settings: &'a WindowSettings) -> Self {
+        Self {
+            geometry,
+            patch: plan.patch_size,
+            classes: plan.num_classes(),
+            context: plan.context_slices,
+            settings,
+        }
+    }
+
     /// Runs every window through `run` (network input `[n, planes, rows, cols]` and `n` in,
     /// probabilities `[n, classes, rows, cols]` out) and hands each slice's class probabilities
     /// (`[classes][rows x cols]`, the Gaussian-weighted average over its windows) to `sink`, in
@@ -529,6 +528,16 @@ mod tests {
         }
     }
 
+    /// Uniform random values in `[lo, hi)` from a seeded xorshift generator.
+    fn uniform(lo: f32, hi: f32, mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            lo + (hi - lo) * (seed >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
+
     /// A stand-in network: per window and pixel, softmax over classes of a fixed linear map of
     /// the input planes. Each window's output depends on that window alone, as the real one's.
     fn fake_network(planes: usize, classes: usize) -> impl Fn(Vec<f32>, usize) -> Vec<f32> {
@@ -624,13 +633,7 @@ mod tests {
 
     #[test]
     fn slice_by_slice_scores_match_a_whole_volume_buffer() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut random = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-        };
+        let mut random = uniform(-2.0, 2.0, 0x2545_f491_4f6c_dd1du64);
         // (shape, slice axis, image channels, context, classes, patch): several windows per
         // slice, one window per slice (slice smaller than the patch), 2.5D input, many classes.
         let cases = [
@@ -682,13 +685,7 @@ mod tests {
 
     #[test]
     fn slice_by_slice_resampling_matches_resampling_the_whole_volume() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-        };
+        let mut random = uniform(-2.0, 2.0, 0x9e37_79b9_7f4a_7c15u64);
         // (network shape, slice axis, shape to resample to, classes): up and down, every axis.
         let cases = [
             ([23, 45, 7], 2, [40, 30, 7], 3),
