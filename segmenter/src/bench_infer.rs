@@ -3,7 +3,9 @@
 //!
 //! The networks are freshly initialised (speed does not depend on the weights), planned for the
 //! scans as `segmenter train` would plan them; the time covers normalisation, every window
-//! through the network and the argmax back into the volume, not file reading or writing.
+//! through the network and the argmax back into the volume, not file reading or writing. With
+//! `--spacing` (or `--keep-probabilities`) it is `predict`'s whole path between reading and
+//! writing: reorientation, resampling for the network and back.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
