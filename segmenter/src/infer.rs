@@ -460,7 +460,7 @@ impl<'a> SlidingWindows<'a> {
 }
 
 /// Per pixel, the first class of highest probability; `probs` is `[classes][pixels]`.
-fn argmax_into(probs: &[Vec<f32>], labels: &mut [u8]) {
+pub(crate) fn argmax_into(probs: &[Vec<f32>], labels: &mut [u8]) {
     for (p, label) in labels.iter_mut().enumerate() {
         let mut best = (0usize, f32::MIN);
         for (k, class) in probs.iter().enumerate() {

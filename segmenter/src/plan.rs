@@ -208,18 +208,9 @@ impl NetworkCase {
         });
         let labels = match (&probabilities, self.is_resampled()) {
             (Some(p), true) => {
-                let n = p.first().map_or(0, Vec::len);
-                (0..n)
-                    .map(|v| {
-                        let mut best = (0usize, f32::MIN);
-                        for (k, class) in p.iter().enumerate() {
-                            if class[v] > best.1 {
-                                best = (k, class[v]);
-                            }
-                        }
-                        best.0 as u8
-                    })
-                    .collect()
+                let mut labels = vec![0u8; p.first().map_or(0, Vec::len)];
+                crate::infer::argmax_into(p, &mut labels);
+                labels
             }
             (None, true) => {
                 segmenter_io::resample_labels(&labels, self.shape, self.canonical_shape)
