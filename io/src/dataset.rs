@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::error::{IoError, Result};
+use crate::error::{io_error, IoError, Result};
 use crate::image2d::read_volume;
 use crate::nifti::{NiftiHeader, Volume};
 
@@ -60,13 +60,6 @@ fn dataset_err(path: &Path, reason: impl Into<String>) -> IoError {
     IoError::Dataset {
         path: path.to_path_buf(),
         reason: reason.into(),
-    }
-}
-
-fn io_error(path: &Path, source: std::io::Error) -> IoError {
-    IoError::Io {
-        path: path.to_path_buf(),
-        cause: source,
     }
 }
 

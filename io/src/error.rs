@@ -1,6 +1,6 @@
 //! The crate's error type: every variant names the file it is about, so a user can act on one line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors from reading and writing scans and datasets; each message starts with the file path.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +147,14 @@ pub enum IoError {
 
 /// Result with this crate's error.
 pub type Result<T> = std::result::Result<T, IoError>;
+
+/// An OS error about `path`.
+pub(crate) fn io_error(path: &Path, cause: std::io::Error) -> IoError {
+    IoError::Io {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
 
 /// Formats a shape as "35x51x36", the way people write it.
 pub(crate) fn shape_str(shape: &[usize; 3]) -> String {

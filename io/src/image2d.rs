@@ -15,8 +15,9 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageFormat, ImageReader};
 
-use crate::error::{IoError, Result};
-use crate::nifti::{write_atomic, NiftiHeader, Volume, MAX_VOXELS};
+use crate::error::{io_error, IoError, Result};
+use crate::fsutil::write_bytes_atomic;
+use crate::nifti::{NiftiHeader, Volume, MAX_VOXELS};
 
 /// File endings read as 2D images (compared without regard to case).
 pub const IMAGE_ENDINGS: [&str; 3] = [".png", ".tif", ".tiff"];
@@ -48,15 +49,9 @@ fn gray_of<T: Copy + PartialEq + Into<f32>>(pixels: &[T], stride: usize) -> Opti
 /// Reads a PNG or TIFF as a one-slice volume (see the module documentation for the conventions).
 pub fn read_image2d(path: &Path) -> Result<Volume> {
     let reader = ImageReader::open(path)
-        .map_err(|e| IoError::Io {
-            path: path.to_path_buf(),
-            cause: e,
-        })?
+        .map_err(|e| io_error(path, e))?
         .with_guessed_format()
-        .map_err(|e| IoError::Io {
-            path: path.to_path_buf(),
-            cause: e,
-        })?;
+        .map_err(|e| io_error(path, e))?;
     let image = reader
         .decode()
         .map_err(|e| image_error(path, e.to_string()))?;
@@ -143,7 +138,7 @@ pub fn write_labels_image2d(path: &Path, shape: [usize; 3], labels: &[u8]) -> Re
     image
         .write_to(&mut encoded, format)
         .map_err(|e| image_error(path, e.to_string()))?;
-    write_atomic(path, |w| w.write_all(encoded.get_ref()))
+    write_bytes_atomic(path, encoded.get_ref())
 }
 
 /// Reads a scan of either kind: PNG/TIFF by file ending, anything else as NIfTI-1.

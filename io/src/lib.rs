@@ -6,6 +6,7 @@
 
 mod dataset;
 mod error;
+mod fsutil;
 pub mod geometry;
 mod image2d;
 mod nifti;
@@ -14,6 +15,7 @@ pub use dataset::{
     find_cases, load_case, load_dataset, read_dataset_labels, Case, Dataset, LoadedCase,
 };
 pub use error::{IoError, Result};
+pub use fsutil::{write_atomic, write_bytes_atomic};
 pub use geometry::{
     resample_cubic, resample_labels, resample_linear, resampled_affine, shape_for_spacing,
     Orientation,

@@ -3,16 +3,16 @@
 //! Written here rather than taken from a crate so that every size in the header is checked before a byte
 //! is allocated, and so that the 348 header bytes of an input can be written back unchanged for its label map.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Cursor, ErrorKind, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::File;
+use std::io::{self, BufReader, Cursor, ErrorKind, Read, Write};
+use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use crate::error::{IoError, Result};
+use crate::error::{io_error, IoError, Result};
+use crate::fsutil::write_atomic;
 
 /// Largest voxel count a header may claim (2^31); bigger files are refused before allocating.
 pub const MAX_VOXELS: u64 = 1 << 31;
@@ -635,13 +635,6 @@ fn invalid(path: &Path, reason: String) -> IoError {
     }
 }
 
-fn io_error(path: &Path, source: io::Error) -> IoError {
-    IoError::Io {
-        path: path.to_path_buf(),
-        cause: source,
-    }
-}
-
 /// Maps a read error: decoder complaints become CorruptGzip, the rest stay OS errors.
 fn read_error(path: &Path, e: io::Error, gz: bool) -> IoError {
     if gz && matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::InvalidData) {
@@ -890,48 +883,4 @@ pub fn write_labels(path: &Path, reference: &NiftiHeader, labels: &[u8]) -> Resu
         });
     }
     write_nifti(path, &h, &NiftiData::U8(labels.to_vec()))
-}
-
-/// Numbers temporary files so that threads of one process writing into one folder never collide.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes through `fill` into a temporary file next to `path`, then renames it over `path`, so that readers
-/// never see half a file and an interrupted run leaves the old output intact.
-pub(crate) fn write_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> Result<()> {
-    let name = path.file_name().ok_or_else(|| IoError::Dataset {
-        path: path.to_path_buf(),
-        reason: "output path has no file name".into(),
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| io_error(&tmp, e))?;
-    let written = (|| {
-        let mut w = BufWriter::with_capacity(256 * 1024, file);
-        fill(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
-    })();
-    let result = written
-        .map_err(|e| io_error(path, e))
-        .and_then(|()| fs::rename(&tmp, path).map_err(|e| io_error(path, e)));
-    if result.is_err() {
-        // Best effort: the original error is what the user needs to see.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
