@@ -8,8 +8,9 @@ use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::error::{io_error, IoError, Result};
-use crate::image2d::read_volume;
-use crate::nifti::{NiftiHeader, Volume};
+use crate::format::{read_volume, strip_format_ending, Format};
+use crate::header::NiftiHeader;
+use crate::volume::Volume;
 
 /// A dataset in Decathlon or nnU-Net v2 layout.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,15 +227,6 @@ fn parse_channels(value: &Value, field: &str, json_path: &Path) -> Result<Vec<St
     Ok(by_index.into_values().collect())
 }
 
-/// Strips ".nii.gz" or ".nii" (any case) from a file name.
-fn strip_nifti(name: &str) -> Option<&str> {
-    let lower = name.to_ascii_lowercase();
-    [".nii.gz", ".nii"]
-        .iter()
-        .find(|e| lower.ends_with(*e) && name.len() > e.len())
-        .map(|e| &name[..name.len() - e.len()])
-}
-
 /// Cases from a Decathlon "training" list; returns (file ending, cases).
 fn decathlon_cases(
     root: &Path,
@@ -271,7 +263,7 @@ fn decathlon_cases(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let id = strip_nifti(&name).ok_or_else(|| {
+        let id = Format::Nifti.strip(&name).ok_or_else(|| {
             dataset_err(
                 json_path,
                 format!("training entry {i}: {image:?} is not a .nii or .nii.gz file"),
@@ -523,7 +515,7 @@ pub fn find_cases(input: &Path, file_ending_hint: Option<&str>) -> Result<Vec<Ca
             .into_iter()
             .filter(|(name, _)| match file_ending_hint {
                 Some(e) => name.ends_with(e) && name.len() > e.len(),
-                None => strip_nifti(name).is_some(),
+                None => Format::Nifti.strip(name).is_some(),
             })
             .collect()
     };
@@ -535,7 +527,7 @@ pub fn find_cases(input: &Path, file_ending_hint: Option<&str>) -> Result<Vec<Ca
         if let Some(s) = file_ending_hint.and_then(|e| name.strip_suffix(e)) {
             return s.to_string();
         }
-        if let Some(s) = strip_nifti(name) {
+        if let Some(s) = strip_format_ending(name) {
             return s.to_string();
         }
         // A single file with another extension: the reader still detects NIfTI by content.

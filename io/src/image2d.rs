@@ -17,7 +17,8 @@ use image::{DynamicImage, ImageFormat, ImageReader};
 
 use crate::error::{io_error, IoError, Result};
 use crate::fsutil::write_bytes_atomic;
-use crate::nifti::{NiftiHeader, Volume, MAX_VOXELS};
+use crate::header::{NiftiHeader, MAX_VOXELS};
+use crate::volume::Volume;
 
 /// File endings read as 2D images (compared without regard to case).
 pub const IMAGE_ENDINGS: [&str; 3] = [".png", ".tif", ".tiff"];
@@ -139,13 +140,4 @@ pub fn write_labels_image2d(path: &Path, shape: [usize; 3], labels: &[u8]) -> Re
         .write_to(&mut encoded, format)
         .map_err(|e| image_error(path, e.to_string()))?;
     write_bytes_atomic(path, encoded.get_ref())
-}
-
-/// Reads a scan of either kind: PNG/TIFF by file ending, anything else as NIfTI-1.
-pub fn read_volume(path: &Path) -> Result<Volume> {
-    if is_image2d(path) {
-        read_image2d(path)
-    } else {
-        crate::nifti::read_nifti(path)
-    }
 }

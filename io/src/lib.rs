@@ -1,27 +1,36 @@
 //! Medical scans in and out: a NIfTI-1 reader/writer that checks header sizes before allocating, and
 //! datasets in the Medical Segmentation Decathlon and nnU-Net v2 layouts, and 2D PNG/TIFF images as
 //! one-slice volumes.
+//!
+//! Layers, each using only those below it: `error`, `fsutil`, `header` and `volume` (shared by every
+//! format); the format modules `nifti` and `image2d`, which never call each other; `format`, which
+//! picks a reader or writer by file name; `dataset` on top.
 
 #![warn(missing_docs)]
 
 mod dataset;
 mod error;
+mod format;
 mod fsutil;
 pub mod geometry;
+mod header;
 mod image2d;
 mod nifti;
+mod volume;
 
 pub use dataset::{
     find_cases, load_case, load_dataset, read_dataset_labels, Case, Dataset, LoadedCase,
 };
 pub use error::{IoError, Result};
+pub use format::{case_id, read_volume, write_labels, Format};
 pub use fsutil::{write_atomic, write_bytes_atomic};
 pub use geometry::{
     resample_cubic, resample_labels, resample_linear, resampled_affine, shape_for_spacing,
     Orientation,
 };
-pub use image2d::{is_image2d, read_image2d, read_volume, write_labels_image2d, IMAGE_ENDINGS};
+pub use header::{NiftiHeader, MAX_VOXELS};
+pub use image2d::{is_image2d, read_image2d, write_labels_image2d, IMAGE_ENDINGS};
 pub use nifti::{
-    read_nifti, read_nifti_bytes, read_nifti_nd, read_nifti_raw, write_labels, write_nifti,
-    NiftiData, NiftiHeader, Volume, MAX_VOXELS,
+    read_nifti, read_nifti_bytes, read_nifti_nd, read_nifti_raw, write_nifti, NiftiData,
 };
+pub use volume::Volume;
