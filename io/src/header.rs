@@ -96,26 +96,20 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn bytes<const N: usize>(&self, off: usize) -> [u8; N] {
+    /// The `N` bytes at `off` in little-endian order, whatever the file's order.
+    fn le<const N: usize>(&self, off: usize) -> [u8; N] {
         let mut a = [0u8; N];
         a.copy_from_slice(&self.raw[off..off + N]);
+        if self.big {
+            a.reverse();
+        }
         a
     }
     fn i16(&self, off: usize) -> i16 {
-        let b = self.bytes::<2>(off);
-        if self.big {
-            i16::from_be_bytes(b)
-        } else {
-            i16::from_le_bytes(b)
-        }
+        i16::from_le_bytes(self.le(off))
     }
     fn f32(&self, off: usize) -> f32 {
-        let b = self.bytes::<4>(off);
-        if self.big {
-            f32::from_be_bytes(b)
-        } else {
-            f32::from_le_bytes(b)
-        }
+        f32::from_le_bytes(self.le(off))
     }
     fn f32s<const N: usize>(&self, off: usize) -> [f32; N] {
         std::array::from_fn(|i| self.f32(off + 4 * i))
@@ -129,29 +123,21 @@ struct FieldsMut<'a> {
 }
 
 impl FieldsMut<'_> {
+    /// Stores a number given as little-endian bytes at `off`, in the header's byte order.
+    fn put<const N: usize>(&mut self, off: usize, mut le: [u8; N]) {
+        if self.big {
+            le.reverse();
+        }
+        self.raw[off..off + N].copy_from_slice(&le);
+    }
     fn i16(&mut self, off: usize, v: i16) {
-        let b = if self.big {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        };
-        self.raw[off..off + 2].copy_from_slice(&b);
+        self.put(off, v.to_le_bytes());
     }
     fn i32(&mut self, off: usize, v: i32) {
-        let b = if self.big {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        };
-        self.raw[off..off + 4].copy_from_slice(&b);
+        self.put(off, v.to_le_bytes());
     }
     fn f32(&mut self, off: usize, v: f32) {
-        let b = if self.big {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        };
-        self.raw[off..off + 4].copy_from_slice(&b);
+        self.put(off, v.to_le_bytes());
     }
     fn f32s(&mut self, off: usize, v: &[f32]) {
         for (i, x) in v.iter().enumerate() {
