@@ -4,12 +4,20 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::Path;
 
 use common::*;
-use segmenter_io::{load_case, load_dataset, read_nifti, read_nifti_raw, Case, IoError};
+use segmenter_io::{load_case, load_dataset, read_nifti, Case, IoError};
 
 fn put_i16(bytes: &mut [u8], off: usize, v: i16) {
     bytes[off..off + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Writes `bytes` as `dir/name` and reads it, expecting a one-line error naming the file; returns it.
+fn read_refused(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) -> String {
+    let p = dir.join(name);
+    fs::write(&p, bytes).unwrap();
+    err_naming(read_nifti(&p), &p)
 }
 
 fn hippocampus_labels() -> BTreeMap<u8, String> {
@@ -23,28 +31,20 @@ fn hippocampus_labels() -> BTreeMap<u8, String> {
 fn truncated_plain_and_gzip() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = valid_nii_bytes(dir.path());
-    let plain = dir.path().join("short.nii");
-    fs::write(&plain, &bytes[..bytes.len() - 10]).unwrap();
-    let msg = err_naming(read_nifti(&plain), &plain);
+    let msg = read_refused(dir.path(), "short.nii", &bytes[..bytes.len() - 10]);
     assert!(msg.contains("truncated"), "{msg}");
 
     // A gzip stream cut off half way through.
     let gz_bytes = gzip(&bytes);
-    let cut = dir.path().join("cut.nii.gz");
-    fs::write(&cut, &gz_bytes[..gz_bytes.len() / 2]).unwrap();
-    let msg = err_naming(read_nifti(&cut), &cut);
+    let msg = read_refused(dir.path(), "cut.nii.gz", &gz_bytes[..gz_bytes.len() / 2]);
     assert!(msg.contains("truncated") || msg.contains("gzip"), "{msg}");
 
     // A complete gzip stream of a file that is itself short.
-    let short_gz = dir.path().join("short.nii.gz");
-    fs::write(&short_gz, gzip(&bytes[..400])).unwrap();
-    let msg = err_naming(read_nifti(&short_gz), &short_gz);
+    let msg = read_refused(dir.path(), "short.nii.gz", gzip(&bytes[..400]));
     assert!(msg.contains("truncated"), "{msg}");
 
     for (name, len) in [("empty.nii", 0), ("half_header.nii", 200)] {
-        let p = dir.path().join(name);
-        fs::write(&p, &bytes[..len]).unwrap();
-        let msg = err_naming(read_nifti(&p), &p);
+        let msg = read_refused(dir.path(), name, &bytes[..len]);
         assert!(msg.contains("truncated"), "{msg}");
     }
 }
@@ -64,18 +64,14 @@ fn corrupt_gzip_stream() {
     for b in &mut bytes[mid..mid + 16] {
         *b ^= 0x5a;
     }
-    let bad = dir.path().join("flipped.nii.gz");
-    fs::write(&bad, &bytes).unwrap();
-    let msg = err_naming(read_nifti(&bad), &bad);
+    let msg = read_refused(dir.path(), "flipped.nii.gz", &bytes);
     assert!(msg.contains("corrupt gzip stream"), "{msg}");
 
     // A single flipped byte in the CRC trailer: data inflates fine, only the checksum catches it.
     let mut bytes = fs::read(&good).unwrap();
     let crc_at = bytes.len() - 8;
     bytes[crc_at] ^= 0x01;
-    let bad_crc = dir.path().join("bad_crc.nii.gz");
-    fs::write(&bad_crc, &bytes).unwrap();
-    let msg = err_naming(read_nifti(&bad_crc), &bad_crc);
+    let msg = read_refused(dir.path(), "bad_crc.nii.gz", &bytes);
     assert!(msg.contains("corrupt gzip stream"), "{msg}");
 }
 
@@ -86,28 +82,20 @@ fn wrong_magic_sizeof_hdr_and_pairs() {
 
     let mut b = bytes.clone();
     b[344..348].copy_from_slice(b"abc\0");
-    let p = dir.path().join("magic.nii");
-    fs::write(&p, &b).unwrap();
-    let msg = err_naming(read_nifti(&p), &p);
+    let msg = read_refused(dir.path(), "magic.nii", &b);
     assert!(msg.contains("magic"), "{msg}");
 
     let mut b = bytes.clone();
     b[344..348].copy_from_slice(b"ni1\0");
-    let p = dir.path().join("pair.nii");
-    fs::write(&p, &b).unwrap();
-    let msg = err_naming(read_nifti(&p), &p);
+    let msg = read_refused(dir.path(), "pair.nii", &b);
     assert!(msg.contains(".hdr/.img pairs are not supported"), "{msg}");
 
     let mut b = bytes.clone();
     b[0..4].copy_from_slice(&100i32.to_le_bytes());
-    let p = dir.path().join("sizeof.nii.gz");
-    fs::write(&p, gzip(&b)).unwrap();
-    let msg = err_naming(read_nifti(&p), &p);
+    let msg = read_refused(dir.path(), "sizeof.nii.gz", gzip(&b));
     assert!(msg.contains("sizeof_hdr"), "{msg}");
 
-    let p = dir.path().join("text.nii");
-    fs::write(&p, "this is not a scan ".repeat(40)).unwrap();
-    err_naming(read_nifti(&p), &p);
+    read_refused(dir.path(), "text.nii", "this is not a scan ".repeat(40));
 }
 
 /// (file name, (byte offset, i16 value) patches to the header, expected message fragment)
@@ -149,13 +137,12 @@ fn bad_dimensions() {
             put_i16(&mut b, off, v);
         }
         for gz in [false, true] {
-            let p = dir.path().join(if gz {
-                format!("{name}.gz")
+            let (file, data) = if gz {
+                (format!("{name}.gz"), gzip(&b))
             } else {
-                name.to_string()
-            });
-            fs::write(&p, if gz { gzip(&b) } else { b.clone() }).unwrap();
-            let msg = err_naming(read_nifti_raw(&p), &p);
+                (name.to_string(), b.clone())
+            };
+            let msg = read_refused(dir.path(), &file, data);
             assert!(msg.contains(expect), "{name}: {msg}");
         }
     }
@@ -163,9 +150,7 @@ fn bad_dimensions() {
     // Complex data is a valid NIfTI type we do not read.
     let mut b = bytes.clone();
     put_i16(&mut b, 70, 32);
-    let p = dir.path().join("complex.nii");
-    fs::write(&p, &b).unwrap();
-    let msg = err_naming(read_nifti(&p), &p);
+    let msg = read_refused(dir.path(), "complex.nii", &b);
     assert!(msg.contains("complex64"), "{msg}");
 }
 
