@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 
 use common::*;
-use segmenter_io::{find_cases, load_case, load_dataset};
+use segmenter_io::{case_id, find_cases, load_case, load_dataset};
 
 #[test]
 fn sample_decathlon_dataset_loads_every_case() {
@@ -156,4 +156,21 @@ fn find_cases_groups_channels_and_plain_names() {
 
     let empty = tempfile::tempdir().unwrap();
     err_naming(find_cases(empty.path(), None), empty.path());
+}
+
+#[test]
+fn find_cases_names_plain_cases_by_the_case_id_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["Upper.NII.GZ", "mixed.Nii", "x.v2.nii.gz"] {
+        write_f32(d, name, [2, 2, 2], None);
+    }
+    let cases = find_cases(d, None).unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in &cases {
+        assert_eq!(case.id, case_id(&case.images[0]));
+    }
+    let image = d.join("slice.TIFF");
+    segmenter_io::write_labels_image2d(&image, [3, 2, 1], &[0; 6]).unwrap();
+    assert_eq!(find_cases(&image, None).unwrap()[0].id, case_id(&image));
 }
