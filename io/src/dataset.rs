@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{io_error, IoError, Result};
 use crate::format::{read_volume, strip_format_ending, Format};
+use crate::fsutil::file_name;
 use crate::header::NiftiHeader;
 use crate::volume::Volume;
 
@@ -77,10 +78,7 @@ pub fn load_dataset(dir: &Path) -> Result<Dataset> {
         .ok_or_else(|| dataset_err(&json_path, "top level is not a JSON object"))?;
     let name = match obj.get("name").and_then(Value::as_str) {
         Some(n) => n.to_string(),
-        None => dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        None => file_name(dir),
     };
     let labels = parse_labels(obj.get("labels"), &json_path)?;
     let (channel_names, file_ending, cases) = if let Some(ch) = obj.get("channel_names") {
@@ -259,10 +257,7 @@ fn decathlon_cases(
                 format!("training entry {i} has no \"image\" path"),
             )
         })?;
-        let name = Path::new(image)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file_name(Path::new(image));
         let id = Format::Nifti.strip(&name).ok_or_else(|| {
             dataset_err(
                 json_path,
@@ -505,10 +500,7 @@ fn voxel_index(i: usize, shape: [usize; 3]) -> [usize; 3] {
 pub fn find_cases(input: &Path, file_ending_hint: Option<&str>) -> Result<Vec<Case>> {
     let meta = fs::metadata(input).map_err(|e| io_error(input, e))?;
     let files = if meta.is_file() {
-        let name = input
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file_name(input);
         vec![(name, input.to_path_buf())]
     } else {
         list_files(input)?

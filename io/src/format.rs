@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::error::Result;
+use crate::fsutil::file_name;
 use crate::header::NiftiHeader;
 use crate::image2d::{is_image2d, read_image2d, write_labels_image2d, IMAGE_ENDINGS};
 use crate::nifti::{read_nifti, write_nifti_labels};
@@ -89,10 +90,7 @@ pub(crate) fn strip_format_ending(name: &str) -> Option<&str> {
 /// The case id of a scan or label file: its file name without the format's ending (".nii.gz", ".nii",
 /// ".png", ".tif", ".tiff", any case); a name without one is kept whole.
 pub fn case_id(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = file_name(path);
     strip_format_ending(&name).unwrap_or(&name).to_string()
 }
 

@@ -1,5 +1,6 @@
-//! Atomic file writes: output goes to a temporary file in the target's folder and is renamed over the
-//! target, so readers never see half a file and an interrupted run leaves the old output intact.
+//! File-system helpers. Writes are atomic: output goes to a temporary file in the target's folder and
+//! is renamed over the target, so readers never see half a file and an interrupted run leaves the old
+//! output intact.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -56,6 +57,13 @@ pub fn write_atomic(
 /// [`write_atomic`] for output already held in memory (JSON, CSV, an encoded image).
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
+}
+
+/// The last component of `path` as text (lossy for non-UTF-8 names), empty when it has none.
+pub(crate) fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageFormat, ImageReader};
 
 use crate::error::{io_error, IoError, Result};
-use crate::fsutil::write_bytes_atomic;
+use crate::fsutil::{file_name, write_bytes_atomic};
 use crate::header::{NiftiHeader, MAX_VOXELS};
 use crate::volume::Volume;
 
@@ -25,10 +25,7 @@ pub const IMAGE_ENDINGS: [&str; 3] = [".png", ".tif", ".tiff"];
 
 /// True when `path` ends in .png, .tif or .tiff (any case).
 pub fn is_image2d(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
+    let name = file_name(path).to_ascii_lowercase();
     IMAGE_ENDINGS.iter().any(|e| name.ends_with(e))
 }
 
