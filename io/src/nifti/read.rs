@@ -32,7 +32,7 @@ fn read_error(path: &Path, e: io::Error, gz: bool) -> IoError {
 /// Reads until `buf` is full or the stream ends; returns how much was read. An early end of a gzip
 /// stream is reported by flate2 as UnexpectedEof, which here just means "short", so callers can say
 /// "truncated" with a byte count.
-fn read_fill<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+fn read_fill<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match r.read(&mut buf[done..]) {
@@ -47,7 +47,7 @@ fn read_fill<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Reads and discards up to `n` bytes without allocating them; returns how many there were.
-fn skip<R: Read>(r: &mut R, n: u64) -> io::Result<u64> {
+fn skip<R: Read + ?Sized>(r: &mut R, n: u64) -> io::Result<u64> {
     let mut buf = [0u8; 16 * 1024];
     let mut done = 0u64;
     while done < n {
@@ -85,26 +85,49 @@ pub fn read_nifti_bytes(bytes: &[u8], name: &Path) -> Result<(NiftiHeader, Nifti
     read_nifti_from(bytes, Some(bytes.len() as u64), name, false)
 }
 
-/// The reader behind [`read_nifti_raw`] and [`read_nifti_bytes`]: `len` is the stored (possibly
-/// compressed) size when known, which lets a plain file that is too short be refused before allocating;
-/// `any_dims` accepts more than three non-singleton dimensions.
-fn read_nifti_from<R: Read>(
-    mut reader: R,
-    len: Option<u64>,
-    path: &Path,
-    any_dims: bool,
-) -> Result<(NiftiHeader, NiftiData)> {
+/// The stream with its gzip layer removed if it has one (told by the magic bytes, not the name), and
+/// whether it had one.
+fn ungzipped<'a, R: Read + 'a>(mut reader: R, path: &Path) -> Result<(Box<dyn Read + 'a>, bool)> {
     let mut magic = [0u8; 2];
     let got = read_fill(&mut reader, &mut magic).map_err(|e| io_error(path, e))?;
     let gz = got == 2 && magic == [0x1f, 0x8b];
     let plain = Cursor::new(magic[..got].to_vec()).chain(reader);
-    let mut src: Box<dyn Read + '_> = if gz {
+    let src: Box<dyn Read + 'a> = if gz {
         // Multi-member streams (bgzip, concatenated gzip) are valid gzip and are read whole.
         Box::new(MultiGzDecoder::new(plain))
     } else {
         Box::new(plain)
     };
+    Ok((src, gz))
+}
 
+/// Decodes a gzip stream to its end after the voxel data, so that flate2 verifies the CRC (a flipped
+/// bit can still inflate to valid-looking data); trailing padding is tolerated, but never more than
+/// the volume itself (`nbytes`), which stops zip bombs.
+fn check_gzip_end(src: &mut dyn Read, nbytes: u64, expected: u64, path: &Path) -> Result<()> {
+    let extra = skip(src, nbytes + 1).map_err(|e| read_error(path, e, true))?;
+    if extra > nbytes {
+        return Err(IoError::CorruptGzip {
+            path: path.to_path_buf(),
+            detail: format!(
+                "decompresses to more than {} bytes, twice what the header describes; refused",
+                expected + nbytes
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The reader behind [`read_nifti_raw`] and [`read_nifti_bytes`]: `len` is the stored (possibly
+/// compressed) size when known, which lets a plain file that is too short be refused before allocating;
+/// `any_dims` accepts more than three non-singleton dimensions.
+fn read_nifti_from<R: Read>(
+    reader: R,
+    len: Option<u64>,
+    path: &Path,
+    any_dims: bool,
+) -> Result<(NiftiHeader, NiftiData)> {
+    let (mut src, gz) = ungzipped(reader, path)?;
     let mut raw = [0u8; HEADER_SIZE];
     let got = read_fill(&mut src, &mut raw).map_err(|e| read_error(path, e, gz))?;
     if got < HEADER_SIZE {
@@ -170,18 +193,7 @@ fn read_nifti_from<R: Read>(
         });
     }
     if gz {
-        // Decode to the end so flate2 verifies the CRC (a flipped bit can still inflate to valid-looking
-        // data); trailing padding is tolerated, but never more than the volume itself (zip bombs).
-        let extra = skip(&mut src, nbytes + 1).map_err(|e| read_error(path, e, gz))?;
-        if extra > nbytes {
-            return Err(IoError::CorruptGzip {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "decompresses to more than {} bytes, twice what the header describes; refused",
-                    expected + nbytes
-                ),
-            });
-        }
+        check_gzip_end(&mut src, nbytes, expected, path)?;
     }
     let data = NiftiData::decode(bytes, header.datatype, header.big_endian).ok_or_else(|| {
         IoError::Unsupported {
