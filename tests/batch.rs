@@ -130,7 +130,7 @@ fn probabilities_and_largest_component_post_processing() {
         .zip(&labels.data)
         .all(|(&k, &l)| k == l || k == 0.0));
     let mut relabelled: Vec<u8> = kept.data.iter().map(|&v| v as u8).collect();
-    segmenter::postprocess::keep_largest_components(&mut relabelled, kept.shape);
+    segmenter::predict::postprocess::keep_largest_components(&mut relabelled, kept.shape);
     assert!(relabelled
         .iter()
         .zip(&kept.data)

@@ -146,8 +146,7 @@ fn a_nan_batch_is_skipped_without_poisoning_the_run() {
         let run = dir.path().join("run");
         let out = bin()
             .args(train_args(&data, &run, &config))
-            .args(["--replicas", replicas])
-            .env("SEGMENTER_INJECT_NAN_AT_STEP", "1")
+            .args(["--replicas", replicas, "--inject-nan-at-step", "1"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));

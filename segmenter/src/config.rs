@@ -196,7 +196,12 @@ mod tests {
         let tiny = ExperimentConfig::preset("tiny").unwrap();
         assert_eq!(tiny.model.dims, [32, 64, 128, 256]);
         let paper = ExperimentConfig::preset("swin-umamba").unwrap();
-        assert_eq!(paper.model, ModelConfig::swin_umamba());
+        let m = &paper.model;
+        assert_eq!(
+            (m.stem_channels, m.dims, m.depths, m.d_state, m.expand),
+            (48, [96, 192, 384, 768], [2, 2, 9, 2], 16, 2),
+            "the Swin-UMamba paper's encoder"
+        );
         assert!(ExperimentConfig::preset("huge").is_err());
     }
 

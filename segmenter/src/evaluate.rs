@@ -322,11 +322,11 @@ pub fn write_report(
 ) -> Result<String> {
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create folder", out_dir.display()))?;
-    crate::fsutil::write_atomic(
+    segmenter_io::write_bytes_atomic(
         &out_dir.join("summary.json"),
         serde_json::to_string_pretty(summary)?.as_bytes(),
     )?;
-    crate::fsutil::write_atomic(
+    segmenter_io::write_bytes_atomic(
         &out_dir.join("summary.csv"),
         csv(summary, labels).as_bytes(),
     )?;

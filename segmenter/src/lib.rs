@@ -1,26 +1,23 @@
-//! segmenter: Swin-UMamba-style segmentation of medical scans — network, training, inference,
-//! evaluation — on burn, CPU by default and CUDA with `--features cuda`.
+//! segmenter: Swin-UMamba-style segmentation of medical scans on burn, CPU by default and CUDA
+//! with `--features cuda`. One module per stage, data flowing down through them:
+//!
+//! - [`plan`]: fingerprint a dataset and decide how volumes become network inputs (`plan.json`);
+//! - [`preprocess`]: load cases and bring them into the network's frame and back;
+//! - [`model`]: the network and the CPU ops it runs on;
+//! - [`train`]: split, sampler, loss, schedule and loop, writing a run folder ([`run`]);
+//! - [`predict`]: the sliding window and batch prediction from a run folder;
+//! - [`evaluate`]: metrics against reference label maps, `summary.json` and the HTML report.
+//!
+//! The command line and the benchmarks live in the binary (`src/main.rs`, `src/cli/`,
+//! `src/bench/`); `docs/ARCHITECTURE.md` maps the whole repository.
 
-pub mod augment;
-pub mod bench;
-pub mod bench_infer;
-pub mod bench_kernel;
-pub mod bench_sampler;
-pub mod bench_step;
 pub mod config;
-pub mod conv;
-pub mod curve;
-pub mod data;
 pub mod distance;
 pub mod evaluate;
-pub mod fsutil;
-pub mod infer;
 pub mod model;
-pub mod norm;
-pub mod parallel;
 pub mod plan;
-pub mod postprocess;
 pub mod predict;
+pub mod preprocess;
 pub mod report;
 pub mod run;
 pub mod train;

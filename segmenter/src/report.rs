@@ -14,7 +14,7 @@ use segmenter_io::{read_volume, Orientation, IMAGE_ENDINGS};
 
 use crate::distance::percentile;
 use crate::evaluate::Summary;
-use crate::fsutil::write_atomic;
+use segmenter_io::write_bytes_atomic as write_atomic;
 
 /// Metrics shown in the report: key in `summary.json`, title, unit.
 const METRICS: [(&str, &str, &str); 6] = [

@@ -1,4 +1,5 @@
-//! The run folder: everything predict needs (weights, config, plan, label names) plus the log.
+//! The run folder, what `train` hands to `predict`: weights, config, plan (with the label names),
+//! split, log, and the checkpoint and run settings that `train --resume` needs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,12 +8,41 @@ use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use serde::Serialize;
+use segmenter_io::write_bytes_atomic;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ExperimentConfig;
 use crate::model::SwinUMamba;
 use crate::plan::Plan;
-use crate::train::TrainState;
+
+/// What a run needs to be resumed, beyond config and plan: written to `run.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Dataset folder (absolute).
+    pub data: PathBuf,
+    /// Seed of split, initialisation and sampling.
+    pub seed: u64,
+    /// Fraction held out for validation.
+    pub val_fraction: f64,
+    /// Wall-time budget in seconds, if any.
+    pub time_budget_s: Option<f64>,
+    /// Cross-validation fold held out (`--fold`), if the split is one of the five folds.
+    #[serde(default)]
+    pub fold: Option<usize>,
+}
+
+/// Training progress saved with each checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Optimiser steps taken (the sampler's position: batch `step` depends only on seed and step).
+    pub step: usize,
+    /// Training wall time so far, in seconds.
+    pub elapsed_s: f64,
+    /// Best validation mean foreground Dice so far.
+    pub best_dice: Option<f64>,
+}
 
 /// A run folder on disk.
 pub struct RunDir {
@@ -94,9 +124,9 @@ impl RunDir {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        crate::fsutil::write_atomic(&tmp.join("model.mpk"), model)?;
-        crate::fsutil::write_atomic(&tmp.join("optimizer.mpk"), optimizer)?;
-        crate::fsutil::write_atomic(
+        write_bytes_atomic(&tmp.join("model.mpk"), model)?;
+        write_bytes_atomic(&tmp.join("optimizer.mpk"), optimizer)?;
+        write_bytes_atomic(
             &tmp.join("state.json"),
             serde_json::to_string_pretty(state)?.as_bytes(),
         )?;
@@ -136,10 +166,8 @@ impl RunDir {
 
     /// Writes a JSON file into the run (atomically).
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        crate::fsutil::write_atomic(
-            &self.path.join(name),
-            serde_json::to_string_pretty(value)?.as_bytes(),
-        )
+        let json = serde_json::to_string_pretty(value)?;
+        Ok(write_bytes_atomic(&self.path.join(name), json.as_bytes())?)
     }
 
     /// Writes `plan.json`.
@@ -149,7 +177,11 @@ impl RunDir {
 
     /// Writes `config.toml`.
     pub fn write_config(&self, config: &ExperimentConfig) -> Result<()> {
-        crate::fsutil::write_atomic(&self.path.join("config.toml"), config.to_toml()?.as_bytes())
+        let toml = config.to_toml()?;
+        Ok(write_bytes_atomic(
+            &self.path.join("config.toml"),
+            toml.as_bytes(),
+        )?)
     }
 
     /// Reads `plan.json`.
@@ -179,7 +211,10 @@ impl RunDir {
         let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
             .record(model.clone().into_record(), ())
             .context("cannot serialise the model")?;
-        crate::fsutil::write_atomic(&self.path.join(format!("{name}.mpk")), &bytes)
+        Ok(write_bytes_atomic(
+            &self.path.join(format!("{name}.mpk")),
+            &bytes,
+        )?)
     }
 
     /// Builds the network of this run and loads its weights from `model.mpk`.

@@ -13,11 +13,10 @@ use burn::backend::autodiff::{
 };
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::{TensorData, TensorPrimitive};
+use burn::tensor::TensorPrimitive;
 use rayon::prelude::*;
 
-/// A backend's float tensor primitive.
-type FloatTensor<B> = <B as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+use super::host::{from_host, to_host, FloatTensor};
 
 /// Numerical guard added to the variance.
 pub const EPSILON: f64 = 1e-5;
@@ -101,22 +100,6 @@ fn normalize_tensor<B: Backend>(x: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>)
     let var = centred.clone().square().sum_dim(2).sum_dim(3) / m;
     let inv = (var + EPSILON).sqrt().recip();
     (centred * inv.clone(), inv)
-}
-
-fn to_host<B: Backend>(t: FloatTensor<B>) -> (Vec<f32>, Vec<usize>) {
-    let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
-    let dims = t.shape().to_vec();
-    (
-        t.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("f32 data"),
-        dims,
-    )
-}
-
-fn from_host<B: Backend>(values: Vec<f32>, dims: Vec<usize>, device: &B::Device) -> FloatTensor<B> {
-    B::float_from_data(TensorData::new(values, dims), device)
 }
 
 /// Mean and inverse standard deviation of one plane.

@@ -4,7 +4,7 @@
 //! op, then with the straightforward tensor-op loop of `vision_ssm::scan::tensor_reference`,
 //! in the same run, and prints the ratio. With `--replicas N`, also times the loss of training
 //! (deep supervision) and its gradients on one replica and on N data-parallel replicas sharing
-//! the cores ([`crate::parallel`]), in the same run, and prints the speed-up.
+//! the cores ([`segmenter::train::parallel`]), in the same run, and prints the speed-up.
 
 use std::time::Instant;
 
@@ -15,28 +15,35 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::config::ExperimentConfig;
-use crate::parallel::{loss_and_grads, Replicas};
-use crate::train::{dice_ce_loss, one_hot};
+use segmenter::config::ExperimentConfig;
+use segmenter::train::loss::{dice_ce_loss, one_hot};
+use segmenter::train::parallel::{loss_and_grads, Replicas};
 
 type Ad = Autodiff<Flex>;
 
 /// Options of `segmenter bench step`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct StepBenchOptions {
     /// Preset whose network is timed.
+    #[arg(long, default_value = "tiny")]
     pub preset: String,
-    /// Patches per batch (default: the preset's batch size).
+    /// Patches per batch [default: the preset's batch size].
+    #[arg(long)]
     pub batch: Option<usize>,
     /// Side of the square patches.
+    #[arg(long, default_value_t = 64)]
     pub patch: usize,
-    /// Timed steps per implementation (median reported), after one warm-up.
+    /// Timed steps per implementation (the median is reported), after one warm-up.
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Also time the tensor-op reference (slow: minutes for the `tiny` preset).
+    /// Also time the straightforward tensor-op scan (slow).
+    #[arg(long)]
     pub reference: bool,
-    /// Also time N data-parallel replicas against one.
+    /// Also time N data-parallel replicas sharing the cores against one replica.
+    #[arg(long)]
     pub replicas: Option<usize>,
     /// One JSON object per line instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -60,9 +67,10 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
     let batch = options.batch.unwrap_or(config.train.batch_size);
     let side = options.patch;
     anyhow::ensure!(
-        side >= crate::model::DOWNSAMPLING && side.is_multiple_of(crate::model::DOWNSAMPLING),
+        side >= segmenter::model::DOWNSAMPLING
+            && side.is_multiple_of(segmenter::model::DOWNSAMPLING),
         "--patch must be a multiple of {}",
-        crate::model::DOWNSAMPLING
+        segmenter::model::DOWNSAMPLING
     );
     let classes = 3;
     let device = Default::default();
@@ -149,7 +157,7 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
             options.preset,
             options.runs.max(1),
             rayon::current_num_threads(),
-            crate::bench::cpu_model()
+            super::cpu_model()
         );
         for (imp, ms) in &results {
             println!(

@@ -1,4 +1,5 @@
-//! The Swin-UMamba-style 2D network, readable top to bottom with the paper's names.
+//! The Swin-UMamba-style 2D network's modules and forward pass, readable top to bottom with the
+//! paper's names.
 //!
 //! ```text
 //! input ─► stem (7×7 conv, stride 2) ─► patch embed (2×2) ─► stage 1 (VSS×d1) ─► merge ─► stage 2 ─► merge ─► stage 3 ─► merge ─► stage 4
@@ -11,107 +12,21 @@
 //! convolution, concatenation with the skip and a residual conv block. Deep supervision adds
 //! 1×1 heads at 1/2 and 1/4 resolution.
 
-use crate::conv::{forward_same, ConvBackend};
-use crate::norm::{FusedInstanceNorm, NormBackend};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation;
-use serde::{Deserialize, Serialize};
 use vision_ssm::{
     PatchEmbed, PatchEmbedConfig, PatchMerging, PatchMergingConfig, ScanBackend, VssBlock,
     VssBlockConfig,
 };
 
-/// Total downsampling of the network: inputs must have sides divisible by this.
-pub const DOWNSAMPLING: usize = 32;
-
-/// Which mixer the encoder stages use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum EncoderKind {
-    /// VSS blocks (selective scan): Swin-UMamba.
-    #[default]
-    Vss,
-    /// Residual convolution blocks of similar size, for ablations.
-    Conv,
-}
-
-/// Architecture hyper-parameters of [`SwinUMamba`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelConfig {
-    /// Channels of the 7×7 stem (and of the two highest-resolution skips).
-    pub stem_channels: usize,
-    /// Channels of the four encoder stages (each twice the previous).
-    pub dims: [usize; 4],
-    /// Number of blocks in each stage.
-    pub depths: [usize; 4],
-    /// State size N of the selective scan.
-    pub d_state: usize,
-    /// Inner expansion of SS2D.
-    pub expand: usize,
-    /// VSS (default) or convolutional encoder blocks.
-    #[serde(default)]
-    pub encoder: EncoderKind,
-    /// Neighbouring slices on each side given to the network with each slice as extra input
-    /// channels (2.5D); 0 (default): the slice alone. Recorded in the run's plan for inference.
-    #[serde(default)]
-    pub context_slices: usize,
-}
-
-/// Most neighbouring slices a side `context_slices` may ask for: more is a 3D problem.
-pub const MAX_CONTEXT_SLICES: usize = 8;
+use super::config::{EncoderKind, ModelConfig};
+use super::ops::conv::{forward_same, ConvBackend};
+use super::ops::norm::{FusedInstanceNorm, NormBackend};
 
 impl ModelConfig {
-    /// Small network that trains on a laptop CPU in minutes.
-    pub fn tiny() -> Self {
-        Self {
-            stem_channels: 16,
-            dims: [32, 64, 128, 256],
-            depths: [1, 1, 2, 1],
-            d_state: 8,
-            expand: 2,
-            encoder: EncoderKind::Vss,
-            context_slices: 0,
-        }
-    }
-
-    /// The Swin-UMamba paper's encoder: stem 48, dims 96/192/384/768, depths 2/2/9/2, d_state 16.
-    pub fn swin_umamba() -> Self {
-        Self {
-            stem_channels: 48,
-            dims: [96, 192, 384, 768],
-            depths: [2, 2, 9, 2],
-            d_state: 16,
-            expand: 2,
-            encoder: EncoderKind::Vss,
-            context_slices: 0,
-        }
-    }
-
-    /// Checks that the stage widths double (patch merging doubles the channels).
-    pub fn validate(&self) -> Result<(), String> {
-        for i in 1..4 {
-            if self.dims[i] != 2 * self.dims[i - 1] {
-                return Err(format!(
-                    "model dims must double from stage to stage, got {:?}",
-                    self.dims
-                ));
-            }
-        }
-        if self.depths.contains(&0) || self.stem_channels == 0 || self.d_state == 0 {
-            return Err("model depths, stem_channels and d_state must be positive".into());
-        }
-        if self.context_slices > MAX_CONTEXT_SLICES {
-            return Err(format!(
-                "model.context_slices must be at most {MAX_CONTEXT_SLICES}, got {}",
-                self.context_slices
-            ));
-        }
-        Ok(())
-    }
-
     /// Builds the network for `in_channels` input channels and `num_classes` output classes.
     pub fn init<B: Backend>(
         &self,

@@ -16,29 +16,43 @@ use burn::backend::Flex;
 use segmenter_io::{find_cases, load_case, Case, LoadedCase};
 use serde_json::json;
 
-use crate::bench::with_peak;
-use crate::config::ExperimentConfig;
-use crate::infer::{predict_volume, windows_per_batch, WindowSettings};
-use crate::plan::{network_shape, patch_size_for, slicing, NetworkCase, Normalization, Plan};
-use crate::predict::predict_case;
+use super::alloc::with_peak;
+use segmenter::config::ExperimentConfig;
+use segmenter::plan::{network_shape, patch_size_for, slicing, Normalization, Plan, Slicing};
+use segmenter::predict::predict_case;
+use segmenter::predict::window::{
+    predict_volume, windows_per_batch, VolumeJob, WindowSettings, BATCH_PROBABILITY_BYTES,
+};
+use segmenter::preprocess::NetworkCase;
 
 /// Options of `segmenter bench infer`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct InferBenchOptions {
-    /// Scans or folders of scans, each timed as one group.
+    /// Scans or folders of scans, each timed as one group [default:
+    /// sample-data/hippocampus/imagesTs and ../shared/data/totalseg-example/example_ct_sm.nii.gz].
+    #[arg(long = "input")]
     pub inputs: Vec<PathBuf>,
-    /// Presets to time (`tiny`, `swin-umamba`).
-    pub presets: Vec<String>,
-    /// Output classes of the network (background included) per input; 3 when not given.
+    /// Output classes (background included) for each --input, in order; 3 when not given.
+    #[arg(long = "classes")]
     pub classes: Vec<usize>,
+    /// Presets to time.
+    #[arg(long, value_delimiter = ',', default_values_t = ["tiny".to_string(), "swin-umamba".to_string()])]
+    pub presets: Vec<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// One JSON object per line instead of a table.
+    #[arg(long)]
     pub json: bool,
-    /// Skip the rows with mirroring test-time augmentation.
+    /// Time only without --tta (with it, each row takes four times as long).
+    #[arg(long)]
     pub no_tta: bool,
-    /// In-plane spacing (mm) to plan: slices of another spacing are resampled for the network
-    /// and the prediction back, as `predict` does. None: every scan as it is.
+    /// Plan this in-plane spacing (mm): slices of another spacing are resampled for the
+    /// network and the prediction back, as predict does [default: every scan as it is].
+    #[arg(long)]
     pub spacing: Option<f64>,
-    /// Also return the class probabilities of every voxel, as `predict --save-probabilities`.
+    /// Also keep the class probabilities of every voxel, as predict --save-probabilities.
+    #[arg(long)]
     pub keep_probabilities: bool,
 }
 
@@ -95,7 +109,7 @@ fn load_group(input: &Path, classes: usize) -> Result<Group> {
 fn plan_for(group: &Group, max_patch_side: usize, spacing: Option<f64>) -> Plan {
     let frames: Vec<([usize; 3], [f64; 3])> =
         group.cases.iter().map(|c| (c.shape, c.spacing)).collect();
-    let crate::plan::Slicing {
+    let Slicing {
         slice_axis,
         mut patch_size,
         ..
@@ -196,9 +210,8 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                     for case in &group.cases {
                         let mut channels = case.channels.clone();
                         plan.normalize(&mut channels);
-                        let labels = predict_volume(
-                            &model, &plan, &channels, case.shape, &settings, &device,
-                        );
+                        let job = VolumeJob::labels(&channels, case.shape);
+                        let labels = predict_volume(&model, &plan, &job, &settings, &device).labels;
                         voxels += labels.len();
                     }
                     voxels
@@ -207,14 +220,8 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                 {
                     let mut channels = group.cases[0].channels.clone();
                     plan.normalize(&mut channels);
-                    predict_volume(
-                        &model,
-                        &plan,
-                        &channels,
-                        group.cases[0].shape,
-                        &settings,
-                        &device,
-                    );
+                    let job = VolumeJob::labels(&channels, group.cases[0].shape);
+                    predict_volume(&model, &plan, &job, &settings, &device);
                 }
                 let start = Instant::now();
                 let (voxels, peak_bytes) = with_peak(run_all);
@@ -268,7 +275,7 @@ fn row_json(r: &Row, options: &InferBenchOptions) -> serde_json::Value {
 fn print_table(rows: &[Row], groups: &[Group], options: &InferBenchOptions) {
     println!(
         "Inference on {} ({} worker threads); whole volumes, sliding window step 0.5",
-        crate::bench::cpu_model(),
+        super::cpu_model(),
         rayon::current_num_threads()
     );
     if let Some(mm) = options.spacing {
@@ -297,7 +304,7 @@ fn print_table(rows: &[Row], groups: &[Group], options: &InferBenchOptions) {
     }
     println!(
         "  batch: windows per network call, 16 or fewer where their class probabilities would pass {} MiB",
-        crate::infer::BATCH_PROBABILITY_BYTES >> 20
+        BATCH_PROBABILITY_BYTES >> 20
     );
     println!(
         "\n{:<16} {:<12} {:>4} {:>9} {:>5} {:>10} {:>9} {:>12} {:>9}",

@@ -14,8 +14,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::{AutodiffBackend, Device as _, DeviceId, DeviceOps};
 
+use super::loss::deep_supervision_loss;
 use crate::model::{ModelBackend, SwinUMamba};
-use crate::train::deep_supervision_loss;
 
 /// The devices of data-parallel training and a worker pool per replica.
 pub struct Replicas<B: Backend> {

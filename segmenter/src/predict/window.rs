@@ -1,11 +1,12 @@
-//! Inference: every slice of a volume through the network with a Gaussian-weighted sliding window,
-//! argmax, back into the volume's own grid.
+//! The sliding window: every slice of a volume through the network in Gaussian-weighted windows,
+//! batched, with optional mirroring, and the class probabilities to labels on the output grid.
 
 use burn::prelude::*;
 use burn::tensor::activation;
 
 use crate::model::{ModelBackend, SwinUMamba};
-use crate::plan::{Plan, SliceGeometry};
+use crate::plan::Plan;
+use crate::preprocess::SliceGeometry;
 
 /// Sliding-window settings.
 #[derive(Clone, Debug)]
@@ -168,36 +169,64 @@ impl Canvases {
     }
 }
 
-/// Predicts the label map of one normalised volume (channels in file order) of shape `shape`.
+/// One volume to predict: its normalised channels in the network's frame, and the grid its
+/// prediction comes back on.
+pub struct VolumeJob<'a> {
+    /// Normalised channels, each in the volume's voxel order (x fastest).
+    pub channels: &'a [Vec<f32>],
+    /// Shape of the volume in the network's frame.
+    pub shape: [usize; 3],
+    /// Shape of the grid the prediction comes back on: `shape`, or the same slices at another
+    /// in-plane size (the file's, when the plan resampled them). Each slice's class probabilities
+    /// are then resampled linearly and the labels are their argmax, as nnU-Net does, slice by
+    /// slice, so that memory does not grow with classes x voxels.
+    pub out_shape: [usize; 3],
+    /// Also return the class probabilities on the output grid (classes x voxels floats).
+    pub keep_probabilities: bool,
+}
+
+impl<'a> VolumeJob<'a> {
+    /// The labels of a volume on its own grid.
+    pub fn labels(channels: &'a [Vec<f32>], shape: [usize; 3]) -> Self {
+        Self {
+            channels,
+            shape,
+            out_shape: shape,
+            keep_probabilities: false,
+        }
+    }
+}
+
+/// The prediction of one volume on the job's output grid.
+pub struct VolumePrediction {
+    /// Label of every voxel: the first class of highest probability.
+    pub labels: Vec<u8>,
+    /// Class probabilities (the Gaussian-weighted average over windows), one `Vec` per class in
+    /// the output grid's voxel order, when the job asked for them.
+    pub probabilities: Option<Vec<Vec<f32>>>,
+}
+
+/// Predicts one volume with a Gaussian-weighted sliding window over each of its slices: the one
+/// way from a volume in the network's frame to its labels, for validation, `predict` and the
+/// benchmarks alike.
 pub fn predict_volume<B: ModelBackend>(
     model: &SwinUMamba<B>,
     plan: &Plan,
-    channels: &[Vec<f32>],
-    shape: [usize; 3],
+    job: &VolumeJob,
     settings: &WindowSettings,
     device: &B::Device,
-) -> Vec<u8> {
-    predict_volume_with_probabilities(model, plan, channels, shape, settings, device, false).0
-}
-
-/// Like [`predict_volume`], and when `keep_probabilities` also the class probabilities, one
-/// `Vec` per class in the volume's voxel order (the Gaussian-weighted average over windows).
-pub fn predict_volume_with_probabilities<B: ModelBackend>(
-    model: &SwinUMamba<B>,
-    plan: &Plan,
-    channels: &[Vec<f32>],
-    shape: [usize; 3],
-    settings: &WindowSettings,
-    device: &B::Device,
-    keep_probabilities: bool,
-) -> (Vec<u8>, Option<Vec<Vec<f32>>>) {
+) -> VolumePrediction {
     let geometry = SliceGeometry {
-        shape,
+        shape: job.shape,
         slice_axis: plan.slice_axis,
     };
-    let run = network_runner(model, plan, settings, device);
-    let job = SlidingWindows::for_plan(&geometry, plan, settings);
-    job.labels(channels, keep_probabilities, run)
+    let windows = SlidingWindows::for_plan(&geometry, plan, settings);
+    windows.resolve(
+        job.channels,
+        job.out_shape,
+        job.keep_probabilities,
+        network_runner(model, plan, settings, device),
+    )
 }
 
 /// The network input of a batch of windows, to the probabilities of its windows.
@@ -216,30 +245,6 @@ fn network_runner<'a, B: ModelBackend>(
             .into_vec::<f32>()
             .expect("f32 probabilities")
     }
-}
-
-/// Like [`predict_volume`], for a volume whose slices were resampled for the network: the labels
-/// come out on the grid of shape `out_shape` (the same slices at their own in-plane size), from
-/// each slice's class probabilities resampled linearly, slice by slice.
-pub fn predict_volume_resampled<B: ModelBackend>(
-    model: &SwinUMamba<B>,
-    plan: &Plan,
-    channels: &[Vec<f32>],
-    shape: [usize; 3],
-    out_shape: [usize; 3],
-    settings: &WindowSettings,
-    device: &B::Device,
-) -> Vec<u8> {
-    let geometry = SliceGeometry {
-        shape,
-        slice_axis: plan.slice_axis,
-    };
-    let job = SlidingWindows::for_plan(&geometry, plan, settings);
-    job.labels_resampled(
-        channels,
-        out_shape,
-        network_runner(model, plan, settings, device),
-    )
 }
 
 /// One volume's sliding-window prediction, apart from the network: which windows, in which
@@ -376,91 +381,112 @@ impl<'a> SlidingWindows<'a> {
         }
     }
 
-    /// Labels of every voxel (argmax over classes, ties to the lower label) and, when asked,
-    /// the class probabilities, one `Vec` per class in the volume's voxel order.
-    fn labels(
-        &self,
-        channels: &[Vec<f32>],
-        keep_probabilities: bool,
-        run: impl FnMut(Vec<f32>, usize) -> Vec<f32>,
-    ) -> (Vec<u8>, Option<Vec<Vec<f32>>>) {
-        let geometry = self.geometry;
-        let voxels: usize = geometry.shape.iter().product();
-        let mut labels = vec![0u8; voxels];
-        let mut probabilities =
-            keep_probabilities.then(|| vec![vec![0.0f32; voxels]; self.classes]);
-        let [rows, cols] = geometry.slice_shape();
-        let mut slice_labels = vec![0u8; rows * cols];
-        self.predict(channels, run, |s, probs| {
-            argmax_into(probs, &mut slice_labels);
-            geometry.insert(&mut labels, s, &slice_labels);
-            if let Some(volumes) = probabilities.as_mut() {
-                for (volume, class) in volumes.iter_mut().zip(probs) {
-                    geometry.insert(volume, s, class);
-                }
-            }
-        });
-        (labels, probabilities)
-    }
-
-    /// Labels on a grid whose slices have another in-plane shape (same slices, same extent):
-    /// each slice's class probabilities resampled linearly to `out_shape`, then the argmax.
-    /// Equal to resampling whole-volume probabilities and taking the argmax, as nnU-Net does,
-    /// without holding classes x voxels floats.
-    fn labels_resampled(
+    /// Labels on a grid of shape `out_shape` (the same slices, at the same or another in-plane
+    /// size) and, with `keep_probabilities`, the class probabilities there. Each slice's
+    /// probabilities are resampled linearly when the sizes differ, then the argmax is taken (ties
+    /// to the lower label): equal to resampling whole-volume probabilities, as nnU-Net does,
+    /// without holding classes x voxels floats unless they are asked for.
+    fn resolve(
         &self,
         channels: &[Vec<f32>],
         out_shape: [usize; 3],
+        keep_probabilities: bool,
         run: impl FnMut(Vec<f32>, usize) -> Vec<f32>,
-    ) -> Vec<u8> {
-        let geometry = self.geometry;
-        let axis = geometry.slice_axis;
+    ) -> VolumePrediction {
+        let axis = self.geometry.slice_axis;
         assert_eq!(
-            out_shape[axis], geometry.shape[axis],
+            out_shape[axis], self.geometry.shape[axis],
             "resampling changes only the in-plane shape"
         );
         let out_geometry = SliceGeometry {
             shape: out_shape,
             slice_axis: axis,
         };
-        let mut labels = vec![0u8; out_shape.iter().product()];
-        let ([rows, cols], [out_rows, out_cols]) =
-            (geometry.slice_shape(), out_geometry.slice_shape());
-        // One slice as a volume one voxel thick, x fastest: the rows axis (the lower one) runs
-        // fastest, so element (r, c) sits at r + rows * c.
-        let (mut thin, mut out_thin) = (geometry.shape, out_shape);
-        (thin[axis], out_thin[axis]) = (1, 1);
-        let mut class_thin = vec![0.0f32; rows * cols];
-        let mut best = vec![(f32::MIN, 0u8); out_rows * out_cols];
+        let voxels: usize = out_shape.iter().product();
+        let mut labels = vec![0u8; voxels];
+        let mut probabilities =
+            keep_probabilities.then(|| vec![vec![0.0f32; voxels]; self.classes]);
+        let mut to_out = SliceResampler::new(self.geometry, &out_geometry);
+        let [out_rows, out_cols] = out_geometry.slice_shape();
         let mut slice_labels = vec![0u8; out_rows * out_cols];
         self.predict(channels, run, |s, probs| {
-            best.fill((f32::MIN, 0));
-            for (k, class) in probs.iter().enumerate() {
-                for r in 0..rows {
-                    for c in 0..cols {
-                        class_thin[r + rows * c] = class[r * cols + c];
-                    }
-                }
-                let resampled = segmenter_io::resample_linear(&class_thin, thin, out_thin);
-                for (b, &v) in best.iter_mut().zip(&resampled) {
-                    if v > b.0 {
-                        *b = (v, k as u8);
-                    }
+            let probs = to_out.resample(probs);
+            argmax_into(probs, &mut slice_labels);
+            out_geometry.insert(&mut labels, s, &slice_labels);
+            if let Some(volumes) = probabilities.as_mut() {
+                for (volume, class) in volumes.iter_mut().zip(probs) {
+                    out_geometry.insert(volume, s, class);
                 }
             }
+        });
+        VolumePrediction {
+            labels,
+            probabilities,
+        }
+    }
+}
+
+/// Resamples one slice's class probabilities (`[classes][rows x cols]`, row-major) to another
+/// in-plane size with the volume resampler, so each slice gets exactly the values resampling the
+/// whole volume would give it.
+struct SliceResampler {
+    /// In-plane shapes in and out.
+    from: [usize; 2],
+    to: [usize; 2],
+    /// One slice as a volume one voxel thick, in and out.
+    thin: [usize; 3],
+    out_thin: [usize; 3],
+    /// One class of a slice in the thin volume's order, and the resampled classes.
+    class_thin: Vec<f32>,
+    out: Vec<Vec<f32>>,
+}
+
+impl SliceResampler {
+    fn new(geometry: &SliceGeometry, out_geometry: &SliceGeometry) -> Self {
+        let axis = geometry.slice_axis;
+        let (mut thin, mut out_thin) = (geometry.shape, out_geometry.shape);
+        (thin[axis], out_thin[axis]) = (1, 1);
+        let from = geometry.slice_shape();
+        Self {
+            from,
+            to: out_geometry.slice_shape(),
+            thin,
+            out_thin,
+            class_thin: vec![0.0; from[0] * from[1]],
+            out: Vec::new(),
+        }
+    }
+
+    /// The slice's probabilities on the output grid (the input itself when the sizes agree).
+    fn resample<'a>(&'a mut self, probs: &'a [Vec<f32>]) -> &'a [Vec<f32>] {
+        if self.from == self.to {
+            return probs;
+        }
+        let ([rows, cols], [out_rows, out_cols]) = (self.from, self.to);
+        self.out.resize(probs.len(), Vec::new());
+        for (class, out) in probs.iter().zip(&mut self.out) {
+            // In the thin volume x runs fastest: the rows axis (the lower one), so element
+            // (r, c) sits at r + rows * c.
+            for r in 0..rows {
+                for c in 0..cols {
+                    self.class_thin[r + rows * c] = class[r * cols + c];
+                }
+            }
+            let resampled =
+                segmenter_io::resample_linear(&self.class_thin, self.thin, self.out_thin);
+            out.resize(out_rows * out_cols, 0.0);
             for r in 0..out_rows {
                 for c in 0..out_cols {
-                    slice_labels[r * out_cols + c] = best[r + out_rows * c].1;
+                    out[r * out_cols + c] = resampled[r + out_rows * c];
                 }
             }
-            out_geometry.insert(&mut labels, s, &slice_labels);
-        });
-        labels
+        }
+        &self.out
     }
 }
 
 /// Per pixel, the first class of highest probability; `probs` is `[classes][pixels]`.
-pub(crate) fn argmax_into(probs: &[Vec<f32>], labels: &mut [u8]) {
+fn argmax_into(probs: &[Vec<f32>], labels: &mut [u8]) {
     for (p, label) in labels.iter_mut().enumerate() {
         let mut best = (0usize, f32::MIN);
         for (k, class) in probs.iter().enumerate() {
@@ -672,13 +698,13 @@ mod tests {
                     settings: &settings,
                     ..job
                 };
-                let (labels, probs) = job.labels(&channels, true, &run);
+                let kept = job.resolve(&channels, shape, true, &run);
                 let what = format!("{shape:?} axis {slice_axis}, {batch_windows} windows a batch");
-                assert_eq!(labels, want_labels, "{what}");
-                assert_eq!(probs.unwrap(), want_probs, "{what}");
-                let (labels_only, none) = job.labels(&channels, false, &run);
-                assert_eq!(labels_only, want_labels, "{what}");
-                assert!(none.is_none());
+                assert_eq!(kept.labels, want_labels, "{what}");
+                assert_eq!(kept.probabilities.unwrap(), want_probs, "{what}");
+                let labels_only = job.resolve(&channels, shape, false, &run);
+                assert_eq!(labels_only.labels, want_labels, "{what}");
+                assert!(labels_only.probabilities.is_none());
             }
         }
     }
@@ -709,7 +735,7 @@ mod tests {
                 settings: &settings,
             };
             // What predict did before: whole-volume probabilities, resampled, then the argmax.
-            let (_, probs) = job.labels(&channels, true, &run);
+            let probs = job.resolve(&channels, shape, true, &run).probabilities;
             let resampled: Vec<Vec<f32>> = probs
                 .unwrap()
                 .iter()
@@ -728,8 +754,13 @@ mod tests {
                 })
                 .collect();
             assert!(want.iter().any(|&l| l != want[0]), "{shape:?}");
-            let got = job.labels_resampled(&channels, out_shape, &run);
-            assert_eq!(got, want, "{shape:?} axis {slice_axis} -> {out_shape:?}");
+            let what = format!("{shape:?} axis {slice_axis} -> {out_shape:?}");
+            let got = job.resolve(&channels, out_shape, false, &run);
+            assert_eq!(got.labels, want, "{what}");
+            // Kept probabilities are the whole-volume resampling's, bit for bit.
+            let kept = job.resolve(&channels, out_shape, true, &run);
+            assert_eq!(kept.labels, want, "{what}");
+            assert_eq!(kept.probabilities.unwrap(), resampled, "{what}");
         }
     }
 

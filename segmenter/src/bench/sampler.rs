@@ -17,26 +17,35 @@ use burn::backend::{Autodiff, Flex};
 use burn::optim::AdamWConfig;
 use serde_json::json;
 
-use crate::config::ExperimentConfig;
-use crate::data::{Augmentation, Sampler, TrainVolume};
-use crate::model::SwinUMamba;
-use crate::plan::Plan;
-use crate::train::{load_cases, prepare_volume, train_step};
+use segmenter::config::{ExperimentConfig, PRESETS};
+use segmenter::model::SwinUMamba;
+use segmenter::plan::Plan;
+use segmenter::preprocess::load_cases;
+use segmenter::train::fit::train_step;
+use segmenter::train::sampler::{prepare_volume, Augmentation, Sampler, TrainVolume};
 
 /// Options of `segmenter bench sampler`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct SamplerBenchOptions {
-    /// Dataset folder (labelled cases are used).
+    /// Dataset folder with dataset.json.
+    #[arg(long, default_value = "sample-data/hippocampus")]
     pub data: PathBuf,
-    /// Presets to measure, e.g. ["tiny", "swin-umamba"].
+    /// Presets to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = PRESETS.map(String::from))]
     pub presets: Vec<String>,
-    /// Seconds each measurement runs for, after its warm-up.
+    /// Seconds per measurement, after one warm-up (each side runs at least once; a warm-up
+    /// longer than this is the measurement).
+    #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
-    /// Samples per batch (default: the preset's `train.batch_size`).
+    /// Samples per batch (default: the preset's train.batch_size). On CPU one swin-umamba step
+    /// at its batch of 32 takes minutes; `--batch-size 2` gives a number in seconds.
+    #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Worker threads (default: rayon's global pool).
+    /// Worker threads (default: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
     /// One JSON object per line instead of a table.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -137,7 +146,7 @@ fn bench_preset(
             [batch_size, channels, rows, cols],
             classes,
             config.train.learning_rate,
-            &crate::parallel::Replicas::single(&device),
+            &segmenter::train::parallel::Replicas::single(&device),
         );
         model = Some(next);
     });
@@ -167,7 +176,7 @@ pub fn run_sampler_bench(opts: &SamplerBenchOptions) -> Result<()> {
         !opts.presets.is_empty(),
         "--presets must name at least one preset"
     );
-    crate::bench::with_threads(opts.threads, || bench_all(opts))
+    super::with_threads(opts.threads, || bench_all(opts))
 }
 
 fn bench_all(opts: &SamplerBenchOptions) -> Result<()> {
@@ -194,7 +203,7 @@ fn bench_all(opts: &SamplerBenchOptions) -> Result<()> {
         );
         println!(
             "machine: {}, {} worker threads; training step on Autodiff<Flex> (CPU)",
-            crate::bench::cpu_model(),
+            super::cpu_model(),
             threads
         );
         println!();

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -94,20 +96,7 @@ pub fn learning_curve_svg(log: &str, path: &Path, classes: &[String]) -> Result<
         } else {
             (0.0, 1.0)
         };
-        let mut chart = ChartBuilder::on(&left)
-            .margin(12)
-            .caption("training loss (Dice + CE)", ("sans-serif", 16))
-            .x_label_area_size(35)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..max_step, lo..hi)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .x_labels(STEP_LABELS)
-            .x_label_formatter(&step_label)
-            .draw()
-            .map_err(|e| err(&e))?;
+        let mut chart = axes(&left, "training loss (Dice + CE)", max_step, lo..hi)?;
         chart
             .draw_series(LineSeries::new(
                 p.loss.iter().copied(),
@@ -115,20 +104,7 @@ pub fn learning_curve_svg(log: &str, path: &Path, classes: &[String]) -> Result<
             ))
             .map_err(|e| err(&e))?;
 
-        let mut chart = ChartBuilder::on(&right)
-            .margin(12)
-            .caption("validation Dice", ("sans-serif", 16))
-            .x_label_area_size(35)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..max_step, 0.0..1.0)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .x_labels(STEP_LABELS)
-            .x_label_formatter(&step_label)
-            .draw()
-            .map_err(|e| err(&e))?;
+        let mut chart = axes(&right, "validation Dice", max_step, 0.0..1.0)?;
         let mean: Vec<(f64, f64)> = p.val.iter().map(|(s, _, m)| (*s, *m)).collect();
         chart
             .draw_series(LineSeries::new(mean.clone(), COLOURS[0].stroke_width(2)))
@@ -173,6 +149,31 @@ pub fn learning_curve_svg(log: &str, path: &Path, classes: &[String]) -> Result<
     Ok(svg)
 }
 
+/// A chart with step on the x axis (0 to `max_step`) and `y` on the other, its mesh drawn.
+fn axes<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    max_step: f64,
+    y: std::ops::Range<f64>,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let err = |e: &dyn std::fmt::Debug| anyhow::anyhow!("cannot draw the learning curve: {e:?}");
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .caption(caption, ("sans-serif", 16))
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..max_step, y)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_labels(STEP_LABELS)
+        .x_label_formatter(&step_label)
+        .draw()
+        .map_err(|e| err(&e))?;
+    Ok(chart)
+}
+
 /// Writes `learning_curve.svg` into a run folder from its `log.jsonl`; returns its path.
 pub fn write_learning_curve(run_dir: &Path, classes: &[String]) -> Result<PathBuf> {
     let log_path = run_dir.join("log.jsonl");
@@ -180,7 +181,7 @@ pub fn write_learning_curve(run_dir: &Path, classes: &[String]) -> Result<PathBu
         .with_context(|| format!("{}: cannot read", log_path.display()))?;
     let svg = learning_curve_svg(&log, &log_path, classes)?;
     let out = run_dir.join(CURVE_FILE);
-    crate::fsutil::write_atomic(&out, svg.as_bytes())?;
+    segmenter_io::write_bytes_atomic(&out, svg.as_bytes())?;
     Ok(out)
 }
 

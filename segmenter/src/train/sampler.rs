@@ -6,8 +6,12 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use crate::augment::{elastic_displacement, gaussian_blur, simulate_low_resolution};
-use crate::plan::SliceGeometry;
+use anyhow::{Context, Result};
+use segmenter_io::LoadedCase;
+
+use super::augment::{elastic_displacement, gaussian_blur, simulate_low_resolution};
+use crate::plan::Plan;
+use crate::preprocess::{network_case, SliceGeometry};
 
 /// A training volume after normalisation, indexed for fast sampling.
 pub struct TrainVolume {
@@ -42,6 +46,23 @@ impl TrainVolume {
             foreground_slices,
         }
     }
+}
+
+/// A loaded training case in the network's frame, normalised and indexed for the sampler.
+pub fn prepare_volume(plan: &Plan, case: LoadedCase) -> Result<TrainVolume> {
+    let frame = network_case(plan, &case);
+    let label = frame
+        .label
+        .with_context(|| format!("case '{}' has no label map", case.id))?;
+    Ok(TrainVolume::new(
+        case.id,
+        frame.channels,
+        label,
+        SliceGeometry {
+            shape: frame.shape,
+            slice_axis: plan.slice_axis,
+        },
+    ))
 }
 
 /// A batch of patches: images `[batch, channels, rows, cols]`, labels `[batch, rows, cols]`.

@@ -14,16 +14,20 @@ use vision_ssm::scan::cpu::{self, ScanDims};
 use vision_ssm::scan::{FloatTensor, ScanBackend};
 
 /// Options of `segmenter bench scan-kernel`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct KernelBenchOptions {
-    /// Sequence lengths L to time (B=2, K=4, E=192, N=16, as `bench scan`).
+    /// Sequence lengths L to time.
+    #[arg(long, value_delimiter = ',', default_values_t = [1024usize, 4096, 16384])]
     pub lengths: Vec<usize>,
-    /// Timed runs per measurement (the median is reported), after one warm-up run.
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// One JSON object per line instead of a table.
-    pub json: bool,
-    /// Only check, do not time.
+    /// Check only; do not time.
+    #[arg(long)]
     pub check_only: bool,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn dims_text(d: &ScanDims) -> String {

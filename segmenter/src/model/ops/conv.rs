@@ -19,8 +19,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-/// A backend's float tensor primitive.
-type FloatTensor<B> = <B as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+use super::host::{from_host, to_host, FloatTensor};
 
 /// Stride 1, padding `kernel / 2`, no dilation, no groups: the output has the input's size.
 fn same_options(kernel: usize) -> ConvOptions<2> {
@@ -115,21 +114,6 @@ pub fn forward_same<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor
         weight,
         bias,
     )))
-}
-
-fn to_host<B: Backend>(t: FloatTensor<B>) -> (Vec<f32>, Vec<usize>) {
-    let t = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
-    let dims = t.dims().to_vec();
-    let values = t
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32 data");
-    (values, dims)
-}
-
-fn from_host<B: Backend>(values: Vec<f32>, dims: Vec<usize>, device: &B::Device) -> FloatTensor<B> {
-    B::float_from_data(TensorData::new(values, dims), device)
 }
 
 /// Sizes of one convolution: channels in and out, image rows and columns, kernel side.

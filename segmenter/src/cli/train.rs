@@ -1,0 +1,123 @@
+//! `segmenter train`: build the experiment config from the preset, the config file and the
+//! flags, then train (or resume) on the chosen device.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use segmenter::config::{ExperimentConfig, PRESETS};
+use segmenter::model::EncoderKind;
+use segmenter::train::fit::FaultInjection;
+use segmenter::train::TrainOptions;
+
+use super::{backend, DeviceKind};
+
+// The flags of `segmenter train` (its help text is the doc comment of `Command::Train`).
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Dataset folder with dataset.json (Decathlon or nnU-Net v2 layout).
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// Run folder to create (weights, config, plan, splits, log, checkpoint).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint (other options are ignored:
+    /// the run's own config, plan, split and time budget apply).
+    #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "context_slices", "fold", "plan"])]
+    pub resume: Option<PathBuf>,
+    /// Built-in preset: tiny (CPU, minutes) or swin-umamba (the paper's encoder, GPU).
+    #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
+    pub preset: String,
+    /// TOML file overriding fields of the preset (see configs/).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Number of epochs (overrides the config).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Optimiser steps per epoch (overrides the config).
+    #[arg(long)]
+    pub steps_per_epoch: Option<usize>,
+    /// Stop after this many minutes; the learning-rate schedule decays to fit.
+    #[arg(long)]
+    pub time_budget_min: Option<f64>,
+    /// Fraction of cases held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Cross-validation fold 0..4 of a 5-fold split (the dataset's splits_final.json if it has
+    /// one); replaces --val-fraction. All folds are written to the run's folds.json.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..5), conflicts_with = "val_fraction")]
+    pub fold: Option<u64>,
+    /// Seed of the split, initialisation and sampling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Plan written by `segmenter plan` (default: plan from the training cases).
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Encoder blocks: vss (Swin-UMamba) or conv (residual convolutions, for ablations).
+    #[arg(long, value_enum)]
+    pub encoder: Option<EncoderKind>,
+    /// Neighbouring slices on each side given to the network with each slice, as extra input
+    /// channels (2.5D; overrides the config's model.context_slices; 0: the slice alone)
+    #[arg(long)]
+    pub context_slices: Option<usize>,
+    /// Data-parallel model replicas, the batch split between them (overrides the config):
+    /// with `--device cuda` one per GPU (devices 0..N); on the CPU, N replicas share the cores
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Test hook: give the batch of this step (0-based) a NaN pixel, to check that a corrupted
+    /// batch is skipped without poisoning the weights.
+    #[arg(long, hide = true)]
+    pub inject_nan_at_step: Option<usize>,
+}
+
+/// Trains, or resumes with `--resume`.
+pub fn run(device: DeviceKind, args: TrainArgs) -> Result<()> {
+    if let Some(run_dir) = &args.resume {
+        return backend::resume(device, run_dir);
+    }
+    let (Some(data), Some(out)) = (args.data.clone(), args.out.clone()) else {
+        anyhow::bail!("--data and --out are required")
+    };
+    let experiment = experiment(&args)?;
+    let options = TrainOptions {
+        data,
+        out,
+        time_budget: args
+            .time_budget_min
+            .map(|m| Duration::from_secs_f64(m * 60.0)),
+        val_fraction: args.val_fraction,
+        seed: args.seed,
+        fold: args.fold.map(|k| k as usize),
+        plan: args.plan,
+        faults: FaultInjection {
+            nan_at_step: args.inject_nan_at_step,
+        },
+    };
+    backend::train(device, &experiment, &options)
+}
+
+/// The preset, overridden by the config file, overridden by the flags.
+fn experiment(args: &TrainArgs) -> Result<ExperimentConfig> {
+    let mut experiment = ExperimentConfig::preset(&args.preset)?;
+    if let Some(path) = &args.config {
+        experiment = ExperimentConfig::load_over(&experiment, path)?;
+    }
+    if let Some(e) = args.epochs {
+        experiment.train.epochs = e;
+    }
+    if let Some(s) = args.steps_per_epoch {
+        experiment.train.steps_per_epoch = s;
+    }
+    if let Some(kind) = args.encoder {
+        experiment.model.encoder = kind;
+    }
+    if let Some(k) = args.context_slices {
+        experiment.model.context_slices = k;
+    }
+    if let Some(n) = args.replicas {
+        experiment.train.replicas = n;
+    }
+    experiment.validate()?;
+    Ok(experiment)
+}

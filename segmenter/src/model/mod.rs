@@ -1,0 +1,11 @@
+//! The network: its configuration, its modules and forward pass, and the CPU ops with their own
+//! backward passes that it runs on.
+
+mod config;
+mod network;
+pub mod ops;
+
+pub use config::{EncoderKind, ModelConfig, DOWNSAMPLING, MAX_CONTEXT_SLICES};
+pub use network::{
+    ChannelsLastRes, ModelBackend, ResBlock, Stage, StageBlock, SwinUMamba, UpBlock,
+};

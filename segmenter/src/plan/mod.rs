@@ -1,0 +1,177 @@
+//! The preprocessing plan of a run: which axis the network slices along, at which in-plane
+//! spacing, with which patch and normalisation. Written to `<RUN_DIR>/plan.json` by `train` (and
+//! by `segmenter plan`), read by `predict`.
+
+mod fingerprint;
+mod normalization;
+mod slicing;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use segmenter_io::geometry::Orientation;
+use segmenter_io::{write_bytes_atomic, Dataset, LoadedCase};
+use serde::{Deserialize, Serialize};
+
+pub use fingerprint::{Fingerprint, ForegroundIntensities};
+pub use normalization::Normalization;
+pub use slicing::{in_plane_axes, network_shape, patch_size_for, slicing, Slicing};
+
+/// Everything predict needs to turn a scan into network input and the output into a label map.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Dataset name, for reports.
+    pub dataset_name: String,
+    /// Channel names (`"MRI"`, `"CT"`, …), one per input file of a case.
+    pub channel_names: Vec<String>,
+    /// Label id -> name, background included.
+    pub labels: BTreeMap<u8, String>,
+    /// File ending of the dataset's images (`.nii.gz`).
+    pub file_ending: String,
+    /// Volume axis (0, 1 or 2 in file order) the network slices along.
+    pub slice_axis: usize,
+    /// Patch size `[rows, cols]` of the 2D network input, multiples of 32.
+    pub patch_size: [usize; 2],
+    /// Normalisation per channel.
+    pub normalization: Vec<Normalization>,
+    /// What the plan was derived from.
+    #[serde(default)]
+    pub fingerprint: Option<Fingerprint>,
+    /// Whether volumes are reoriented to the canonical (closest to RAS+) axis order before slicing
+    /// and back after prediction; false only in plans written before reorientation existed.
+    #[serde(default)]
+    pub reorient: bool,
+    /// In-plane voxel spacing (mm) the network works at, along the two in-plane axes of the
+    /// canonical frame ([`in_plane_axes`]); slices of another spacing are resampled to it and the
+    /// prediction back. None: every slice as it is (plans written before resampling existed).
+    #[serde(default)]
+    pub target_spacing: Option<[f64; 2]>,
+    /// Neighbouring slices on each side fed to the network with each slice, as extra input
+    /// channels (2.5D); 0: the slice alone.
+    #[serde(default)]
+    pub context_slices: usize,
+}
+
+impl Plan {
+    /// Names of the foreground classes (label 0 left out), in label order.
+    pub fn foreground_names(&self) -> Vec<String> {
+        self.labels
+            .iter()
+            .filter(|(k, _)| **k != 0)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Number of network input channels: each image channel at the slice and its neighbours.
+    pub fn input_channels(&self) -> usize {
+        self.channel_names.len() * (2 * self.context_slices + 1)
+    }
+
+    /// Number of output classes (background included).
+    pub fn num_classes(&self) -> usize {
+        self.labels.keys().max().map_or(1, |&m| m as usize + 1)
+    }
+
+    /// Derives the plan from a dataset and its loaded training cases.
+    pub fn from_dataset(dataset: &Dataset, cases: &[LoadedCase], max_patch_side: usize) -> Self {
+        // Shapes and spacings in the network's (canonical) frame, where slicing happens.
+        let frames: Vec<([usize; 3], [f64; 3])> = cases
+            .iter()
+            .map(|c| {
+                let o = Orientation::from_affine(&c.header.affine());
+                (
+                    o.canonical_shape(c.shape),
+                    o.canonical_spacing(c.header.spacing()),
+                )
+            })
+            .collect();
+        let Slicing {
+            slice_axis,
+            target_spacing,
+            patch_size,
+        } = slicing(&frames, max_patch_side);
+        let normalization = dataset
+            .channel_names
+            .iter()
+            .enumerate()
+            .map(|(ch, name)| {
+                if name.eq_ignore_ascii_case("CT") {
+                    normalization::ct_statistics(cases, ch)
+                } else {
+                    Normalization::ZScore
+                }
+            })
+            .collect();
+        Plan {
+            dataset_name: dataset.name.clone(),
+            channel_names: dataset.channel_names.clone(),
+            labels: dataset.labels.clone(),
+            file_ending: dataset.file_ending.clone(),
+            slice_axis,
+            patch_size,
+            normalization,
+            fingerprint: Some(Fingerprint::of(&dataset.channel_names, cases)),
+            reorient: true,
+            target_spacing: Some(target_spacing),
+            context_slices: 0,
+        }
+    }
+
+    /// A short description in plain words, printed before training.
+    pub fn describe(&self) -> String {
+        let norms: Vec<String> = self
+            .normalization
+            .iter()
+            .zip(&self.channel_names)
+            .map(|(n, name)| match n {
+                Normalization::ZScore => format!("{name}: per-case z-score"),
+                Normalization::Ct { lower, upper, .. } => {
+                    format!("{name}: clip to [{lower:.0}, {upper:.0}] then z-score")
+                }
+            })
+            .collect();
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .filter(|(k, _)| **k != 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let spacing = self.target_spacing.map_or(String::new(), |[a, b]| {
+            format!(" (slices resampled to {a:.3}×{b:.3} mm)")
+        });
+        let context = match self.context_slices {
+            0 => String::new(),
+            1 => ", each with its neighbour on each side as extra channels".to_string(),
+            k => format!(", each with {k} neighbours on each side as extra channels"),
+        };
+        format!(
+            "slices along axis {} of {}×{} pixels{spacing}{context}; classes {}; normalisation {}",
+            self.slice_axis,
+            self.patch_size[0],
+            self.patch_size[1],
+            labels.join(", "),
+            norms.join("; ")
+        )
+    }
+
+    /// Writes `plan.json` (atomically).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self)?;
+        Ok(write_bytes_atomic(path, json.as_bytes())?)
+    }
+
+    /// Reads a `plan.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid plan", path.display()))
+    }
+
+    /// Normalises the channels of a case (in place) as the plan says.
+    pub fn normalize(&self, channels: &mut [Vec<f32>]) {
+        for (values, norm) in channels.iter_mut().zip(&self.normalization) {
+            norm.apply(values);
+        }
+    }
+}

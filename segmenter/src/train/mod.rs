@@ -1,0 +1,305 @@
+//! Training: slice-wise Dice + cross-entropy with deep supervision, AdamW or SGD with warm-up and
+//! decay, validation on whole held-out volumes, best and last weights in the run folder.
+//!
+//! [`split`] picks the cases, [`sampler`] and [`augment`] draw the batches, [`loss`] and
+//! [`schedule`] define the objective and the learning rate, [`fit`] runs the loop (on one model
+//! or several replicas, [`parallel`]), and [`curve`] draws the run's learning curve.
+
+pub mod augment;
+pub mod curve;
+pub mod fit;
+pub mod loss;
+pub mod parallel;
+pub mod sampler;
+pub mod schedule;
+pub mod split;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, Optimizer, SgdConfig};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use segmenter_io::{load_dataset, LoadedCase};
+
+use crate::config::{ExperimentConfig, OptimizerKind};
+use crate::model::{ModelBackend, SwinUMamba};
+use crate::plan::Plan;
+use crate::preprocess::{load_cases, network_case, NetworkCase};
+use crate::run::{RunDir, RunInfo, TrainState};
+use fit::{fit, FaultInjection, Prepared};
+use sampler::prepare_volume;
+use split::{five_folds, split_cases, Split, FOLDS};
+
+/// Options of `segmenter train` beyond the experiment config.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Dataset folder (Decathlon or nnU-Net v2 layout).
+    pub data: PathBuf,
+    /// Run folder to create.
+    pub out: PathBuf,
+    /// Stop after this much wall time (the schedule decays to fit it).
+    pub time_budget: Option<Duration>,
+    /// Fraction of cases held out for validation.
+    pub val_fraction: f64,
+    /// Seed for the split, initialisation and sampling.
+    pub seed: u64,
+    /// Cross-validation fold (0..5) instead of a random `val_fraction` hold-out.
+    pub fold: Option<usize>,
+    /// A plan written by `segmenter plan`, used instead of planning from the training cases.
+    pub plan: Option<PathBuf>,
+    /// Deliberate faults, to check that training survives them (none in normal use).
+    pub faults: FaultInjection,
+}
+
+/// Loads the split's cases, plans (unless a plan is given) and brings every case into the
+/// network's frame: training volumes for the sampler, validation cases for the loop.
+fn prepare(
+    run: RunDir,
+    plan: Option<Plan>,
+    info: &RunInfo,
+    split: &Split,
+    config: &ExperimentConfig,
+) -> Result<Prepared> {
+    let dataset = load_dataset(&info.data)?;
+    let wanted: Vec<_> = dataset
+        .cases
+        .iter()
+        .filter(|c| split.train.contains(&c.id) || split.val.contains(&c.id))
+        .cloned()
+        .collect();
+    if wanted.len() != split.train.len() + split.val.len() {
+        bail!(
+            "{}: some cases of the run's splits.json are no longer in the dataset",
+            info.data.display()
+        );
+    }
+    eprintln!(
+        "Loading {} cases from {} …",
+        wanted.len(),
+        info.data.display()
+    );
+    let loaded = load_cases(&wanted, &dataset.labels)?;
+    let (train_cases, val_cases): (Vec<LoadedCase>, Vec<LoadedCase>) = loaded
+        .into_iter()
+        .partition(|c| split.train.contains(&c.id));
+    let mut plan = match plan {
+        Some(plan) => {
+            if plan.channel_names != dataset.channel_names || plan.labels != dataset.labels {
+                bail!(
+                    "the plan's channels {:?} and labels {:?} do not match the dataset's {:?} and {:?}",
+                    plan.channel_names, plan.labels, dataset.channel_names, dataset.labels
+                );
+            }
+            plan
+        }
+        None => Plan::from_dataset(&dataset, &train_cases, config.train.max_patch_side),
+    };
+    // The config says how much context the network sees; the plan carries it to inference.
+    plan.context_slices = config.model.context_slices;
+    run.write_plan(&plan)?;
+    eprintln!("Plan: {}", plan.describe());
+    eprintln!(
+        "Split: {} training cases, {} validation cases ({})",
+        train_cases.len(),
+        val_cases.len(),
+        match info.fold {
+            Some(k) => format!("fold {k} of {FOLDS}"),
+            None => format!("seed {}", info.seed),
+        }
+    );
+    let volumes = train_cases
+        .into_iter()
+        .map(|c| prepare_volume(&plan, c))
+        .collect::<Result<_>>()?;
+    let val_volumes = val_cases
+        .into_iter()
+        .map(|c| network_case(&plan, &c))
+        .collect::<Vec<NetworkCase>>();
+    Ok(Prepared {
+        run,
+        plan,
+        volumes,
+        val_volumes,
+        faults: FaultInjection::default(),
+    })
+}
+
+/// Trains a model as configured and writes the run folder; returns the best validation Dice.
+pub fn train<B>(
+    config: &ExperimentConfig,
+    options: &TrainOptions,
+    device: &B::Device,
+) -> Result<Option<f64>>
+where
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
+{
+    let dataset = load_dataset(&options.data)?;
+    let ids: Vec<String> = dataset
+        .cases
+        .iter()
+        .filter(|c| c.label.is_some())
+        .map(|c| c.id.clone())
+        .collect();
+    if ids.len() < 2 {
+        bail!(
+            "{}: need at least 2 labelled cases to train, found {}",
+            options.data.display(),
+            ids.len()
+        );
+    }
+    let (split, folds) = match options.fold {
+        Some(k) => {
+            let folds = five_folds(&options.data, &ids)?;
+            let split = folds.get(k).cloned().with_context(|| {
+                format!(
+                    "--fold {k}: the dataset has {} folds (0..{})",
+                    folds.len(),
+                    folds.len()
+                )
+            })?;
+            (split, Some(folds))
+        }
+        None => (split_cases(&ids, options.val_fraction, options.seed)?, None),
+    };
+    let run = RunDir::create(&options.out)?;
+    if let Some(folds) = &folds {
+        run.write_json("folds.json", folds)?;
+    }
+    let data = std::fs::canonicalize(&options.data).unwrap_or_else(|_| options.data.clone());
+    let info = RunInfo {
+        data,
+        seed: options.seed,
+        val_fraction: options.val_fraction,
+        time_budget_s: options.time_budget.map(|d| d.as_secs_f64()),
+        fold: options.fold,
+    };
+    run.write_json("run.json", &info)?;
+    run.write_json("splits.json", &split)?;
+    run.write_config(config)?;
+    let plan = options.plan.as_deref().map(Plan::read).transpose()?;
+    let mut prepared = prepare(run, plan, &info, &split, config)?;
+    prepared.faults = options.faults;
+    B::seed(device, options.seed);
+    let model: SwinUMamba<B> = config.model.init(
+        prepared.plan.input_channels(),
+        prepared.plan.num_classes(),
+        device,
+    );
+    let state = TrainState {
+        epochs_done: 0,
+        step: 0,
+        elapsed_s: 0.0,
+        best_dice: None,
+    };
+    fit_with_optimizer(config, &info, prepared, model, state, None, device)
+}
+
+/// Continues a run from its last checkpoint (`segmenter train --resume RUN_DIR`).
+pub fn resume<B>(run_dir: &Path, device: &B::Device) -> Result<Option<f64>>
+where
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
+{
+    let run = RunDir::open_for_resume(run_dir)?;
+    let info: RunInfo = run.read_json("run.json")?;
+    let split: Split = run.read_json("splits.json")?;
+    let config = run.config()?;
+    let plan = run.plan()?;
+    let (state, model_bytes, optim_bytes) = run.load_checkpoint()?;
+    eprintln!(
+        "Resuming {} at epoch {}, step {} ({:.1} min trained)",
+        run_dir.display(),
+        state.epochs_done + 1,
+        state.step,
+        state.elapsed_s / 60.0
+    );
+    let prepared = prepare(run, Some(plan), &info, &split, &config)?;
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let model: SwinUMamba<B> = config.model.init(
+        prepared.plan.input_channels(),
+        prepared.plan.num_classes(),
+        device,
+    );
+    let model = model.load_record(
+        recorder
+            .load(model_bytes, device)
+            .context("checkpoint model does not match the run's config")?,
+    );
+    fit_with_optimizer(
+        &config,
+        &info,
+        prepared,
+        model,
+        state,
+        Some(optim_bytes),
+        device,
+    )
+}
+
+/// Builds the configured optimiser (restoring its state from a checkpoint if given) and trains.
+fn fit_with_optimizer<B>(
+    config: &ExperimentConfig,
+    info: &RunInfo,
+    prepared: Prepared,
+    model: SwinUMamba<B>,
+    state: TrainState,
+    checkpoint: Option<Vec<u8>>,
+    device: &B::Device,
+) -> Result<Option<f64>>
+where
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
+{
+    let t = &config.train;
+    // burn clips each parameter's gradient to this norm (not the global norm).
+    let clip = Some(burn::grad_clipping::GradientClippingConfig::Norm(
+        t.grad_clip_norm as f32,
+    ));
+    match t.optimizer {
+        OptimizerKind::AdamW => {
+            let optimizer = AdamWConfig::new()
+                .with_weight_decay(t.weight_decay as f32)
+                .with_grad_clipping(clip)
+                .init::<B, SwinUMamba<B>>();
+            let optimizer = restore(optimizer, checkpoint, device)?;
+            fit(config, info, prepared, model, optimizer, state, device)
+        }
+        OptimizerKind::Sgd => {
+            let momentum = MomentumConfig {
+                momentum: t.momentum,
+                dampening: 0.0,
+                nesterov: true,
+            };
+            let optimizer = SgdConfig::new()
+                .with_momentum(Some(momentum))
+                .with_weight_decay(Some(WeightDecayConfig {
+                    penalty: t.weight_decay as f32,
+                }))
+                .with_gradient_clipping(clip)
+                .init::<B, SwinUMamba<B>>();
+            let optimizer = restore(optimizer, checkpoint, device)?;
+            fit(config, info, prepared, model, optimizer, state, device)
+        }
+    }
+}
+
+/// The optimiser with its state from a checkpoint, when resuming.
+fn restore<B, O>(optimizer: O, checkpoint: Option<Vec<u8>>, device: &B::Device) -> Result<O>
+where
+    B: AutodiffBackend,
+    O: Optimizer<SwinUMamba<B>, B>,
+{
+    let Some(bytes) = checkpoint else {
+        return Ok(optimizer);
+    };
+    let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .load(bytes, device)
+        .context("checkpoint optimiser state is unreadable (or from another optimiser)")?;
+    Ok(optimizer.load_record(record))
+}
