@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Same seed, same data, two builds: are the trained weights and the predictions byte-identical?
+# Same seed, same data, two builds: are training and the predictions byte-identical?
 # Used to show that a refactoring changed no behaviour:
 #   git worktree add /tmp/before OLD_COMMIT && (cd /tmp/before && cargo build --release --bin segmenter)
 #   cargo build --release --bin segmenter
 #   benchmarks/identical-predictions.sh /tmp/before/target/release/segmenter target/release/segmenter
 # Each binary trains the `tiny` preset for 2 epochs of 4 steps on sample-data/hippocampus (seed 7),
 # once plain and once 2.5D, then predicts the held-out scans with and without --tta and with
-# --save-probabilities. Exits non-zero when any file differs.
+# --save-probabilities, and compares every label map and probability map, the run's plan, split
+# and config, and its log without the wall-clock column (losses and validation Dice to the last
+# digit). model.mpk itself is not compared: burn gives every parameter a random id, stored with
+# the weights, so two runs of the same binary differ there; the float32 probabilities of the
+# trained network stand for its weights. Exits non-zero when anything differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: $0 BEFORE_BINARY AFTER_BINARY" >&2; exit 2; }
@@ -18,6 +22,7 @@ data=sample-data/hippocampus
 
 run_one() { # binary, folder
   local bin=$1 out=$2
+  mkdir -p "$out"
   for variant in plain context; do
     local extra=()
     [ "$variant" = context ] && extra=(--context-slices 1)
@@ -33,8 +38,16 @@ run_one() { # binary, folder
 run_one "$before" "$work/before"
 run_one "$after" "$work/after"
 
-# Weights and every prediction file; prediction.json names the model folder, so it is left out.
-list() { (cd "$1" && find . -type f \( -name 'model.mpk' -o -name '*.nii.gz' \) | sort); }
+# The log without its wall-clock column.
+for side in before after; do
+  find "$work/$side" -name log.jsonl | while read -r log; do
+    sed -E 's/"elapsed_s":[^,]*,//' "$log" >"${log%.jsonl}.steps.jsonl"
+  done
+done
+list() {
+  (cd "$1" && find . -type f \( -name '*.nii.gz' -o -name plan.json -o -name splits.json \
+    -o -name config.toml -o -name log.steps.jsonl \) | sort)
+}
 diff <(list "$work/before") <(list "$work/after") >/dev/null || { echo "different file lists"; exit 1; }
 same=0 differ=0
 while read -r f; do

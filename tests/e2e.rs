@@ -42,14 +42,8 @@ fn train_predict_evaluate_through_the_binary() {
     assert!(text(&again).contains("4 skipped"), "{}", text(&again));
 
     let report = dir.path().join("report");
-    let out = evaluate(
-        &preds,
-        &data.join("labelsTs"),
-        &data.join("dataset.json"),
-        &report,
-    );
-    assert!(out.status.success(), "evaluate failed:\n{}", text(&out));
-    assert!(text(&out).contains("foreground mean"), "{}", text(&out));
+    let printed = evaluate_against(&preds, &data, "labelsTs", &report);
+    assert!(printed.contains("foreground mean"), "{printed}");
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["metric_per_case"].as_array().unwrap().len(), 4);
@@ -141,17 +135,7 @@ fn mismatched_image_and_label_give_a_one_line_error_naming_the_file() {
     let json = serde_json::json!({"name": "broken", "labels": {"0": "background", "1": "A", "2": "P"}, "modality": {"0": "MRI"}, "training": training});
     std::fs::write(data.join("dataset.json"), json.to_string()).unwrap();
 
-    let out = segmenter(&[
-        "train",
-        "--data",
-        s(&data),
-        "--out",
-        s(&dir.path().join("run")),
-        "--epochs",
-        "1",
-    ]);
-    assert!(!out.status.success());
-    let log = text(&out);
+    let log = train_failure(&data, &dir.path().join("run"), &[]);
     let error_lines: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(error_lines.len(), 1, "{log}");
     assert!(

@@ -7,7 +7,7 @@ use std::path::Path;
 use segmenter_io::{read_volume, write_labels, NiftiHeader};
 
 mod common;
-use common::{evaluate, predict, s, segmenter, text, train_two_steps};
+use common::{evaluate_against, predict, s, text, train_failure, train_two_steps};
 
 const WIDTH: usize = 32;
 const HEIGHT: usize = 24;
@@ -79,13 +79,7 @@ fn train_predict_evaluate_a_png_dataset() {
     }
 
     let report = dir.path().join("eval");
-    let out = evaluate(
-        &preds,
-        &data.join("labelsTr"),
-        &data.join("dataset.json"),
-        &report,
-    );
-    assert!(out.status.success(), "evaluate failed:\n{}", text(&out));
+    evaluate_against(&preds, &data, "labelsTr", &report);
     let summary = std::fs::read_to_string(report.join("summary.json")).unwrap();
     assert!(summary.contains("sq_005"), "{summary}");
     // The HTML report draws 2D cases too, over their PNG images.
@@ -110,19 +104,7 @@ fn a_colour_image_in_a_png_dataset_is_a_one_line_error_naming_it() {
     // dependency on an image encoder of its own).
     let bad = data.join("imagesTr/sq_001_0000.png");
     std::fs::write(&bad, rgb_png(WIDTH, HEIGHT)).unwrap();
-    let out = segmenter(&[
-        "train",
-        "--data",
-        s(&data),
-        "--out",
-        s(&dir.path().join("run")),
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "1",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = train_failure(&data, &dir.path().join("run"), &["--steps-per-epoch", "1"]);
     let line = err
         .lines()
         .find(|l| l.starts_with("error:"))

@@ -77,6 +77,32 @@ pub fn evaluate(pred: &Path, reference: &Path, dataset_json: &Path, out: &Path) 
     ])
 }
 
+/// Runs `segmenter train` on `data` into `run` for one epoch with `extra` options, asserts that it
+/// failed and returns what it printed.
+pub fn train_failure(data: &Path, run: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["train", "--data", s(data), "--out", s(run), "--epochs", "1"];
+    args.extend(extra);
+    let out = segmenter(&args);
+    assert!(
+        !out.status.success(),
+        "train should have failed:\n{}",
+        text(&out)
+    );
+    text(&out)
+}
+
+/// Runs `segmenter evaluate` of `pred` against the label maps in `data/labels` (names from
+/// `data/dataset.json`) into `out`; asserts that it succeeded and returns what it printed.
+pub fn evaluate_against(pred: &Path, data: &Path, labels: &str, out: &Path) -> String {
+    let output = evaluate(pred, &data.join(labels), &data.join("dataset.json"), out);
+    assert!(
+        output.status.success(),
+        "evaluate failed:\n{}",
+        text(&output)
+    );
+    text(&output)
+}
+
 /// A run folder trained for two steps on the sample data, shared by the tests of a file.
 pub fn trained_run(dir: &Path) -> PathBuf {
     let data = root().join("sample-data/hippocampus");

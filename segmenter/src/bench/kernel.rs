@@ -8,7 +8,6 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use serde_json::json;
-use std::time::Instant;
 use vision_ssm::scan::check::{check_backend, check_cases, CheckReport, RandomScan, INPUT_NAMES};
 use vision_ssm::scan::cpu::{self, ScanDims};
 use vision_ssm::scan::{FloatTensor, ScanBackend};
@@ -80,24 +79,6 @@ fn leaf<B: Backend, const D: usize>(t: &FloatTensor<B>) -> Tensor<Autodiff<B>, D
     Tensor::from_inner(inner).require_grad()
 }
 
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut ms: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    let mid = ms.len() / 2;
-    if ms.len() % 2 == 1 {
-        ms[mid]
-    } else {
-        0.5 * (ms[mid - 1] + ms[mid])
-    }
-}
-
 /// Times forward and forward+backward of `B` and of the CPU kernel at one size; the device is
 /// synchronised inside each timed run, so launches are not mistaken for work.
 fn time_one<B: ScanBackend>(
@@ -110,7 +91,7 @@ fn time_one<B: ScanBackend>(
     let sync = || B::sync(device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"));
     let x = case.tensors::<B>(device);
     sync()?;
-    let fwd = median_ms(runs, || {
+    let fwd = super::median_ms(runs, || {
         // Kept until the device is done, so a lazy backend cannot skip the work.
         let y = B::selective_scan(x.clone());
         sync().expect("device sync");
@@ -120,7 +101,7 @@ fn time_one<B: ScanBackend>(
         TensorData::new(case.dy.clone(), shapes[0].clone()),
         device,
     );
-    let fwd_bwd = median_ms(runs, || {
+    let fwd_bwd = super::median_ms(runs, || {
         let y = vision_ssm::selective_scan(
             leaf::<B, 3>(&x.u),
             leaf::<B, 3>(&x.delta),
@@ -135,8 +116,8 @@ fn time_one<B: ScanBackend>(
         drop(grads);
     });
     let inputs = case.inputs();
-    let cpu_fwd = median_ms(runs, || drop(cpu::scan_forward(dims, &inputs)));
-    let cpu_fwd_bwd = median_ms(runs, || {
+    let cpu_fwd = super::median_ms(runs, || drop(cpu::scan_forward(dims, &inputs)));
+    let cpu_fwd_bwd = super::median_ms(runs, || {
         let (y, saved) = cpu::scan_forward_saving(dims, &inputs);
         drop(y);
         drop(cpu::scan_backward_from(dims, &inputs, &case.dy, &saved));

@@ -36,17 +36,36 @@ pub fn time_runs<T>(runs: usize, mut f: impl FnMut() -> T) -> Timing {
         ms.push(start.elapsed().as_secs_f64() * 1e3);
         peak_bytes = peak_bytes.max(peak);
     }
-    ms.sort_by(f64::total_cmp);
-    let mid = ms.len() / 2;
-    let ms_median = if ms.len() % 2 == 1 {
-        ms[mid]
-    } else {
-        0.5 * (ms[mid - 1] + ms[mid])
-    };
+    let ms_min = ms.iter().copied().fold(f64::INFINITY, f64::min);
     Timing {
-        ms_median,
-        ms_min: ms[0],
+        ms_median: median(ms),
+        ms_min,
         peak_bytes,
+    }
+}
+
+/// Median milliseconds of `runs` calls of `f` (at least one), after one warm-up call.
+pub fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    median(
+        (0..runs.max(1))
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    )
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        0.5 * (values[mid - 1] + values[mid])
     }
 }
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use segmenter::config::{ExperimentConfig, PRESETS};
 use segmenter::model::SwinUMamba;
 use segmenter::plan::Plan;
-use segmenter::preprocess::load_cases;
+use segmenter::preprocess::{labelled_cases, load_cases};
 use segmenter::train::fit::train_step;
 use segmenter::train::sampler::{prepare_volume, Augmentation, Sampler, TrainVolume};
 
@@ -181,17 +181,7 @@ pub fn run_sampler_bench(opts: &SamplerBenchOptions) -> Result<()> {
 
 fn bench_all(opts: &SamplerBenchOptions) -> Result<()> {
     let dataset = segmenter_io::load_dataset(&opts.data)?;
-    let labelled: Vec<_> = dataset
-        .cases
-        .iter()
-        .filter(|c| c.label.is_some())
-        .cloned()
-        .collect();
-    ensure!(
-        !labelled.is_empty(),
-        "{}: no labelled cases to sample from",
-        opts.data.display()
-    );
+    let labelled = labelled_cases(&dataset, "sample from")?;
     let cases = load_cases(&labelled, &dataset.labels)?;
     let threads = rayon::current_num_threads();
     if !opts.json {

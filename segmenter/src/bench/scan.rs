@@ -10,7 +10,6 @@
 //! achieved GFLOP/s (the PyTorch yardstick's estimate: 9 B D N L per forward, 3x that for
 //! forward+backward) and the ratio reference / fused.
 
-
 use anyhow::{ensure, Result};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};

@@ -6,8 +6,6 @@
 //! (deep supervision) and its gradients on one replica and on N data-parallel replicas sharing
 //! the cores ([`segmenter::train::parallel`]), in the same run, and prints the speed-up.
 
-use std::time::Instant;
-
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
@@ -47,20 +45,6 @@ pub struct StepBenchOptions {
     pub json: bool,
 }
 
-/// Median milliseconds of `runs` forward+backward passes after one warm-up.
-fn time_steps(runs: usize, mut step: impl FnMut()) -> f64 {
-    step();
-    let mut ms: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            step();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    ms[ms.len() / 2]
-}
-
 /// Runs the benchmark.
 pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
     let config = ExperimentConfig::preset(&options.preset)?;
@@ -90,10 +74,10 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
         let grads = loss.backward();
         drop(grads);
     };
-    let mut results = vec![("fused", time_steps(options.runs, step))];
+    let mut results = vec![("fused", super::median_ms(options.runs, step))];
     if options.reference {
         vision_ssm::scan::use_tensor_ops_reference(true);
-        let ms = time_steps(options.runs, step);
+        let ms = super::median_ms(options.runs, step);
         vision_ssm::scan::use_tensor_ops_reference(false);
         results.push(("tensor-ops-loop", ms));
     }
@@ -117,7 +101,7 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
         let many = Replicas::<Ad>::new(&device, n)?;
         let dims = [batch, 1, side, side];
         let time = |r: &Replicas<Ad>| {
-            time_steps(options.runs, || {
+            super::median_ms(options.runs, || {
                 drop(loss_and_grads(
                     &model,
                     r,

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use segmenter::config::{ExperimentConfig, PRESETS};
 use segmenter::plan::Plan;
-use segmenter::preprocess::load_cases;
+use segmenter::preprocess::{labelled_cases, load_cases};
 
 // The flags of `segmenter plan`.
 #[derive(Args, Debug)]
@@ -27,17 +27,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     let PlanArgs { data, out, preset } = args;
     let experiment = ExperimentConfig::preset(&preset)?;
     let dataset = segmenter_io::load_dataset(&data)?;
-    let labelled: Vec<_> = dataset
-        .cases
-        .iter()
-        .filter(|c| c.label.is_some())
-        .cloned()
-        .collect();
-    anyhow::ensure!(
-        !labelled.is_empty(),
-        "{}: no labelled cases to plan from",
-        data.display()
-    );
+    let labelled = labelled_cases(&dataset, "plan from")?;
     eprintln!(
         "Fingerprinting {} cases of {} …",
         labelled.len(),

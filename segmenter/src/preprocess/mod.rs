@@ -6,9 +6,9 @@ mod slices;
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
-use segmenter_io::{load_case, Case, LoadedCase};
+use segmenter_io::{load_case, Case, Dataset, LoadedCase};
 
 pub use frame::NetworkCase;
 pub use slices::SliceGeometry;
@@ -21,6 +21,23 @@ pub fn load_cases(cases: &[Case], labels: &BTreeMap<u8, String>) -> Result<Vec<L
         .par_iter()
         .map(|case| load_case(case, labels).with_context(|| format!("case '{}'", case.id)))
         .collect()
+}
+
+/// The labelled cases of a dataset; an error naming its folder when it has none, since planning
+/// and sampling (`purpose`, e.g. "plan from") need labels.
+pub fn labelled_cases(dataset: &Dataset, purpose: &str) -> Result<Vec<Case>> {
+    let labelled: Vec<Case> = dataset
+        .cases
+        .iter()
+        .filter(|c| c.label.is_some())
+        .cloned()
+        .collect();
+    ensure!(
+        !labelled.is_empty(),
+        "{}: no labelled cases to {purpose}",
+        dataset.root.display()
+    );
+    Ok(labelled)
 }
 
 /// A case in the network's frame with its channels normalised as the plan says.

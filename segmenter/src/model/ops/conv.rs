@@ -41,6 +41,10 @@ pub type ConvGrads<B> = (
 /// A backend that runs the network's "same" convolutions (stride 1, odd square kernel `k`,
 /// padding `k / 2`, no dilation or groups) and their backward pass.
 pub trait ConvBackend: Backend {
+    /// Whether the backward pass runs on the host (im2col and GEMMs, see the module doc) rather
+    /// than through burn's generic convolution backward.
+    const HOST_BACKWARD: bool = false;
+
     /// `x: [B, C_in, H, W]`, `weight: [C_out, C_in, k, k]`, `bias: [C_out]` -> `[B, C_out, H, W]`.
     fn conv_same(
         x: FloatTensor<Self>,
@@ -59,6 +63,9 @@ pub trait ConvBackend: Backend {
         need_dx: bool,
         need_db: bool,
     ) -> ConvGrads<Self> {
+        if Self::HOST_BACKWARD {
+            return host_backward::<Self>(x, weight, dy, need_dx, need_db);
+        }
         let options = same_options(kernel_of::<Self>(&weight));
         let db = need_db.then(|| {
             let dy = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(dy.clone()));
@@ -82,15 +89,7 @@ pub trait ConvBackend: Backend {
 impl ConvBackend for burn::backend::Cuda {}
 
 impl ConvBackend for burn::backend::Flex {
-    fn conv_same_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        need_dx: bool,
-        need_db: bool,
-    ) -> ConvGrads<Self> {
-        host_backward::<Self>(x, weight, dy, need_dx, need_db)
-    }
+    const HOST_BACKWARD: bool = true;
 }
 
 /// Runs `conv` through [`ConvBackend::conv_same`]. `conv` must be a stride-1 convolution with an
