@@ -4,12 +4,21 @@ use std::path::Path;
 
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
+use clap::ValueEnum;
 use segmenter::config::ExperimentConfig;
 use segmenter::predict::{PredictOptions, PredictReport};
 use segmenter::train::TrainOptions;
 
-use super::bench::KernelBackend;
 use super::DeviceKind;
+
+/// Backends `bench scan-kernel` can run.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KernelBackend {
+    Cpu,
+    Cuda,
+    CudaCube,
+    Wgpu,
+}
 
 /// Trains on `device`.
 pub fn train(device: DeviceKind, config: &ExperimentConfig, options: &TrainOptions) -> Result<()> {

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
+
+use super::backend::KernelBackend;
 
 use crate::bench::infer::InferBenchOptions;
 use crate::bench::kernel::KernelBenchOptions;
@@ -37,15 +39,6 @@ pub enum BenchKind {
         #[command(flatten)]
         options: KernelBenchOptions,
     },
-}
-
-/// Backends `bench scan-kernel` can run.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum KernelBackend {
-    Cpu,
-    Cuda,
-    CudaCube,
-    Wgpu,
 }
 
 /// Runs one benchmark; fails when `bench scan-kernel` finds a check out of tolerance.
