@@ -479,25 +479,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             nsd_tolerance_mm,
             nsd_class_tolerance,
         } => {
-            anyhow::ensure!(
-                nsd_tolerance_mm.is_finite() && nsd_tolerance_mm >= 0.0,
-                "--nsd-tolerance-mm must be a non-negative number, got {nsd_tolerance_mm}"
-            );
-            let options = segmenter::evaluate::EvalOptions {
-                default_tolerance_mm: nsd_tolerance_mm,
-                tolerance_mm: nsd_class_tolerance.into_iter().collect(),
-            };
-            let summary =
-                segmenter::evaluate::evaluate_with(&pred, &reference, &dataset_json, &options)?;
-            let labels = segmenter_io::read_dataset_labels(&dataset_json)?;
-            let table = segmenter::evaluate::write_report(&summary, &labels, &out)?;
-            println!("{table}");
-            let images = images.or_else(|| segmenter::report::sibling_images(&reference));
-            let html =
-                segmenter::report::write_html_report(&summary, &labels, &out, images.as_deref())?;
+            let outcome = segmenter::evaluate::run(&segmenter::evaluate::EvaluateRequest {
+                prediction_dir: pred,
+                reference_dir: reference,
+                dataset_json,
+                out_dir: out,
+                images,
+                options: segmenter::evaluate::EvalOptions {
+                    default_tolerance_mm: nsd_tolerance_mm,
+                    tolerance_mm: nsd_class_tolerance.into_iter().collect(),
+                },
+            })?;
+            println!("{}", outcome.table);
             println!(
                 "Report: {} (summary.json, summary.csv beside it)",
-                html.display()
+                outcome.report.display()
             );
             Ok(ExitCode::SUCCESS)
         }
