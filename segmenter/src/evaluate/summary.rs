@@ -186,8 +186,8 @@ pub struct Provenance {
     pub prediction_settings: Option<PredictionRecord>,
 }
 
-/// The content of a `prediction.json`: typed when this version can read it, as plain JSON when
-/// another version wrote fields it does not know.
+/// The content of a `prediction.json`: typed when it reads as this version's settings (extra
+/// fields are dropped), as plain JSON when it does not, e.g. when another version left a field out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PredictionRecord {
