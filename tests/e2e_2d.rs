@@ -7,7 +7,7 @@ use std::path::Path;
 use segmenter_io::{read_volume, write_labels, NiftiHeader};
 
 mod common;
-use common::{evaluate_against, predict, s, text, train_failure, train_two_steps};
+use common::{evaluate_against, predict, text, train_failure, train_two_steps};
 
 const WIDTH: usize = 32;
 const HEIGHT: usize = 24;

@@ -12,12 +12,10 @@
 //! `src/bench/`); `docs/ARCHITECTURE.md` maps the whole repository.
 
 pub mod config;
-pub mod distance;
 pub mod evaluate;
 pub mod model;
 pub mod plan;
 pub mod predict;
 pub mod preprocess;
-pub mod report;
 pub mod run;
 pub mod train;

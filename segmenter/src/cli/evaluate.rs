@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use segmenter::evaluate::{EvalOptions, EvaluateRequest};
 
 // The flags of `segmenter evaluate`.
 #[derive(Args, Debug)]
@@ -56,32 +57,21 @@ fn parse_class_tolerance(text: &str) -> Result<(u8, f64), String> {
 
 /// Evaluates, writes the summaries and the report, and prints the table.
 pub fn run(args: EvaluateArgs) -> Result<()> {
-    let EvaluateArgs {
-        pred,
-        reference,
-        dataset_json,
-        out,
-        images,
-        nsd_tolerance_mm,
-        nsd_class_tolerance,
-    } = args;
-    anyhow::ensure!(
-        nsd_tolerance_mm.is_finite() && nsd_tolerance_mm >= 0.0,
-        "--nsd-tolerance-mm must be a non-negative number, got {nsd_tolerance_mm}"
-    );
-    let options = segmenter::evaluate::EvalOptions {
-        default_tolerance_mm: nsd_tolerance_mm,
-        tolerance_mm: nsd_class_tolerance.into_iter().collect(),
-    };
-    let summary = segmenter::evaluate::evaluate_with(&pred, &reference, &dataset_json, &options)?;
-    let labels = segmenter_io::read_dataset_labels(&dataset_json)?;
-    let table = segmenter::evaluate::write_report(&summary, &labels, &out)?;
-    println!("{table}");
-    let images = images.or_else(|| segmenter::report::sibling_images(&reference));
-    let html = segmenter::report::write_html_report(&summary, &labels, &out, images.as_deref())?;
+    let outcome = segmenter::evaluate::run(&EvaluateRequest {
+        prediction_dir: args.pred,
+        reference_dir: args.reference,
+        dataset_json: args.dataset_json,
+        out_dir: args.out,
+        images: args.images,
+        options: EvalOptions {
+            default_tolerance_mm: args.nsd_tolerance_mm,
+            tolerance_mm: args.nsd_class_tolerance.into_iter().collect(),
+        },
+    })?;
+    println!("{}", outcome.table);
     println!(
         "Report: {} (summary.json, summary.csv beside it)",
-        html.display()
+        outcome.report.display()
     );
     Ok(())
 }
