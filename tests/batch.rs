@@ -46,8 +46,7 @@ fn hidden(dir: &Path) -> Vec<String> {
 
 #[test]
 fn shards_split_the_cases_and_list_files_select_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = trained_run(dir.path());
+    let (dir, run) = trained();
     let input = root().join("sample-data/hippocampus/imagesTs");
     let mut parts = Vec::new();
     for shard in ["0/2", "1/2"] {
@@ -87,8 +86,7 @@ fn shards_split_the_cases_and_list_files_select_them() {
 
 #[test]
 fn probabilities_and_largest_component_post_processing() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = trained_run(dir.path());
+    let (dir, run) = trained();
     let scan = root().join("sample-data/hippocampus/imagesTs/hippocampus_037.nii.gz");
     let (plain, post) = (dir.path().join("plain"), dir.path().join("post"));
     for (out_dir, extra) in [
@@ -150,8 +148,7 @@ fn probabilities_and_largest_component_post_processing() {
 
 #[test]
 fn a_killed_batch_restarts_and_predicts_every_case_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = trained_run(dir.path());
+    let (dir, run) = trained();
     let input = many_scans(dir.path());
     let expected = outputs(&input);
     let preds = dir.path().join("preds");

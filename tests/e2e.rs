@@ -10,8 +10,7 @@ use common::*;
 
 #[test]
 fn train_predict_evaluate_through_the_binary() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = trained_run(dir.path());
+    let (dir, run) = trained();
     let data = root().join("sample-data/hippocampus");
 
     let preds = dir.path().join("preds");
@@ -59,8 +58,7 @@ fn train_predict_evaluate_through_the_binary() {
 
 #[test]
 fn a_corrupt_case_fails_alone_and_the_exit_code_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = trained_run(dir.path());
+    let (dir, run) = trained();
     let data = root().join("sample-data/hippocampus/imagesTs");
     let input = dir.path().join("input");
     std::fs::create_dir(&input).unwrap();
@@ -177,8 +175,7 @@ fn write_flipped_copy(src: &Path, dst: &Path) {
 
 #[test]
 fn a_reoriented_scan_gets_the_same_segmentation_in_its_own_orientation() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = trained_run(dir.path());
+    let (dir, run) = trained();
     let scan = root().join("sample-data/hippocampus/imagesTs/hippocampus_036.nii.gz");
     let (inputs, flipped_inputs) = (dir.path().join("ras"), dir.path().join("lps"));
     std::fs::create_dir_all(&inputs).unwrap();
@@ -232,8 +229,7 @@ fn an_lps_mri_comes_back_with_its_own_geometry() {
         eprintln!("skipping: {} is not here", scan.display());
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let run = trained_run(dir.path());
+    let (dir, run) = trained();
     let preds = dir.path().join("preds");
     let out = predict(&run, &scan, &preds, &[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -298,16 +294,11 @@ fn a_run_with_neighbouring_slices_trains_and_predicts() {
     let dir = tempfile::tempdir().unwrap();
     let data = root().join("sample-data/hippocampus");
     let run = dir.path().join("run");
-    let out = train_two_steps(
-        &data,
-        &run,
-        "batch_size = 4\nwarmup_steps = 1\nval_every = 1\n[model]\ncontext_slices = 1\n",
-    );
-    assert!(out.status.success(), "train failed:\n{}", text(&out));
+    let toml = "batch_size = 4\nwarmup_steps = 1\nval_every = 1\n[model]\ncontext_slices = 1\n";
+    let printed = train_two_steps_ok(&data, &run, toml);
     assert!(
-        text(&out).contains("each with its neighbour on each side"),
-        "{}",
-        text(&out)
+        printed.contains("each with its neighbour on each side"),
+        "{printed}"
     );
     let plan: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("plan.json")).unwrap()).unwrap();

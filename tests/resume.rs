@@ -38,6 +38,18 @@ fn small_config(dir: &Path, epochs: usize) -> PathBuf {
     config
 }
 
+/// Trains `run` with `config` and `extra` flags; asserts that it succeeded and returns what it
+/// printed.
+fn train_ok(data: &Path, run: &Path, config: &Path, extra: &[&str]) -> String {
+    let out = bin()
+        .args(train_args(data, run, config))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
 fn train_args<'a>(data: &'a Path, run: &'a Path, config: &'a Path) -> Vec<&'a str> {
     vec![
         "train",
@@ -65,11 +77,7 @@ fn a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_
 
     // Reference: the same run, uninterrupted.
     let straight = dir.path().join("straight");
-    let out = bin()
-        .args(train_args(&data, &straight, &config))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    train_ok(&data, &straight, &config, &[]);
 
     // Killed with SIGKILL once at least two epochs are checkpointed, then resumed.
     let killed = dir.path().join("killed");
@@ -144,22 +152,16 @@ fn a_nan_batch_is_skipped_without_poisoning_the_run() {
         let data = root().join("sample-data/hippocampus");
         let config = small_config(dir.path(), 3);
         let run = dir.path().join("run");
-        let out = bin()
-            .args(train_args(&data, &run, &config))
-            .args(["--replicas", replicas, "--inject-nan-at-step", "1"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        let extra = ["--replicas", replicas, "--inject-nan-at-step", "1"];
+        let printed = train_ok(&data, &run, &config, &extra);
         assert!(
-            text(&out).contains("step 2: loss is NaN; step skipped"),
-            "{}",
-            text(&out)
+            printed.contains("step 2: loss is NaN; step skipped"),
+            "{printed}"
         );
         assert_eq!(
-            text(&out).contains("Data-parallel: 2 replicas"),
+            printed.contains("Data-parallel: 2 replicas"),
             replicas == "2",
-            "{}",
-            text(&out)
+            "{printed}"
         );
         let lines = log_lines(&run);
         let skipped: Vec<u64> = lines

@@ -103,16 +103,29 @@ pub fn evaluate_against(pred: &Path, data: &Path, labels: &str, out: &Path) -> S
     text(&output)
 }
 
+/// A new temporary folder with a run trained in it by [`trained_run`].
+pub fn trained() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = trained_run(dir.path());
+    (dir, run)
+}
+
+/// Trains as [`train_two_steps`] does, asserts that it succeeded and returns what it printed.
+pub fn train_two_steps_ok(data: &Path, run: &Path, train_toml: &str) -> String {
+    let out = train_two_steps(data, run, train_toml);
+    assert!(out.status.success(), "train failed:\n{}", text(&out));
+    text(&out)
+}
+
 /// A run folder trained for two steps on the sample data, shared by the tests of a file.
 pub fn trained_run(dir: &Path) -> PathBuf {
     let data = root().join("sample-data/hippocampus");
     let run = dir.join("run");
-    let out = train_two_steps(
+    train_two_steps_ok(
         &data,
         &run,
         "batch_size = 4\nwarmup_steps = 1\nval_every = 1\n",
     );
-    assert!(out.status.success(), "train failed:\n{}", text(&out));
     for file in [
         "model.mpk",
         "config.toml",

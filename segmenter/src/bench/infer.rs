@@ -17,6 +17,7 @@ use segmenter_io::{find_cases, load_case, Case, LoadedCase};
 use serde_json::json;
 
 use super::alloc::with_peak;
+use super::ThreadsAndFormat;
 use segmenter::config::ExperimentConfig;
 use segmenter::plan::{network_shape, patch_size_for, slicing, Normalization, Plan, Slicing};
 use segmenter::predict::predict_case;
@@ -38,12 +39,9 @@ pub struct InferBenchOptions {
     /// Presets to time.
     #[arg(long, value_delimiter = ',', default_values_t = ["tiny".to_string(), "swin-umamba".to_string()])]
     pub presets: Vec<String>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// One JSON object per line instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// Worker threads and output format.
+    #[command(flatten)]
+    pub output: ThreadsAndFormat,
     /// Time only without --tta (with it, each row takes four times as long).
     #[arg(long)]
     pub no_tta: bool,
@@ -240,14 +238,14 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                         plan.patch_size,
                     ),
                 };
-                if options.json {
+                if options.output.json {
                     println!("{}", row_json(&row, options));
                 }
                 rows.push(row);
             }
         }
     }
-    if !options.json {
+    if !options.output.json {
         print_table(&rows, &groups, options);
     }
     Ok(())

@@ -14,6 +14,17 @@ use anyhow::{ensure, Context, Result};
 
 use alloc::with_peak;
 
+/// The flags every benchmark that runs on a worker pool shares.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ThreadsAndFormat {
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Median and minimum wall time (ms) of `runs` runs after one warm-up, and the largest peak of
 /// allocated bytes over the runs.
 pub struct Timing {

@@ -17,6 +17,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::optim::AdamWConfig;
 use serde_json::json;
 
+use super::ThreadsAndFormat;
 use segmenter::config::{ExperimentConfig, PRESETS};
 use segmenter::model::SwinUMamba;
 use segmenter::plan::Plan;
@@ -41,12 +42,9 @@ pub struct SamplerBenchOptions {
     /// at its batch of 32 takes minutes; `--batch-size 2` gives a number in seconds.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// One JSON object per line instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// Worker threads and output format.
+    #[command(flatten)]
+    pub output: ThreadsAndFormat,
 }
 
 /// One preset's measurement.
@@ -176,7 +174,7 @@ pub fn run_sampler_bench(opts: &SamplerBenchOptions) -> Result<()> {
         !opts.presets.is_empty(),
         "--presets must name at least one preset"
     );
-    super::with_threads(opts.threads, || bench_all(opts))
+    super::with_threads(opts.output.threads, || bench_all(opts))
 }
 
 fn bench_all(opts: &SamplerBenchOptions) -> Result<()> {
@@ -184,7 +182,7 @@ fn bench_all(opts: &SamplerBenchOptions) -> Result<()> {
     let labelled = labelled_cases(&dataset, "sample from")?;
     let cases = load_cases(&labelled, &dataset.labels)?;
     let threads = rayon::current_num_threads();
-    if !opts.json {
+    if !opts.output.json {
         println!(
             "sampler vs training step on {} ({} cases); each side: 1 warm-up, then >= {} s",
             opts.data.display(),
@@ -205,7 +203,7 @@ fn bench_all(opts: &SamplerBenchOptions) -> Result<()> {
     for preset in &opts.presets {
         let r = bench_preset(preset, &dataset, &cases, opts)
             .with_context(|| format!("preset '{preset}'"))?;
-        if opts.json {
+        if opts.output.json {
             println!(
                 "{}",
                 json!({

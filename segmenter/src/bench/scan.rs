@@ -19,6 +19,7 @@ use serde_json::json;
 use vision_ssm::scan::cpu::{self, ScanDims, ScanInputs};
 use vision_ssm::scan::reference::{scan_backward_naive, scan_forward_naive};
 
+use super::ThreadsAndFormat;
 use super::{cpu_model, round, time_runs, with_threads, Timing};
 
 /// Options of `segmenter bench scan`.
@@ -30,12 +31,9 @@ pub struct ScanBenchOptions {
     /// Timed runs per measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// One JSON object per line instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// Worker threads and output format.
+    #[command(flatten)]
+    pub output: ThreadsAndFormat,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,14 +215,14 @@ struct Row {
     gflop: f64,
 }
 
-/// Runs the benchmark and prints a table, or JSON lines with `opts.json`.
+/// Runs the benchmark and prints a table, or JSON lines with `opts.output.json`.
 pub fn run_scan_bench(opts: &ScanBenchOptions) -> Result<()> {
     ensure!(opts.runs >= 1, "--runs must be at least 1");
     ensure!(
         !opts.lengths.is_empty() && opts.lengths.iter().all(|&l| l > 0),
         "--lengths must list positive sequence lengths"
     );
-    with_threads(opts.threads, || bench_all(opts))
+    with_threads(opts.output.threads, || bench_all(opts))
 }
 
 /// The problem size and the machine, the same for every length.
@@ -246,7 +244,7 @@ fn bench_all(opts: &ScanBenchOptions) -> Result<()> {
         threads: rayon::current_num_threads(),
         cpu: cpu_model(),
     };
-    if !opts.json {
+    if !opts.output.json {
         print_header(opts, &setup);
     }
     for &len in &opts.lengths {
@@ -375,7 +373,7 @@ fn bench_length(opts: &ScanBenchOptions, setup: &Setup, len: usize) -> Result<()
     for pass in ["fwd", "fwd_bwd"] {
         report_pass(opts, setup, &rows, pass, y_err);
     }
-    if !opts.json {
+    if !opts.output.json {
         println!("{:>6} y max rel diff fused vs reference: {y_err:.2e}", len);
     }
     Ok(())
@@ -390,7 +388,7 @@ fn report_pass(opts: &ScanBenchOptions, setup: &Setup, rows: &[Row], pass: &str,
     };
     let (re, fu) = (find(REFERENCE), find("fused"));
     let ratio = re.t.ms_median / fu.t.ms_median;
-    if opts.json {
+    if opts.output.json {
         for r in [re, fu] {
             let mut rec = json!({
                 "bench": "scan",

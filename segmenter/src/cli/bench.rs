@@ -53,7 +53,7 @@ pub fn run(what: BenchKind) -> Result<ExitCode> {
                     "--spacing must be a positive number of mm, got {mm}"
                 );
             }
-            crate::bench::with_threads(options.threads, || {
+            crate::bench::with_threads(options.output.threads, || {
                 crate::bench::infer::run_infer_bench(&options)
             })?
         }

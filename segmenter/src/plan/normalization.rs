@@ -5,6 +5,7 @@ use segmenter_io::LoadedCase;
 use serde::{Deserialize, Serialize};
 
 use super::fingerprint::foreground_values;
+use crate::model::ops::stats::mean_variance;
 
 /// How one input channel's intensities are normalised.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,13 +31,7 @@ impl Normalization {
     pub fn apply(&self, values: &mut [f32]) {
         match *self {
             Normalization::ZScore => {
-                let n = values.len().max(1) as f64;
-                let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = values
-                    .iter()
-                    .map(|&v| (v as f64 - mean).powi(2))
-                    .sum::<f64>()
-                    / n;
+                let (mean, var) = mean_variance(values);
                 let std = var.sqrt().max(1e-8);
                 for v in values {
                     *v = ((*v as f64 - mean) / std) as f32;

@@ -112,17 +112,14 @@ mod tests {
         use segmenter_io::{NiftiHeader, Volume};
         // A 2 mm case with two blobs, planned at 1 mm: network sees 2x the slice size.
         let shape = [24, 20, 5];
-        let mut label = vec![0u8; 24 * 20 * 5];
-        for z in 0..5 {
-            for y in 4..12 {
-                for x in 3..10 {
-                    label[(z * 20 + y) * 24 + x] = 1;
-                }
-                for x in 14..21 {
-                    label[(z * 20 + y + 4) * 24 + x] = 2;
-                }
-            }
-        }
+        // Class 1 at x 3..10, y 4..12; class 2 at x 14..21, y 8..16; every slice alike.
+        let label: Vec<u8> = (0..24 * 20 * 5)
+            .map(|i| match (i % 24, i / 24 % 20) {
+                (x, y) if (3..10).contains(&x) && (4..12).contains(&y) => 1,
+                (x, y) if (14..21).contains(&x) && (8..16).contains(&y) => 2,
+                _ => 0,
+            })
+            .collect();
         let image: Vec<f32> = (0..label.len())
             .map(|i| label[i] as f32 * 10.0 + ((i * 31) % 7) as f32)
             .collect();

@@ -323,17 +323,22 @@ where
         }
     }
     run_loop.bar.finish_and_clear();
-    eprintln!(
+    eprintln!("{}", finished(run_loop.started, &state, &run));
+    Ok(state.best_dice)
+}
+
+/// The closing line of a run: time, steps, best validation Dice, where the run folder is.
+fn finished(started: Instant, state: &TrainState, run: &RunDir) -> String {
+    format!(
         "Training finished in {:.1} min: {} steps{}. Run folder: {}",
-        run_loop.started.elapsed().as_secs_f64() / 60.0,
+        started.elapsed().as_secs_f64() / 60.0,
         state.step,
         state
             .best_dice
             .map(|d| format!(", best validation mean foreground Dice {d:.4}"))
             .unwrap_or_default(),
         run.path().display()
-    );
-    Ok(state.best_dice)
+    )
 }
 
 /// One optimiser step on a batch (images `[batch, channels, rows, cols]`, labels `[batch, rows, cols]`):

@@ -142,6 +142,22 @@ fn uniform<T: rand::distr::uniform::SampleUniform + PartialOrd + Copy>(
     rng.random_range(lo..=hi)
 }
 
+/// When `enabled`, with probability `p`, a value drawn from `range`; no draw at all when not
+/// enabled, so the random stream is the same as if the test were not there.
+fn maybe_draw<T: rand::distr::uniform::SampleUniform + PartialOrd + Copy>(
+    rng: &mut SmallRng,
+    enabled: bool,
+    p: f64,
+    range: [T; 2],
+) -> Option<T> {
+    (enabled && rng.random_bool(p)).then(|| uniform(rng, range))
+}
+
+/// Applies `f` to each `plane`-sized 2D plane of a channel's stack.
+fn each_plane(channel: &mut [f32], plane: usize, f: impl FnMut(&mut [f32])) {
+    channel.chunks_mut(plane).for_each(f);
+}
+
 /// Draws training batches from volumes.
 pub struct Sampler<'a> {
     /// The training volumes.
@@ -321,11 +337,9 @@ impl Sampler<'_> {
         let blur = rng.random_bool(aug.p_blur);
         let low_res = rng.random_bool(aug.p_low_res);
         for channel in image.chunks_mut(per_channel.max(1)) {
-            if blur && rng.random_bool(aug.p_per_channel) {
-                let sigma = uniform(rng, aug.blur_sigma);
-                for slice in channel.chunks_mut(plane) {
-                    gaussian_blur(slice, patch, sigma);
-                }
+            let p_channel = aug.p_per_channel;
+            if let Some(sigma) = maybe_draw(rng, blur, p_channel, aug.blur_sigma) {
+                each_plane(channel, plane, |slice| gaussian_blur(slice, patch, sigma));
             }
             if rng.random_bool(p) {
                 let factor: f32 = rng.random_range(0.75..1.25);
@@ -338,11 +352,10 @@ impl Sampler<'_> {
                     .iter_mut()
                     .for_each(|v| *v = (*v - mean) * factor + mean);
             }
-            if low_res && rng.random_bool(aug.p_per_channel) {
-                let zoom = uniform(rng, aug.low_res_zoom);
-                for slice in channel.chunks_mut(plane) {
-                    simulate_low_resolution(slice, patch, zoom);
-                }
+            if let Some(zoom) = maybe_draw(rng, low_res, p_channel, aug.low_res_zoom) {
+                each_plane(channel, plane, |slice| {
+                    simulate_low_resolution(slice, patch, zoom)
+                });
             }
             if rng.random_bool(p) {
                 let gamma: f32 = rng.random_range(0.7..1.5);
@@ -418,6 +431,18 @@ fn resample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default augmentation with spatial, intensity, blur and low-resolution steps all at
+    /// probability `p`.
+    fn every_augmentation_with_probability(p: f64) -> Augmentation {
+        Augmentation {
+            p_spatial: p,
+            p_intensity: p,
+            p_blur: p,
+            p_low_res: p,
+            ..Augmentation::default()
+        }
+    }
 
     fn volume(seed: u64) -> TrainVolume {
         let shape = [20, 24, 10];
@@ -527,12 +552,8 @@ mod tests {
             patch_size: [32, 32],
             foreground_fraction: 0.5,
             augmentation: Augmentation {
-                p_spatial: 1.0,
-                p_intensity: 1.0,
-                p_blur: 1.0,
-                p_low_res: 1.0,
                 p_per_channel: 1.0,
-                ..Augmentation::default().with_elastic(true)
+                ..every_augmentation_with_probability(1.0).with_elastic(true)
             },
             seed: 11,
             // With neighbours, so blur and low resolution also run plane by plane.
@@ -587,13 +608,7 @@ mod tests {
             volumes: &volumes,
             patch_size: [32, 32],
             foreground_fraction: 0.5,
-            augmentation: Augmentation {
-                p_spatial: 0.0,
-                p_intensity: 0.0,
-                p_blur: 0.0,
-                p_low_res: 0.0,
-                ..Augmentation::default()
-            },
+            augmentation: every_augmentation_with_probability(0.0),
             seed: 3,
             context_slices: 2,
         };

@@ -4,3 +4,4 @@
 pub mod conv;
 pub mod host;
 pub mod norm;
+pub mod stats;

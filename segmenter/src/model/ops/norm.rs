@@ -17,6 +17,7 @@ use burn::tensor::TensorPrimitive;
 use rayon::prelude::*;
 
 use super::host::{from_host, to_host, FloatTensor};
+use super::stats::mean_variance;
 
 /// Numerical guard added to the variance.
 pub const EPSILON: f64 = 1e-5;
@@ -104,13 +105,7 @@ fn normalize_tensor<B: Backend>(x: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>)
 
 /// Mean and inverse standard deviation of one plane.
 fn plane_stats(plane: &[f32]) -> (f32, f32) {
-    let m = plane.len() as f64;
-    let mean = plane.iter().map(|&v| v as f64).sum::<f64>() / m;
-    let var = plane
-        .iter()
-        .map(|&v| (v as f64 - mean).powi(2))
-        .sum::<f64>()
-        / m;
+    let (mean, var) = mean_variance(plane);
     (mean as f32, (1.0 / (var + EPSILON).sqrt()) as f32)
 }
 
