@@ -13,5 +13,5 @@ pub use blocks::{
     PatchEmbed, PatchEmbedConfig, PatchMerging, PatchMergingConfig, VssBlock, VssBlockConfig,
 };
 pub use cross_scan::{cross_merge, cross_scan};
-pub use scan::{selective_scan, ScanBackend};
+pub use scan::{selective_scan, ScanBackend, ScanKernel};
 pub use ss2d::{Ss2d, Ss2dConfig};
