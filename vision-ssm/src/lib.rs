@@ -4,6 +4,8 @@
 //! Layers are generic over [`scan::ScanBackend`], which every supported burn backend implements
 //! (and `Autodiff` over any of them).
 
+#![warn(missing_docs)]
+
 pub mod blocks;
 pub mod cross_scan;
 pub mod scan;

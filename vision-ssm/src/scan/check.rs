@@ -7,7 +7,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
 
 use super::cpu::{self, ScanDims, ScanInputs};
 use super::reference::{scan_forward_f64, RefInputs};
-use super::{selective_scan, FloatTensor, ScanBackend, ScanTensors};
+use super::{selective_scan, FloatTensor, ScanArgs, ScanBackend, ScanTensors};
 
 /// Random scan inputs and an upstream gradient dy, owned, in float32.
 #[derive(Clone, Debug)]
@@ -64,7 +64,7 @@ impl RandomScan {
 
     /// The inputs as borrowed slices for the CPU kernel.
     pub fn inputs(&self) -> ScanInputs<'_> {
-        ScanInputs::from_array(&self.values)
+        ScanInputs::borrowed(&self.values)
     }
 
     /// Shapes of the seven inputs.
@@ -75,7 +75,7 @@ impl RandomScan {
     /// The inputs as tensors of backend `B` on `device`.
     pub fn tensors<B: Backend>(&self, device: &B::Device) -> ScanTensors<B> {
         let shapes = self.shapes();
-        ScanTensors::from_array(std::array::from_fn(|i| {
+        ScanArgs::from_array(std::array::from_fn(|i| {
             B::float_from_data(
                 TensorData::new(self.values[i].clone(), shapes[i].clone()),
                 device,

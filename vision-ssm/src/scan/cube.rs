@@ -44,7 +44,7 @@ use burn_cubecl::{
 use cubecl::prelude::*;
 
 use super::cpu::ScanDims;
-use super::{scan_dims, ScanTensors};
+use super::{scan_dims, ScanArgs, ScanTensors};
 
 /// The kernels on CUDA without burn's fusion wrapper (the scan itself is never fused anyway).
 #[cfg(feature = "cuda")]
@@ -743,7 +743,7 @@ pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     let batch_sum = |t: CubeTensor<R>| {
         BurnTensor::<Cube<R, F, I, BT>, 2>::from_primitive(TensorPrimitive::Float(t)).sum_dim(0)
     };
-    ScanTensors {
+    ScanArgs {
         u: du,
         delta: ddelta,
         a: batch_sum(da_part)

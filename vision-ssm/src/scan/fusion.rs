@@ -14,14 +14,14 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use std::marker::PhantomData;
 
-use super::{FloatTensor, ScanBackend, ScanTensors};
+use super::{FloatTensor, ScanArgs, ScanBackend, ScanTensors};
 
 type Handles<B> =
     HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
 /// The inner backend's tensors for the seven inputs described by `ir`.
 fn inner_inputs<B: FusionBackend>(ir: &[TensorIr], handles: &mut Handles<B>) -> ScanTensors<B> {
-    ScanTensors::from_array(std::array::from_fn(|i| {
+    ScanArgs::from_array(std::array::from_fn(|i| {
         handles.get_float_tensor::<B>(&ir[i])
     }))
 }
@@ -93,7 +93,7 @@ impl<B: FusionBackend + ScanBackend> ScanBackend for Fusion<B> {
             desc: desc.clone(),
             _backend: PhantomData,
         };
-        ScanTensors::from_array(
+        ScanArgs::from_array(
             client
                 .register(streams, OperationIr::Custom(desc), op)
                 .outputs(),

@@ -8,6 +8,7 @@
 //! hand-written backward, so no `[B, D, L, N]` tensor is ever stored: the forward pass keeps the
 //! state every [`cpu::CHUNK`] steps ([`ScanSaved`]) and the backward pass recomputes the rest.
 
+mod args;
 pub mod check;
 pub mod cpu;
 #[cfg(feature = "cubecl")]
@@ -32,61 +33,14 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+pub use args::{ScanArgs, INPUT_NAMES};
 use cpu::{ScanCheckpoints, ScanDims, ScanInputs};
 
 /// A backend's float tensor primitive.
 pub type FloatTensor<B> = <B as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
 /// The seven inputs of the scan (or their seven gradients), as backend primitives.
-#[derive(Clone, Debug)]
-pub struct ScanTensors<B: Backend> {
-    /// `[B, D, L]` input sequence.
-    pub u: FloatTensor<B>,
-    /// `[B, D, L]` step size before bias and softplus.
-    pub delta: FloatTensor<B>,
-    /// `[D, N]` state matrix (diagonal per channel; negative for stability).
-    pub a: FloatTensor<B>,
-    /// `[B, K, N, L]` input projection, shared by the channels of one direction.
-    pub bm: FloatTensor<B>,
-    /// `[B, K, N, L]` output projection, shared by the channels of one direction.
-    pub cm: FloatTensor<B>,
-    /// `[D]` skip connection.
-    pub d_skip: FloatTensor<B>,
-    /// `[D]` step-size bias, added before softplus.
-    pub delta_bias: FloatTensor<B>,
-}
-
-/// Names of the scan's seven inputs, in the order of every seven-array form of them.
-pub const INPUT_NAMES: [&str; 7] = ["u", "delta", "a", "bm", "cm", "d_skip", "delta_bias"];
-
-impl<B: Backend> ScanTensors<B> {
-    /// The seven tensors from an array in [`INPUT_NAMES`] order.
-    pub fn from_array(t: [FloatTensor<B>; 7]) -> Self {
-        let [u, delta, a, bm, cm, d_skip, delta_bias] = t;
-        Self {
-            u,
-            delta,
-            a,
-            bm,
-            cm,
-            d_skip,
-            delta_bias,
-        }
-    }
-
-    /// The seven tensors in [`INPUT_NAMES`] order.
-    pub fn into_array(self) -> [FloatTensor<B>; 7] {
-        [
-            self.u,
-            self.delta,
-            self.a,
-            self.bm,
-            self.cm,
-            self.d_skip,
-            self.delta_bias,
-        ]
-    }
-}
+pub type ScanTensors<B> = ScanArgs<FloatTensor<B>>;
 
 /// Which implementation of the scan a layer runs.
 #[derive(Config, Copy, Debug, PartialEq, Eq)]
@@ -223,7 +177,7 @@ fn with_flex_inputs<R>(
     let x = [&x.u, &x.delta, &x.a, &x.bm, &x.cm, &x.d_skip, &x.delta_bias];
     let dims = scan_dims(&x.map(|t| t.layout().shape().to_vec()));
     let values = x.map(flex_values);
-    f(dims, &ScanInputs::from_array(&values))
+    f(dims, &ScanInputs::borrowed(&values))
 }
 
 fn flex_tensor(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
@@ -258,7 +212,7 @@ fn flex_backward(
     });
     let like = [&x.u, &x.delta, &x.a, &x.bm, &x.cm, &x.d_skip, &x.delta_bias];
     let mut g = g.into_array().into_iter();
-    ScanTensors::from_array(like.map(|t| flex_tensor(g.next().expect("seven gradients"), t)))
+    ScanArgs::from_array(like.map(|t| flex_tensor(g.next().expect("seven gradients"), t)))
 }
 
 /// Runs the selective scan (see the module docs for shapes); differentiable on `Autodiff` backends.
@@ -271,7 +225,7 @@ pub fn selective_scan<B: ScanBackend>(
     d_skip: Tensor<B, 1>,
     delta_bias: Tensor<B, 1>,
 ) -> Tensor<B, 3> {
-    let x = ScanTensors {
+    let x = ScanArgs {
         u: u.into_primitive().tensor(),
         delta: delta.into_primitive().tensor(),
         a: a.into_primitive().tensor(),
@@ -320,7 +274,7 @@ impl HostScan {
     }
 
     fn inputs(&self) -> ScanInputs<'_> {
-        ScanInputs::from_array(&self.values)
+        ScanInputs::borrowed(&self.values)
     }
 }
 
@@ -337,7 +291,7 @@ fn host_backward<B: Backend>(x: ScanTensors<B>, dy: FloatTensor<B>) -> ScanTenso
     let (dy, _) = host_vec::<B>(dy);
     let g = cpu::scan_backward(host.dims, &host.inputs(), &dy).into_array();
     let mut shapes = host.shapes.into_iter();
-    ScanTensors::from_array(g.map(|g| {
+    ScanArgs::from_array(g.map(|g| {
         let shape = shapes.next().expect("seven shapes");
         device_tensor::<B>(g, shape, &device)
     }))

@@ -10,39 +10,15 @@
 use rayon::prelude::*;
 
 use super::cpu::{BatchShares, ScanDims, ScanGrads, ScanInputs};
+use super::ScanArgs;
 
 /// Owned float64 copies of every scan input, with the same layouts as [`ScanInputs`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct RefInputs {
-    /// Input sequence u, [B, D, L].
-    pub u: Vec<f64>,
-    /// Step-size pre-activation delta, [B, D, L].
-    pub delta: Vec<f64>,
-    /// State matrix A, [D, N].
-    pub a: Vec<f64>,
-    /// Input projection B, [B, K, N, L].
-    pub bm: Vec<f64>,
-    /// Output projection C, [B, K, N, L].
-    pub cm: Vec<f64>,
-    /// Skip weight D, [D].
-    pub d_skip: Vec<f64>,
-    /// Bias added to delta before the softplus, [D].
-    pub delta_bias: Vec<f64>,
-}
+pub type RefInputs = ScanArgs<Vec<f64>>;
 
 impl RefInputs {
     /// Widens borrowed float32 inputs to float64.
     pub fn from_f32(x: &ScanInputs) -> Self {
-        let wide = |s: &[f32]| s.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
-        Self {
-            u: wide(x.u),
-            delta: wide(x.delta),
-            a: wide(x.a),
-            bm: wide(x.bm),
-            cm: wide(x.cm),
-            d_skip: wide(x.d_skip),
-            delta_bias: wide(x.delta_bias),
-        }
+        x.map(|s| s.iter().map(|&v| f64::from(v)).collect())
     }
 }
 

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::isa::Isa;
 use super::simd::{flat, flat_mut, Simd};
-use crate::scan::INPUT_NAMES;
+use crate::scan::{ScanArgs, INPUT_NAMES};
 
 /// Sizes of one selective-scan call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,43 +29,11 @@ pub struct ScanDims {
     pub len: usize,
 }
 
-/// Borrowed inputs of the scan.
-#[derive(Clone, Copy, Debug)]
-pub struct ScanInputs<'a> {
-    /// Input sequence u, [B, D, L].
-    pub u: &'a [f32],
-    /// Step-size pre-activation delta, [B, D, L].
-    pub delta: &'a [f32],
-    /// State matrix A, [D, N] (normally negative).
-    pub a: &'a [f32],
-    /// Input projection B, [B, K, N, L].
-    pub bm: &'a [f32],
-    /// Output projection C, [B, K, N, L].
-    pub cm: &'a [f32],
-    /// Skip weight D, [D].
-    pub d_skip: &'a [f32],
-    /// Bias added to delta before the softplus, [D].
-    pub delta_bias: &'a [f32],
-}
+/// Borrowed inputs of the scan, float32 row-major.
+pub type ScanInputs<'a> = ScanArgs<&'a [f32]>;
 
 /// Gradients of every input, same shapes as the inputs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScanGrads {
-    /// Gradient of u, [B, D, L].
-    pub u: Vec<f32>,
-    /// Gradient of delta, [B, D, L].
-    pub delta: Vec<f32>,
-    /// Gradient of A, [D, N].
-    pub a: Vec<f32>,
-    /// Gradient of B, [B, K, N, L].
-    pub bm: Vec<f32>,
-    /// Gradient of C, [B, K, N, L].
-    pub cm: Vec<f32>,
-    /// Gradient of the skip weight, [D].
-    pub d_skip: Vec<f32>,
-    /// Gradient of the delta bias, [D].
-    pub delta_bias: Vec<f32>,
-}
+pub type ScanGrads = ScanArgs<Vec<f32>>;
 
 impl ScanDims {
     /// The sizes of a call with `per_dir` channels in each of `k_dirs` directions.
@@ -139,7 +107,7 @@ impl ScanDims {
     /// Checks that D splits evenly over K, that N >= 1 and that every input has its shape's length.
     pub fn check(&self, x: &ScanInputs) -> Result<(), String> {
         self.check_sizes()?;
-        let inputs = INPUT_NAMES.iter().zip(x.to_array()).zip(self.shapes());
+        let inputs = INPUT_NAMES.iter().zip(x.into_array()).zip(self.shapes());
         for ((name, values), shape) in inputs {
             let (got, want) = (values.len(), shape.iter().product::<usize>());
             if got != want {
@@ -166,61 +134,10 @@ impl ScanDims {
     }
 }
 
-impl<'a> ScanInputs<'a> {
-    /// The inputs from seven row-major arrays in [`INPUT_NAMES`] order.
-    pub fn from_array<T: AsRef<[f32]>>(values: &'a [T; 7]) -> Self {
-        let [u, delta, a, bm, cm, d_skip, delta_bias] = values.each_ref().map(|v| v.as_ref());
-        Self {
-            u,
-            delta,
-            a,
-            bm,
-            cm,
-            d_skip,
-            delta_bias,
-        }
-    }
-
-    /// The seven inputs in [`INPUT_NAMES`] order.
-    pub fn to_array(&self) -> [&'a [f32]; 7] {
-        [
-            self.u,
-            self.delta,
-            self.a,
-            self.bm,
-            self.cm,
-            self.d_skip,
-            self.delta_bias,
-        ]
-    }
-}
-
 impl ScanGrads {
     /// All-zero gradients for inputs of the sizes of `x`.
     pub(crate) fn zeros(x: &ScanInputs) -> Self {
-        let [u, delta, a, bm, cm, d_skip, delta_bias] = x.to_array().map(|v| vec![0.0; v.len()]);
-        Self {
-            u,
-            delta,
-            a,
-            bm,
-            cm,
-            d_skip,
-            delta_bias,
-        }
-    }
-
-    /// The seven gradients in [`INPUT_NAMES`] order.
-    pub fn into_array(self) -> [Vec<f32>; 7] {
-        [
-            self.u,
-            self.delta,
-            self.a,
-            self.bm,
-            self.cm,
-            self.d_skip,
-            self.delta_bias,
-        ]
+        x.map(|v| vec![0.0; v.len()])
     }
 
     /// Adds each batch item's share of the per-channel parameter gradients (dA, dD, d bias),
