@@ -575,7 +575,7 @@ fn launch_output<R: CubeRuntime>(
 fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: ScanTensors<Cube<R, F, I, BT>>,
 ) -> ([CubeTensor<R>; 7], ScanDims) {
-    let x = contiguous(x);
+    let x = contiguous::<R, F, I, BT>(x);
     let dims = scan_dims(&x.each_ref().map(|t| t.meta.shape().to_vec()));
     for t in &x[1..] {
         x[0].assert_is_on_same_device(t);
@@ -593,7 +593,7 @@ pub fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: ScanTensors<Cube<R, F, I, BT>>,
     save: bool,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-    let (x, dims) = prepare(x);
+    let (x, dims) = prepare::<R, F, I, BT>(x);
     if dims.batch * dims.channels == 0 || dims.len == 0 {
         let y = empty(&x[0], vec![dims.batch, dims.channels, dims.len]);
         return (y, None);
@@ -663,7 +663,7 @@ pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     saved: Option<CubeTensor<R>>,
     dy: CubeTensor<R>,
 ) -> ScanTensors<Cube<R, F, I, BT>> {
-    let (x, dims) = prepare(x);
+    let (x, dims) = prepare::<R, F, I, BT>(x);
     let dy = into_contiguous(dy);
     assert_eq!(
         dy.meta.shape().to_vec(),

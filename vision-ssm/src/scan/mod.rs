@@ -347,15 +347,15 @@ where
     BT: burn_cubecl::BoolElement,
 {
     fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
-        cube::forward(x, false).0
+        cube::forward::<R, F, I, BT>(x, false).0
     }
 
     fn selective_scan_backward(x: ScanTensors<Self>, dy: FloatTensor<Self>) -> ScanTensors<Self> {
-        cube::backward(x, None, dy)
+        cube::backward::<R, F, I, BT>(x, None, dy)
     }
 
     fn selective_scan_saving(x: ScanTensors<Self>) -> (FloatTensor<Self>, Option<ScanSaved>) {
-        let (y, states) = cube::forward(x, true);
+        let (y, states) = cube::forward::<R, F, I, BT>(x, true);
         (y, states.map(ScanSaved::new))
     }
 
@@ -365,7 +365,7 @@ where
         dy: FloatTensor<Self>,
     ) -> ScanTensors<Self> {
         let states = saved.and_then(|s| s.get::<FloatTensor<Self>>().cloned());
-        cube::backward(x, states, dy)
+        cube::backward::<R, F, I, BT>(x, states, dy)
     }
 }
 
