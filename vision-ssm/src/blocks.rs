@@ -5,7 +5,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::scan::ScanBackend;
+use crate::scan::{ScanBackend, ScanKernel};
 use crate::ss2d::{Ss2d, Ss2dConfig};
 
 /// Configuration of [`VssBlock`].
@@ -19,6 +19,9 @@ pub struct VssBlockConfig {
     /// Inner expansion of its SS2D.
     #[config(default = 2)]
     pub expand: usize,
+    /// The scan implementation of its SS2D.
+    #[config(default = "ScanKernel::Fused")]
+    pub scan_kernel: ScanKernel,
 }
 
 /// A visual state-space block: `x + SS2D(LayerNorm(x))` on `[batch, height, width, channels]`.
@@ -36,7 +39,23 @@ impl VssBlockConfig {
             mixer: Ss2dConfig::new(self.d_model)
                 .with_d_state(self.d_state)
                 .with_expand(self.expand)
+                .with_scan_kernel(self.scan_kernel)
                 .init(device),
+        }
+    }
+}
+
+impl<B: Backend> VssBlock<B> {
+    /// The scan implementation of its SS2D.
+    pub fn scan_kernel(&self) -> ScanKernel {
+        self.mixer.scan_kernel()
+    }
+
+    /// The same block (same weights) running the scan implementation `kernel`.
+    pub fn with_scan_kernel(self, kernel: ScanKernel) -> Self {
+        Self {
+            mixer: self.mixer.with_scan_kernel(kernel),
+            ..self
         }
     }
 }

@@ -4,6 +4,8 @@
 //! Layers are generic over [`scan::ScanBackend`], which every supported burn backend implements
 //! (and `Autodiff` over any of them).
 
+#![warn(missing_docs)]
+
 pub mod blocks;
 pub mod cross_scan;
 pub mod scan;
@@ -13,5 +15,5 @@ pub use blocks::{
     PatchEmbed, PatchEmbedConfig, PatchMerging, PatchMergingConfig, VssBlock, VssBlockConfig,
 };
 pub use cross_scan::{cross_merge, cross_scan};
-pub use scan::{selective_scan, ScanBackend};
+pub use scan::{selective_scan, ScanBackend, ScanKernel};
 pub use ss2d::{Ss2d, Ss2dConfig};

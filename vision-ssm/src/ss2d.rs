@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::{activation, Distribution};
 
 use crate::cross_scan::{cross_merge, cross_scan, DIRECTIONS};
-use crate::scan::{selective_scan, ScanBackend};
+use crate::scan::{ScanBackend, ScanKernel};
 
 /// Configuration of [`Ss2d`]; defaults follow VMamba.
 #[derive(Config, Debug)]
@@ -36,6 +36,9 @@ pub struct Ss2dConfig {
     /// Floor of the initial step size.
     #[config(default = 1e-4)]
     pub dt_init_floor: f64,
+    /// The scan implementation the layer runs.
+    #[config(default = "ScanKernel::Fused")]
+    pub scan_kernel: ScanKernel,
 }
 
 /// The SS2D token mixer over a `[batch, height, width, channels]` feature map.
@@ -58,6 +61,7 @@ pub struct Ss2d<B: Backend> {
     d_inner: usize,
     d_state: usize,
     dt_rank: usize,
+    scan_kernel: ScanKernel,
 }
 
 impl Ss2dConfig {
@@ -110,6 +114,22 @@ impl Ss2dConfig {
             d_inner,
             d_state: n,
             dt_rank,
+            scan_kernel: self.scan_kernel,
+        }
+    }
+}
+
+impl<B: Backend> Ss2d<B> {
+    /// The scan implementation the layer runs.
+    pub fn scan_kernel(&self) -> ScanKernel {
+        self.scan_kernel
+    }
+
+    /// The same layer (same weights) running the scan implementation `kernel`.
+    pub fn with_scan_kernel(self, kernel: ScanKernel) -> Self {
+        Self {
+            scan_kernel: kernel,
+            ..self
         }
     }
 }
@@ -143,7 +163,7 @@ impl<B: ScanBackend> Ss2d<B> {
         let dts = dt_proj.matmul(dts); // [B, K, di, L]
 
         let a = self.a_logs.val().exp().neg();
-        let y = selective_scan(
+        let y = self.scan_kernel.scan_fn::<B>()(
             xs.reshape([batch, k * di, len]),
             dts.reshape([batch, k * di, len]),
             a,

@@ -4,7 +4,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::{Distribution, Tolerance};
 use vision_ssm::scan::tensor_reference::selective_scan_tensor_ops;
-use vision_ssm::{cross_merge, cross_scan, selective_scan, Ss2dConfig, VssBlockConfig};
+use vision_ssm::{cross_merge, cross_scan, selective_scan, ScanKernel, Ss2dConfig, VssBlockConfig};
 
 type B = Autodiff<Flex>;
 
@@ -120,6 +120,31 @@ fn ss2d_keeps_shape_and_passes_gradients_to_every_parameter() {
     };
     ss2d.visit(&mut visitor);
     assert!(count >= 9, "only {count} parameters were checked");
+}
+
+/// A block switched to the tensor-op scan keeps its weights and computes what the fused scan
+/// computes, gradients included; configs that do not name a kernel get the fused one.
+#[test]
+fn vss_block_runs_either_scan_kernel() {
+    let device = Default::default();
+    let config = VssBlockConfig::new(8).with_d_state(4);
+    assert_eq!(config.scan_kernel, ScanKernel::Fused);
+    let fused = config.init::<B>(&device);
+    assert_eq!(fused.scan_kernel(), ScanKernel::Fused);
+    let x = uniform([1, 3, 5, 8], -1.0, 1.0);
+    let run = |block: &vision_ssm::VssBlock<B>| {
+        let y = block.forward(x.clone());
+        let gx = x.grad(&y.clone().powi_scalar(2).sum().backward()).unwrap();
+        (y.into_data(), gx.into_data())
+    };
+    let (y_fused, g_fused) = run(&fused);
+    // Cloned after the first forward pass, once the lazily initialised weights exist, so both
+    // blocks hold the same ones.
+    let tensor_ops = fused.clone().with_scan_kernel(ScanKernel::TensorOps);
+    assert_eq!(tensor_ops.scan_kernel(), ScanKernel::TensorOps);
+    let (y_ref, g_ref) = run(&tensor_ops);
+    y_fused.assert_approx_eq::<f32>(&y_ref, Tolerance::rel_abs(1e-4, 1e-5));
+    g_fused.assert_approx_eq::<f32>(&g_ref, Tolerance::rel_abs(1e-3, 1e-5));
 }
 
 struct ParamGradCheck<'a> {

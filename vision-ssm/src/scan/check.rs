@@ -7,7 +7,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
 
 use super::cpu::{self, ScanDims, ScanInputs};
 use super::reference::{scan_forward_f64, RefInputs};
-use super::{selective_scan, FloatTensor, ScanBackend, ScanTensors};
+use super::{selective_scan, FloatTensor, ScanArgs, ScanBackend, ScanTensors};
 
 /// Random scan inputs and an upstream gradient dy, owned, in float32.
 #[derive(Clone, Debug)]
@@ -43,87 +43,48 @@ impl RandomScan {
         let mut v = |count: usize, lo: f32, hi: f32| -> Vec<f32> {
             (0..count).map(|_| rng.uniform(lo, hi)).collect()
         };
-        let ScanDims {
-            batch: b,
-            k_dirs: k,
-            channels: d,
-            d_state: n,
-            len: l,
-        } = dims;
-        let values = [
-            v(b * d * l, -1.0, 1.0),
-            v(b * d * l, -3.0, 1.0),
-            v(d * n, -2.0, -0.1),
-            v(b * k * n * l, -1.0, 1.0),
-            v(b * k * n * l, -1.0, 1.0),
-            v(d, 0.5, 1.5),
-            v(d, -1.0, 0.5),
+        // Ranges in INPUT_NAMES order, drawn one input after the other.
+        let ranges = [
+            (-1.0, 1.0),
+            (-3.0, 1.0),
+            (-2.0, -0.1),
+            (-1.0, 1.0),
+            (-1.0, 1.0),
+            (0.5, 1.5),
+            (-1.0, 0.5),
         ];
-        let dy = v(b * d * l, -1.0, 1.0);
+        let counts = dims.shapes().map(|s| s.iter().product::<usize>());
+        let mut values: [Vec<f32>; 7] = Default::default();
+        for ((values, count), (lo, hi)) in values.iter_mut().zip(counts).zip(ranges) {
+            *values = v(count, lo, hi);
+        }
+        let dy = v(counts[0], -1.0, 1.0);
         Self { dims, values, dy }
     }
 
     /// The inputs as borrowed slices for the CPU kernel.
     pub fn inputs(&self) -> ScanInputs<'_> {
-        let v = &self.values;
-        ScanInputs {
-            u: &v[0],
-            delta: &v[1],
-            a: &v[2],
-            bm: &v[3],
-            cm: &v[4],
-            d_skip: &v[5],
-            delta_bias: &v[6],
-        }
+        ScanInputs::borrowed(&self.values)
     }
 
     /// Shapes of the seven inputs.
     pub fn shapes(&self) -> [Vec<usize>; 7] {
-        let ScanDims {
-            batch: b,
-            k_dirs: k,
-            channels: d,
-            d_state: n,
-            len: l,
-        } = self.dims;
-        [
-            vec![b, d, l],
-            vec![b, d, l],
-            vec![d, n],
-            vec![b, k, n, l],
-            vec![b, k, n, l],
-            vec![d],
-            vec![d],
-        ]
+        self.dims.shapes()
     }
 
     /// The inputs as tensors of backend `B` on `device`.
     pub fn tensors<B: Backend>(&self, device: &B::Device) -> ScanTensors<B> {
-        let [u, delta, a, bm, cm, d_skip, delta_bias] = self.to_device::<B>(device);
-        ScanTensors {
-            u,
-            delta,
-            a,
-            bm,
-            cm,
-            d_skip,
-            delta_bias,
-        }
-    }
-
-    fn to_device<B: Backend>(&self, device: &B::Device) -> [FloatTensor<B>; 7] {
         let shapes = self.shapes();
-        std::array::from_fn(|i| {
+        ScanArgs::from_array(std::array::from_fn(|i| {
             B::float_from_data(
                 TensorData::new(self.values[i].clone(), shapes[i].clone()),
                 device,
             )
-        })
+        }))
     }
 }
 
-/// Names of the scan's inputs, in [`RandomScan::values`] order.
-pub const INPUT_NAMES: [&str; 7] = ["u", "delta", "a", "bm", "cm", "d_skip", "delta_bias"];
+pub use super::INPUT_NAMES;
 
 /// How far a backend's results are from the references, as max |got - want| / max |want|.
 #[derive(Clone, Debug)]
@@ -203,16 +164,7 @@ pub fn check_backend<B: ScanBackend>(device: &B::Device, case: &RandomScan) -> C
     let inputs = case.inputs();
     let y_f64 = scan_forward_f64(dims, &RefInputs::from_f32(&inputs));
     let y_cpu = cpu::scan_forward(dims, &inputs);
-    let g_cpu = cpu::scan_backward(dims, &inputs, &case.dy);
-    let want = [
-        &g_cpu.u,
-        &g_cpu.delta,
-        &g_cpu.a,
-        &g_cpu.bm,
-        &g_cpu.cm,
-        &g_cpu.d_skip,
-        &g_cpu.delta_bias,
-    ];
+    let want = cpu::scan_backward(dims, &inputs, &case.dy).into_array();
 
     // The training path: autodiff over the backend, loss = sum(y * dy).
     // Flat leaves, reshaped for the call, so their gradients come back flat too.
@@ -242,14 +194,14 @@ pub fn check_backend<B: ScanBackend>(device: &B::Device, case: &RandomScan) -> C
         let g = leaves[i]
             .grad(&grads)
             .unwrap_or_else(|| panic!("no gradient for {}", INPUT_NAMES[i]));
-        rel_err(&host::<B>(g.into_primitive().tensor()), f64s(want[i]))
+        rel_err(&host::<B>(g.into_primitive().tensor()), f64s(&want[i]))
     });
 
     // The backend's backward pass on its own (no checkpoints from a forward pass).
     let dy_dev = B::float_from_data(TensorData::new(case.dy.clone(), shapes[0].clone()), device);
     let g = B::selective_scan_backward(case.tensors::<B>(device), dy_dev);
-    let direct = [g.u, g.delta, g.a, g.bm, g.cm, g.d_skip, g.delta_bias].map(host::<B>);
-    let grads_direct: [f64; 7] = std::array::from_fn(|i| rel_err(&direct[i], f64s(want[i])));
+    let direct = g.into_array().map(host::<B>);
+    let grads_direct: [f64; 7] = std::array::from_fn(|i| rel_err(&direct[i], f64s(&want[i])));
 
     CheckReport {
         dims,
@@ -263,13 +215,7 @@ pub fn check_backend<B: ScanBackend>(device: &B::Device, case: &RandomScan) -> C
 /// Shapes that exercise the kernels' edges: N in {1, 4, 16}, K in {1, 2, 4}, L not a multiple
 /// of any checkpoint block, and directions with more channels than one backward cube holds.
 pub fn check_cases() -> Vec<ScanDims> {
-    let dims = |batch, k_dirs, per_dir, d_state, len| ScanDims {
-        batch,
-        k_dirs,
-        channels: k_dirs * per_dir,
-        d_state,
-        len,
-    };
+    let dims = ScanDims::with_per_dir;
     vec![
         dims(2, 1, 3, 1, 37),
         dims(1, 2, 5, 4, 70),

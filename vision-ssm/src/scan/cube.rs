@@ -43,7 +43,8 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use super::ScanTensors;
+use super::cpu::ScanDims;
+use super::{scan_dims, ScanArgs, ScanTensors};
 
 /// The kernels on CUDA without burn's fusion wrapper (the scan itself is never fused anyway).
 #[cfg(feature = "cuda")]
@@ -436,59 +437,9 @@ fn block_backward_kernel<F: Float>(
     }
 }
 
-/// Sizes of a scan call, read from the shapes of u and B (checked against every input).
-#[derive(Clone, Copy, Debug)]
-struct CubeDims {
-    batch: usize,
-    channels: usize,
-    len: usize,
-    k_dirs: usize,
-    n_state: usize,
-}
-
-impl CubeDims {
-    fn of<R: CubeRuntime>(x: &[&CubeTensor<R>; 7]) -> Self {
-        let s = x.map(|t| t.meta.shape().to_vec());
-        assert!(
-            s[0].len() == 3 && s[3].len() == 4,
-            "selective_scan: u must be [B, D, L] and bm [B, K, N, L]; got {:?}, {:?}",
-            s[0],
-            s[3]
-        );
-        let dims = Self {
-            batch: s[0][0],
-            channels: s[0][1],
-            len: s[0][2],
-            k_dirs: s[3][1],
-            n_state: s[3][2],
-        };
-        let CubeDims {
-            batch: b,
-            channels: d,
-            len: l,
-            k_dirs: k,
-            n_state: n,
-        } = dims;
-        assert!(
-            k >= 1 && d % k == 0 && n >= 1,
-            "selective_scan: channels ({d}) must be a multiple of k_dirs ({k}) >= 1, d_state ({n}) >= 1"
-        );
-        let want = [
-            vec![b, d, l],
-            vec![b, d, l],
-            vec![d, n],
-            vec![b, k, n, l],
-            vec![b, k, n, l],
-            vec![d],
-            vec![d],
-        ];
-        assert_eq!(s.to_vec(), want.to_vec(), "selective_scan: input shapes");
-        dims
-    }
-
-    fn n_chunks(&self) -> usize {
-        self.len.div_ceil(GPU_CHUNK)
-    }
+/// Blocks of [`GPU_CHUNK`] steps covering the sequence.
+fn gpu_blocks(dims: &ScanDims) -> usize {
+    dims.len.div_ceil(GPU_CHUNK)
 }
 
 fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
@@ -516,7 +467,7 @@ type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 fn contiguous<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: ScanTensors<Cube<R, F, I, BT>>,
 ) -> [CubeTensor<R>; 7] {
-    [x.u, x.delta, x.a, x.bm, x.cm, x.d_skip, x.delta_bias].map(into_contiguous)
+    x.into_array().map(into_contiguous)
 }
 
 /// A launch grid of `cubes` cubes (wgpu allows at most 65535 along one axis; the kernels read
@@ -541,8 +492,8 @@ fn unit_grid(units: usize) -> (CubeCount, CubeDim) {
 
 /// The state entering every block of every channel, `[B·D, ⌈L/CHUNK⌉, N]`: a summary pass over
 /// all blocks in parallel, then the carry pass per channel.
-fn launch_states<R: CubeRuntime>(x: &[CubeTensor<R>; 7], dims: &CubeDims) -> CubeTensor<R> {
-    let (rows, n_chunks, n) = (dims.batch * dims.channels, dims.n_chunks(), dims.n_state);
+fn launch_states<R: CubeRuntime>(x: &[CubeTensor<R>; 7], dims: &ScanDims) -> CubeTensor<R> {
+    let (rows, n_chunks, n) = (dims.batch * dims.channels, gpu_blocks(dims), dims.d_state);
     let u = &x[0];
     let local = empty(u, vec![rows, n_chunks, n]);
     let dt_sum = empty(u, vec![rows, n_chunks]);
@@ -589,14 +540,14 @@ fn launch_states<R: CubeRuntime>(x: &[CubeTensor<R>; 7], dims: &CubeDims) -> Cub
 /// y from the block states, all blocks in parallel.
 fn launch_output<R: CubeRuntime>(
     x: &[CubeTensor<R>; 7],
-    dims: &CubeDims,
+    dims: &ScanDims,
     states: &CubeTensor<R>,
 ) -> CubeTensor<R> {
     let u = &x[0];
     let y = empty(u, vec![dims.batch, dims.channels, dims.len]);
     let [u, delta, a, bm, cm, d_skip, delta_bias] = x.clone();
     let (client, dtype) = (u.client.clone(), u.dtype);
-    let (count, dim) = unit_grid(dims.batch * dims.channels * dims.n_chunks());
+    let (count, dim) = unit_grid(dims.batch * dims.channels * gpu_blocks(dims));
     block_forward_kernel::launch::<R>(
         &client,
         count,
@@ -612,7 +563,7 @@ fn launch_output<R: CubeRuntime>(
         y.clone().into_tensor_arg(),
         empty(&u, vec![1]).into_tensor_arg(),
         empty(&u, vec![1]).into_tensor_arg(),
-        dims.n_state,
+        dims.d_state,
         GPU_CHUNK,
         true,
         dtype.into(),
@@ -623,9 +574,9 @@ fn launch_output<R: CubeRuntime>(
 /// The inputs made contiguous and their sizes, checked to be on one device with one dtype.
 fn prepare<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: ScanTensors<Cube<R, F, I, BT>>,
-) -> ([CubeTensor<R>; 7], CubeDims) {
-    let x = contiguous(x);
-    let dims = CubeDims::of(&[&x[0], &x[1], &x[2], &x[3], &x[4], &x[5], &x[6]]);
+) -> ([CubeTensor<R>; 7], ScanDims) {
+    let x = contiguous::<R, F, I, BT>(x);
+    let dims = scan_dims(&x.each_ref().map(|t| t.meta.shape().to_vec()));
     for t in &x[1..] {
         x[0].assert_is_on_same_device(t);
         assert_eq!(
@@ -642,7 +593,7 @@ pub fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     x: ScanTensors<Cube<R, F, I, BT>>,
     save: bool,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-    let (x, dims) = prepare(x);
+    let (x, dims) = prepare::<R, F, I, BT>(x);
     if dims.batch * dims.channels == 0 || dims.len == 0 {
         let y = empty(&x[0], vec![dims.batch, dims.channels, dims.len]);
         return (y, None);
@@ -663,10 +614,10 @@ fn grouping(per_dir: usize) -> (usize, usize) {
 /// all blocks in parallel, then the carry pass per channel, last block first.
 fn launch_carries<R: CubeRuntime>(
     x: &[CubeTensor<R>; 7],
-    dims: &CubeDims,
+    dims: &ScanDims,
     dy: &CubeTensor<R>,
 ) -> CubeTensor<R> {
-    let (rows, n_chunks, n) = (dims.batch * dims.channels, dims.n_chunks(), dims.n_state);
+    let (rows, n_chunks, n) = (dims.batch * dims.channels, gpu_blocks(dims), dims.d_state);
     let u = &x[0];
     let local = empty(u, vec![rows, n_chunks, n]);
     let dt_sum = empty(u, vec![rows, n_chunks]);
@@ -712,21 +663,21 @@ pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     saved: Option<CubeTensor<R>>,
     dy: CubeTensor<R>,
 ) -> ScanTensors<Cube<R, F, I, BT>> {
-    let (x, dims) = prepare(x);
+    let (x, dims) = prepare::<R, F, I, BT>(x);
     let dy = into_contiguous(dy);
     assert_eq!(
         dy.meta.shape().to_vec(),
         vec![dims.batch, dims.channels, dims.len],
         "selective_scan: dy must be [B, D, L]"
     );
-    let CubeDims {
+    let ScanDims {
         batch,
         channels,
         len,
         k_dirs,
-        n_state,
+        d_state: n_state,
     } = dims;
-    let n_chunks = dims.n_chunks();
+    let n_chunks = gpu_blocks(&dims);
     let (group, groups) = grouping(channels / k_dirs);
     let u = &x[0];
     let launch = batch * channels > 0 && len > 0;
@@ -792,7 +743,7 @@ pub fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     let batch_sum = |t: CubeTensor<R>| {
         BurnTensor::<Cube<R, F, I, BT>, 2>::from_primitive(TensorPrimitive::Float(t)).sum_dim(0)
     };
-    ScanTensors {
+    ScanArgs {
         u: du,
         delta: ddelta,
         a: batch_sum(da_part)

@@ -14,24 +14,16 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use std::marker::PhantomData;
 
-use super::{FloatTensor, ScanBackend, ScanTensors};
+use super::{FloatTensor, ScanArgs, ScanBackend, ScanTensors};
 
 type Handles<B> =
     HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
 /// The inner backend's tensors for the seven inputs described by `ir`.
 fn inner_inputs<B: FusionBackend>(ir: &[TensorIr], handles: &mut Handles<B>) -> ScanTensors<B> {
-    let mut t = ir.iter().map(|t| handles.get_float_tensor::<B>(t));
-    let mut next = || t.next().expect("selective_scan: seven inputs");
-    ScanTensors {
-        u: next(),
-        delta: next(),
-        a: next(),
-        bm: next(),
-        cm: next(),
-        d_skip: next(),
-        delta_bias: next(),
-    }
+    ScanArgs::from_array(std::array::from_fn(|i| {
+        handles.get_float_tensor::<B>(&ir[i])
+    }))
 }
 
 /// The forward scan as a stream operation.
@@ -61,16 +53,11 @@ impl<B: FusionBackend + ScanBackend> Operation<B::FusionRuntime> for BackwardOp<
         let (inputs, outputs) = self.desc.as_fixed::<8, 7>();
         let x = inner_inputs::<B>(&inputs[..7], handles);
         let dy = handles.get_float_tensor::<B>(&inputs[7]);
-        let g = B::selective_scan_backward(x, dy);
-        let grads = [g.u, g.delta, g.a, g.bm, g.cm, g.d_skip, g.delta_bias];
+        let grads = B::selective_scan_backward(x, dy).into_array();
         for (out, grad) in outputs.iter().zip(grads) {
             handles.register_float_tensor::<B>(&out.id, grad);
         }
     }
-}
-
-fn as_array<B: burn::tensor::backend::Backend>(x: ScanTensors<B>) -> [FloatTensor<B>; 7] {
-    [x.u, x.delta, x.a, x.bm, x.cm, x.d_skip, x.delta_bias]
 }
 
 /// Runs the scan (and its backward pass) of the wrapped backend inside the fusion stream.
@@ -78,7 +65,7 @@ impl<B: FusionBackend + ScanBackend> ScanBackend for Fusion<B> {
     fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
         let client = x.u.client.clone();
         let y = TensorIr::uninit(client.create_empty_handle(), x.u.shape.clone(), x.u.dtype);
-        let inputs = as_array(x);
+        let inputs = x.into_array();
         let streams = OperationStreams::with_inputs(inputs.iter());
         let inputs = inputs.map(|t| t.into_ir());
         let desc = CustomOpIr::new("selective_scan", &inputs, &[y]);
@@ -93,7 +80,7 @@ impl<B: FusionBackend + ScanBackend> ScanBackend for Fusion<B> {
 
     fn selective_scan_backward(x: ScanTensors<Self>, dy: FloatTensor<Self>) -> ScanTensors<Self> {
         let client = x.u.client.clone();
-        let [u, delta, a, bm, cm, d_skip, delta_bias] = as_array(x);
+        let [u, delta, a, bm, cm, d_skip, delta_bias] = x.into_array();
         let inputs = [u, delta, a, bm, cm, d_skip, delta_bias, dy];
         let grads: Vec<TensorIr> = inputs[..7]
             .iter()
@@ -106,17 +93,10 @@ impl<B: FusionBackend + ScanBackend> ScanBackend for Fusion<B> {
             desc: desc.clone(),
             _backend: PhantomData,
         };
-        let [u, delta, a, bm, cm, d_skip, delta_bias] = client
-            .register(streams, OperationIr::Custom(desc), op)
-            .outputs();
-        ScanTensors {
-            u,
-            delta,
-            a,
-            bm,
-            cm,
-            d_skip,
-            delta_bias,
-        }
+        ScanArgs::from_array(
+            client
+                .register(streams, OperationIr::Custom(desc), op)
+                .outputs(),
+        )
     }
 }

@@ -8,6 +8,7 @@
 //! hand-written backward, so no `[B, D, L, N]` tensor is ever stored: the forward pass keeps the
 //! state every [`cpu::CHUNK`] steps ([`ScanSaved`]) and the backward pass recomputes the rest.
 
+mod args;
 pub mod check;
 pub mod cpu;
 #[cfg(feature = "cubecl")]
@@ -26,33 +27,51 @@ use burn::backend::autodiff::{
     Autodiff,
 };
 use burn::backend::flex::FlexTensor;
+use burn::config::Config;
 use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
 use std::any::Any;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+pub use args::{ScanArgs, INPUT_NAMES};
 use cpu::{ScanCheckpoints, ScanDims, ScanInputs};
 
 /// A backend's float tensor primitive.
 pub type FloatTensor<B> = <B as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
 /// The seven inputs of the scan (or their seven gradients), as backend primitives.
-#[derive(Clone, Debug)]
-pub struct ScanTensors<B: Backend> {
-    /// `[B, D, L]` input sequence.
-    pub u: FloatTensor<B>,
-    /// `[B, D, L]` step size before bias and softplus.
-    pub delta: FloatTensor<B>,
-    /// `[D, N]` state matrix (diagonal per channel; negative for stability).
-    pub a: FloatTensor<B>,
-    /// `[B, K, N, L]` input projection, shared by the channels of one direction.
-    pub bm: FloatTensor<B>,
-    /// `[B, K, N, L]` output projection, shared by the channels of one direction.
-    pub cm: FloatTensor<B>,
-    /// `[D]` skip connection.
-    pub d_skip: FloatTensor<B>,
-    /// `[D]` step-size bias, added before softplus.
-    pub delta_bias: FloatTensor<B>,
+pub type ScanTensors<B> = ScanArgs<FloatTensor<B>>;
+
+/// Which implementation of the scan a layer runs.
+#[derive(Config, Copy, Debug, PartialEq, Eq)]
+pub enum ScanKernel {
+    /// The fused op of the backend ([`ScanBackend`]) with its hand-written backward pass.
+    Fused,
+    /// The step-by-step tensor-op loop of [`tensor_reference`], differentiated by burn's
+    /// autodiff: the baseline that shows what the fused op buys inside a whole network.
+    TensorOps,
+}
+
+/// A selective scan as a function: `(u, delta, a, bm, cm, d_skip, delta_bias) -> y`, shapes as
+/// in the module docs.
+pub type ScanFn<B> = fn(
+    Tensor<B, 3>,
+    Tensor<B, 3>,
+    Tensor<B, 2>,
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Tensor<B, 1>,
+    Tensor<B, 1>,
+) -> Tensor<B, 3>;
+
+impl ScanKernel {
+    /// The function that runs this implementation.
+    pub fn scan_fn<B: ScanBackend>(self) -> ScanFn<B> {
+        match self {
+            Self::Fused => selective_scan::<B>,
+            Self::TensorOps => tensor_reference::selective_scan_tensor_ops::<B>,
+        }
+    }
 }
 
 /// A burn backend that can run the selective scan and its backward pass.
@@ -145,23 +164,9 @@ fn flex_values(t: &FlexTensor) -> Cow<'_, [f32]> {
     }
 }
 
-/// The sizes of a scan from the shapes of u and B, checked against every input.
-fn flex_dims(x: &ScanTensors<burn::backend::Flex>) -> ScanDims {
-    let (u, bm) = (
-        x.u.layout().shape().to_vec(),
-        x.bm.layout().shape().to_vec(),
-    );
-    assert!(
-        u.len() == 3 && bm.len() == 4,
-        "selective_scan: u must be [B, D, L] and bm [B, K, N, L]; got {u:?}, {bm:?}"
-    );
-    ScanDims {
-        batch: u[0],
-        channels: u[1],
-        len: u[2],
-        k_dirs: bm[1],
-        d_state: bm[2],
-    }
+/// The sizes of a scan from its inputs' shapes; panics if they do not fit together.
+fn scan_dims(shapes: &[Vec<usize>; 7]) -> ScanDims {
+    ScanDims::from_shapes(shapes).unwrap_or_else(|e| panic!("selective_scan: {e}"))
 }
 
 /// Runs `f` on the inputs as host slices.
@@ -169,21 +174,10 @@ fn with_flex_inputs<R>(
     x: &ScanTensors<burn::backend::Flex>,
     f: impl FnOnce(ScanDims, &ScanInputs) -> R,
 ) -> R {
-    let dims = flex_dims(x);
-    let v = [&x.u, &x.delta, &x.a, &x.bm, &x.cm, &x.d_skip, &x.delta_bias].map(flex_values);
-    let inputs = ScanInputs {
-        u: &v[0],
-        delta: &v[1],
-        a: &v[2],
-        bm: &v[3],
-        cm: &v[4],
-        d_skip: &v[5],
-        delta_bias: &v[6],
-    };
-    if let Err(e) = dims.check(&inputs) {
-        panic!("selective_scan: inconsistent input shapes: {e}");
-    }
-    f(dims, &inputs)
+    let x = [&x.u, &x.delta, &x.a, &x.bm, &x.cm, &x.d_skip, &x.delta_bias];
+    let dims = scan_dims(&x.map(|t| t.layout().shape().to_vec()));
+    let values = x.map(flex_values);
+    f(dims, &ScanInputs::borrowed(&values))
 }
 
 fn flex_tensor(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
@@ -216,15 +210,9 @@ fn flex_backward(
         Some(ck) => cpu::scan_backward_from(dims, inputs, &dyv, ck),
         None => cpu::scan_backward(dims, inputs, &dyv),
     });
-    ScanTensors {
-        u: flex_tensor(g.u, &x.u),
-        delta: flex_tensor(g.delta, &x.delta),
-        a: flex_tensor(g.a, &x.a),
-        bm: flex_tensor(g.bm, &x.bm),
-        cm: flex_tensor(g.cm, &x.cm),
-        d_skip: flex_tensor(g.d_skip, &x.d_skip),
-        delta_bias: flex_tensor(g.delta_bias, &x.delta_bias),
-    }
+    let like = [&x.u, &x.delta, &x.a, &x.bm, &x.cm, &x.d_skip, &x.delta_bias];
+    let mut g = g.into_array().into_iter();
+    ScanArgs::from_array(like.map(|t| flex_tensor(g.next().expect("seven gradients"), t)))
 }
 
 /// Runs the selective scan (see the module docs for shapes); differentiable on `Autodiff` backends.
@@ -237,12 +225,7 @@ pub fn selective_scan<B: ScanBackend>(
     d_skip: Tensor<B, 1>,
     delta_bias: Tensor<B, 1>,
 ) -> Tensor<B, 3> {
-    if TENSOR_OPS_REFERENCE.load(std::sync::atomic::Ordering::Relaxed) {
-        return tensor_reference::selective_scan_tensor_ops(
-            u, delta, a, bm, cm, d_skip, delta_bias,
-        );
-    }
-    let x = ScanTensors {
+    let x = ScanArgs {
         u: u.into_primitive().tensor(),
         delta: delta.into_primitive().tensor(),
         a: a.into_primitive().tensor(),
@@ -252,17 +235,6 @@ pub fn selective_scan<B: ScanBackend>(
         delta_bias: delta_bias.into_primitive().tensor(),
     };
     Tensor::from_primitive(TensorPrimitive::Float(B::selective_scan(x)))
-}
-
-/// Whether [`selective_scan`] runs the tensor-op reference instead of the fused op.
-static TENSOR_OPS_REFERENCE: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-/// Makes [`selective_scan`] run, process-wide, the straightforward tensor-op loop of
-/// [`tensor_reference`] (differentiated by burn's autodiff) instead of the fused op: for
-/// benchmarks that measure what the fused op buys inside a whole network. Off by default.
-pub fn use_tensor_ops_reference(on: bool) {
-    TENSOR_OPS_REFERENCE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn host_vec<B: Backend>(t: FloatTensor<B>) -> (Vec<f32>, Vec<usize>) {
@@ -283,6 +255,7 @@ fn device_tensor<B: Backend>(
     B::float_from_data(TensorData::new(values, dims), device)
 }
 
+/// The inputs of a backend without a kernel of its own, copied to the host for the CPU kernel.
 struct HostScan {
     dims: ScanDims,
     shapes: [Vec<usize>; 7],
@@ -291,46 +264,17 @@ struct HostScan {
 
 impl HostScan {
     fn load<B: Backend>(x: ScanTensors<B>) -> Self {
-        let parts = [x.u, x.delta, x.a, x.bm, x.cm, x.d_skip, x.delta_bias].map(host_vec::<B>);
-        let shapes = parts.clone().map(|(_, s)| s);
-        let values = parts.map(|(v, _)| v);
-        let (u, bm, a) = (&shapes[0], &shapes[3], &shapes[2]);
-        assert!(
-            u.len() == 3 && bm.len() == 4 && a.len() == 2,
-            "selective_scan: u must be [B, D, L], bm [B, K, N, L], a [D, N]; got {u:?}, {bm:?}, {a:?}"
-        );
-        let dims = ScanDims {
-            batch: u[0],
-            channels: u[1],
-            len: u[2],
-            k_dirs: bm[1],
-            d_state: bm[2],
-        };
+        let parts = x.into_array().map(host_vec::<B>);
+        let shapes = parts.each_ref().map(|(_, s)| s.clone());
         Self {
-            dims,
+            dims: scan_dims(&shapes),
             shapes,
-            values,
+            values: parts.map(|(v, _)| v),
         }
     }
 
     fn inputs(&self) -> ScanInputs<'_> {
-        let v = &self.values;
-        let inputs = ScanInputs {
-            u: &v[0],
-            delta: &v[1],
-            a: &v[2],
-            bm: &v[3],
-            cm: &v[4],
-            d_skip: &v[5],
-            delta_bias: &v[6],
-        };
-        if let Err(e) = self.dims.check(&inputs) {
-            panic!(
-                "selective_scan: inconsistent input shapes {:?}: {e}",
-                self.shapes
-            );
-        }
-        inputs
+        ScanInputs::borrowed(&self.values)
     }
 }
 
@@ -345,17 +289,12 @@ fn host_backward<B: Backend>(x: ScanTensors<B>, dy: FloatTensor<B>) -> ScanTenso
     let device = B::float_device(&x.u);
     let host = HostScan::load::<B>(x);
     let (dy, _) = host_vec::<B>(dy);
-    let g = cpu::scan_backward(host.dims, &host.inputs(), &dy);
-    let s = &host.shapes;
-    ScanTensors {
-        u: device_tensor::<B>(g.u, s[0].clone(), &device),
-        delta: device_tensor::<B>(g.delta, s[1].clone(), &device),
-        a: device_tensor::<B>(g.a, s[2].clone(), &device),
-        bm: device_tensor::<B>(g.bm, s[3].clone(), &device),
-        cm: device_tensor::<B>(g.cm, s[4].clone(), &device),
-        d_skip: device_tensor::<B>(g.d_skip, s[5].clone(), &device),
-        delta_bias: device_tensor::<B>(g.delta_bias, s[6].clone(), &device),
-    }
+    let g = cpu::scan_backward(host.dims, &host.inputs(), &dy).into_array();
+    let mut shapes = host.shapes.into_iter();
+    ScanArgs::from_array(g.map(|g| {
+        let shape = shapes.next().expect("seven shapes");
+        device_tensor::<B>(g, shape, &device)
+    }))
 }
 
 #[derive(Debug)]
@@ -368,17 +307,7 @@ impl<B: ScanBackend> Backward<B, 7> for ScanBackward {
         let dy = grads.consume::<B>(&ops.node);
         let (x, saved) = ops.state;
         let g = B::selective_scan_backward_saved(x, saved, dy);
-        let [u, delta, a, bm, cm, d_skip, delta_bias] = ops.parents;
-        let pairs = [
-            (u, g.u),
-            (delta, g.delta),
-            (a, g.a),
-            (bm, g.bm),
-            (cm, g.cm),
-            (d_skip, g.d_skip),
-            (delta_bias, g.delta_bias),
-        ];
-        for (parent, grad) in pairs {
+        for (parent, grad) in ops.parents.into_iter().zip(g.into_array()) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);
             }
@@ -388,24 +317,9 @@ impl<B: ScanBackend> Backward<B, 7> for ScanBackward {
 
 impl<B: ScanBackend, C: CheckpointStrategy> ScanBackend for Autodiff<B, C> {
     fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
-        let nodes = [
-            x.u.node.clone(),
-            x.delta.node.clone(),
-            x.a.node.clone(),
-            x.bm.node.clone(),
-            x.cm.node.clone(),
-            x.d_skip.node.clone(),
-            x.delta_bias.node.clone(),
-        ];
-        let inner = ScanTensors::<B> {
-            u: x.u.primitive,
-            delta: x.delta.primitive,
-            a: x.a.primitive,
-            bm: x.bm.primitive,
-            cm: x.cm.primitive,
-            d_skip: x.d_skip.primitive,
-            delta_bias: x.delta_bias.primitive,
-        };
+        let x = x.into_array();
+        let nodes = x.each_ref().map(|t| t.node.clone());
+        let inner = ScanTensors::<B>::from_array(x.map(|t| t.primitive));
         match ScanBackward.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (y, saved) = B::selective_scan_saving(inner.clone());
@@ -433,15 +347,15 @@ where
     BT: burn_cubecl::BoolElement,
 {
     fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
-        cube::forward(x, false).0
+        cube::forward::<R, F, I, BT>(x, false).0
     }
 
     fn selective_scan_backward(x: ScanTensors<Self>, dy: FloatTensor<Self>) -> ScanTensors<Self> {
-        cube::backward(x, None, dy)
+        cube::backward::<R, F, I, BT>(x, None, dy)
     }
 
     fn selective_scan_saving(x: ScanTensors<Self>) -> (FloatTensor<Self>, Option<ScanSaved>) {
-        let (y, states) = cube::forward(x, true);
+        let (y, states) = cube::forward::<R, F, I, BT>(x, true);
         (y, states.map(ScanSaved::new))
     }
 
@@ -451,7 +365,7 @@ where
         dy: FloatTensor<Self>,
     ) -> ScanTensors<Self> {
         let states = saved.and_then(|s| s.get::<FloatTensor<Self>>().cloned());
-        cube::backward(x, states, dy)
+        cube::backward::<R, F, I, BT>(x, states, dy)
     }
 }
 

@@ -1,6 +1,6 @@
 //! References of the selective scan: plain loops, no tricks.
 //!
-//! - [`scan_forward_f64`]: float64, used by tests to check the fused kernel in `cpu.rs`
+//! - [`scan_forward_f64`]: float64, used by tests to check the fused kernel in [`super::cpu`]
 //!   (forward directly, backward through finite differences).
 //! - [`scan_forward_naive`] / [`scan_backward_naive`]: the straightforward float32 way, one step
 //!   at a time with libm's `exp`, keeping every state `[B, D, L, N]` for the backward pass; the
@@ -9,40 +9,16 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{ScanDims, ScanGrads, ScanInputs};
+use super::cpu::{BatchShares, ScanDims, ScanGrads, ScanInputs};
+use super::ScanArgs;
 
 /// Owned float64 copies of every scan input, with the same layouts as [`ScanInputs`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct RefInputs {
-    /// Input sequence u, [B, D, L].
-    pub u: Vec<f64>,
-    /// Step-size pre-activation delta, [B, D, L].
-    pub delta: Vec<f64>,
-    /// State matrix A, [D, N].
-    pub a: Vec<f64>,
-    /// Input projection B, [B, K, N, L].
-    pub bm: Vec<f64>,
-    /// Output projection C, [B, K, N, L].
-    pub cm: Vec<f64>,
-    /// Skip weight D, [D].
-    pub d_skip: Vec<f64>,
-    /// Bias added to delta before the softplus, [D].
-    pub delta_bias: Vec<f64>,
-}
+pub type RefInputs = ScanArgs<Vec<f64>>;
 
 impl RefInputs {
     /// Widens borrowed float32 inputs to float64.
     pub fn from_f32(x: &ScanInputs) -> Self {
-        let wide = |s: &[f32]| s.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
-        Self {
-            u: wide(x.u),
-            delta: wide(x.delta),
-            a: wide(x.a),
-            bm: wide(x.bm),
-            cm: wide(x.cm),
-            d_skip: wide(x.d_skip),
-            delta_bias: wide(x.delta_bias),
-        }
+        x.map(|s| s.iter().map(|&v| f64::from(v)).collect())
     }
 }
 
@@ -168,11 +144,7 @@ pub fn scan_backward_naive(
         panic!("scan_backward_naive: {e}");
     }
     let ScanDims {
-        batch,
-        channels,
-        d_state: n,
-        len,
-        ..
+        d_state: n, len, ..
     } = dims;
     assert_eq!(
         dy.len(),
@@ -185,22 +157,11 @@ pub fn scan_backward_naive(
         "scan_backward_naive: states must be [B, D, L, N]"
     );
     let per_dir = dims.per_dir();
-    let mut g = ScanGrads {
-        u: vec![0.0; x.u.len()],
-        delta: vec![0.0; x.delta.len()],
-        a: vec![0.0; x.a.len()],
-        bm: vec![0.0; x.bm.len()],
-        cm: vec![0.0; x.cm.len()],
-        d_skip: vec![0.0; channels],
-        delta_bias: vec![0.0; channels],
-    };
+    let mut g = ScanGrads::zeros(x);
     if g.u.is_empty() {
         return g;
     }
-    // Per-batch shares of the per-channel parameter gradients, summed at the end.
-    let mut da_b = vec![0.0f32; batch * channels * n];
-    let mut dskip_b = vec![0.0f32; batch * channels];
-    let mut dbias_b = vec![0.0f32; batch * channels];
+    let mut shares = BatchShares::zeros(dims);
     let el = per_dir * len;
     // Chunk i of every zipped output is (batch, direction) = (i / K, i % K).
     g.u.par_chunks_mut(el)
@@ -209,11 +170,12 @@ pub fn scan_backward_naive(
             g.bm.par_chunks_mut(n * len)
                 .zip(g.cm.par_chunks_mut(n * len)),
         )
-        .zip(da_b.par_chunks_mut(per_dir * n))
+        .zip(shares.a.par_chunks_mut(per_dir * n))
         .zip(
-            dskip_b
+            shares
+                .d_skip
                 .par_chunks_mut(per_dir)
-                .zip(dbias_b.par_chunks_mut(per_dir)),
+                .zip(shares.delta_bias.par_chunks_mut(per_dir)),
         )
         .enumerate()
         .for_each(|(i, ((((du, ddelta), (dbm, dcm)), da), (dskip, dbias)))| {
@@ -253,47 +215,19 @@ pub fn scan_backward_naive(
                 }
             }
         });
-    for b in 0..batch {
-        for (acc, v) in
-            g.a.iter_mut()
-                .zip(&da_b[b * channels * n..][..channels * n])
-        {
-            *acc += v;
-        }
-        for (acc, v) in g
-            .d_skip
-            .iter_mut()
-            .zip(&dskip_b[b * channels..][..channels])
-        {
-            *acc += v;
-        }
-        for (acc, v) in g
-            .delta_bias
-            .iter_mut()
-            .zip(&dbias_b[b * channels..][..channels])
-        {
-            *acc += v;
-        }
-    }
+    g.add_batch_shares(&shares);
     g
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::check::{rel_err, RandomScan};
     use super::super::cpu::{scan_backward, scan_forward};
+    use super::super::INPUT_NAMES;
     use super::*;
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
 
-    /// max |got - want| / max |want|.
-    fn rel_err(got: &[f32], want: impl Iterator<Item = f64>) -> f64 {
-        let (mut err, mut scale) = (0.0f64, 0.0f64);
-        for (&g, w) in got.iter().zip(want) {
-            err = err.max((f64::from(g) - w).abs());
-            scale = scale.max(w.abs());
-        }
-        assert!(scale > 0.0, "reference is all zeros");
-        err / scale
+    fn f64s(v: &[f32]) -> impl Iterator<Item = f64> + '_ {
+        v.iter().map(|&x| f64::from(x))
     }
 
     #[test]
@@ -305,59 +239,19 @@ mod tests {
             // Whole groups of lanes and blocks of steps in the fused kernel.
             (1, 2, 40, 16, 150, 4),
         ] {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let channels = k_dirs * per_dir;
-            let dims = ScanDims {
-                batch,
-                k_dirs,
-                channels,
-                d_state,
-                len,
-            };
-            let mut v = |count: usize, lo: f32, hi: f32| -> Vec<f32> {
-                (0..count).map(|_| rng.random_range(lo..hi)).collect()
-            };
-            let (bdl, bknl) = (batch * channels * len, batch * k_dirs * d_state * len);
-            let (u, delta, a) = (
-                v(bdl, -1.0, 1.0),
-                v(bdl, -3.0, 1.0),
-                v(channels * d_state, -2.0, -0.1),
-            );
-            let (bm, cm, d_skip, delta_bias) = (
-                v(bknl, -1.0, 1.0),
-                v(bknl, -1.0, 1.0),
-                v(channels, 0.5, 1.5),
-                v(channels, -1.0, 0.5),
-            );
-            let dy = v(bdl, -1.0, 1.0);
-            let x = ScanInputs {
-                u: &u,
-                delta: &delta,
-                a: &a,
-                bm: &bm,
-                cm: &cm,
-                d_skip: &d_skip,
-                delta_bias: &delta_bias,
-            };
+            let dims = ScanDims::with_per_dir(batch, k_dirs, per_dir, d_state, len);
+            let case = RandomScan::new(dims, seed);
+            let x = case.inputs();
             let (y, states) = scan_forward_naive(dims, &x);
             let want = scan_forward_f64(dims, &RefInputs::from_f32(&x));
             let err = rel_err(&y, want.iter().copied());
             assert!(err < 1e-5, "{dims:?}: y rel err {err}");
             let fused_y = scan_forward(dims, &x);
-            assert!(rel_err(&fused_y, y.iter().map(|&v| f64::from(v))) < 1e-5);
-            let g = scan_backward_naive(dims, &x, &states, &dy);
-            let want = scan_backward(dims, &x, &dy);
-            let pairs = [
-                ("u", &g.u, &want.u),
-                ("delta", &g.delta, &want.delta),
-                ("a", &g.a, &want.a),
-                ("bm", &g.bm, &want.bm),
-                ("cm", &g.cm, &want.cm),
-                ("d_skip", &g.d_skip, &want.d_skip),
-                ("delta_bias", &g.delta_bias, &want.delta_bias),
-            ];
-            for (name, got, want) in pairs {
-                let err = rel_err(got, want.iter().map(|&v| f64::from(v)));
+            assert!(rel_err(&fused_y, f64s(&y)) < 1e-5);
+            let g = scan_backward_naive(dims, &x, &states, &case.dy).into_array();
+            let want = scan_backward(dims, &x, &case.dy).into_array();
+            for ((name, got), want) in INPUT_NAMES.iter().zip(&g).zip(&want) {
+                let err = rel_err(got, f64s(want));
                 assert!(err < 1e-4, "{dims:?}: d{name} rel err {err}");
             }
         }
