@@ -8,6 +8,7 @@
 
 pub mod blocks;
 pub mod cross_scan;
+pub mod host;
 pub mod scan;
 pub mod ss2d;
 

@@ -12,12 +12,14 @@
 
 use anyhow::{ensure, Result};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use vision_ssm::host::from_host;
 use vision_ssm::scan::cpu::{self, ScanDims, ScanInputs};
 use vision_ssm::scan::reference::{scan_backward_naive, scan_forward_naive};
+use vision_ssm::scan::{FloatTensor, ScanArgs, ScanBackend};
 
 use super::ThreadsAndFormat;
 use super::{cpu_model, round, time_runs, with_threads, Timing};
@@ -43,81 +45,56 @@ pub struct ScanBenchOptions {
 /// Host copies of the scan inputs, and the weights w of the loss sum(y * w).
 struct HostInputs {
     dims: ScanDims,
-    u: Vec<f32>,
-    delta: Vec<f32>,
-    a: Vec<f32>,
-    bm: Vec<f32>,
-    cm: Vec<f32>,
-    d_skip: Vec<f32>,
-    delta_bias: Vec<f32>,
+    values: ScanArgs<Vec<f32>>,
     w: Vec<f32>,
+}
+
+/// `count` values ~ N(0, scale^2) by Box-Muller.
+fn normal(rng: &mut StdRng, count: usize, scale: f32) -> Vec<f32> {
+    (0..count)
+        .map(|_| {
+            // 1 - U is in (0, 1], so the log is finite.
+            let (u1, u2): (f32, f32) = (1.0 - rng.random::<f32>(), rng.random());
+            scale * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
 }
 
 impl HostInputs {
     /// VMamba-like random inputs: u, B, C, w ~ N(0, 1), delta ~ N(0, 0.25), A = -(1..=N),
     /// D = 1, bias = softplus^-1 of a log-uniform step in [1e-3, 0.1].
     fn random(dims: ScanDims, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut normal = |count: usize, scale: f32| -> Vec<f32> {
-            (0..count)
-                .map(|_| {
-                    // Box-Muller; 1 - U is in (0, 1], so the log is finite.
-                    let (u1, u2): (f32, f32) = (1.0 - rng.random::<f32>(), rng.random());
-                    scale * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                })
-                .collect()
-        };
-        let ScanDims {
-            batch: b,
-            k_dirs: k,
-            channels: d,
-            d_state: n,
-            len: l,
-        } = dims;
-        let (u, delta) = (normal(b * d * l, 1.0), normal(b * d * l, 0.5));
-        let (bm, cm, w) = (
-            normal(b * k * n * l, 1.0),
-            normal(b * k * n * l, 1.0),
-            normal(b * d * l, 1.0),
-        );
-        let a = (0..d).flat_map(|_| (1..=n).map(|i| -(i as f32))).collect();
+        let rng = &mut StdRng::seed_from_u64(seed);
+        let sequence = dims.batch * dims.channels * dims.len;
+        let projection = dims.batch * dims.k_dirs * dims.d_state * dims.len;
+        let (u, delta) = (normal(rng, sequence, 1.0), normal(rng, sequence, 0.5));
+        let (bm, cm) = (normal(rng, projection, 1.0), normal(rng, projection, 1.0));
+        let w = normal(rng, sequence, 1.0);
+        let a = (0..dims.channels)
+            .flat_map(|_| (1..=dims.d_state).map(|i| -(i as f32)))
+            .collect();
         let mut rng = StdRng::seed_from_u64(seed + 1);
-        let delta_bias = (0..d)
+        let delta_bias = (0..dims.channels)
             .map(|_| {
                 let (lo, hi) = (1e-3f64.ln(), 0.1f64.ln());
                 let dt0 = (lo + rng.random::<f64>() * (hi - lo)).exp();
                 (dt0 + (-(-dt0).exp_m1()).ln()) as f32
             })
             .collect();
-        Self {
-            dims,
-            u,
-            delta,
-            a,
-            bm,
-            cm,
-            d_skip: vec![1.0; d],
-            delta_bias,
-            w,
-        }
+        let d_skip = vec![1.0; dims.channels];
+        let values = ScanArgs::from_array([u, delta, a, bm, cm, d_skip, delta_bias]);
+        Self { dims, values, w }
     }
 
     fn inputs(&self) -> ScanInputs<'_> {
-        ScanInputs {
-            u: &self.u,
-            delta: &self.delta,
-            a: &self.a,
-            bm: &self.bm,
-            cm: &self.cm,
-            d_skip: &self.d_skip,
-            delta_bias: &self.delta_bias,
-        }
+        self.values.each_ref().map(|v| v.as_slice())
     }
 
     /// Bytes of the seven inputs.
     fn input_bytes(&self) -> usize {
-        let x = self.inputs();
-        4 * [x.u, x.delta, x.a, x.bm, x.cm, x.d_skip, x.delta_bias]
+        4 * self
+            .inputs()
+            .into_array()
             .iter()
             .map(|v| v.len())
             .sum::<usize>()
@@ -128,55 +105,31 @@ type Ad = Autodiff<Flex>;
 
 /// The inputs as tracked burn leaves, and w.
 struct BurnInputs {
+    x: ScanArgs<FloatTensor<Ad>>,
+    /// `u`, kept as a tensor to ask the gradients whether it was tracked.
     u: Tensor<Ad, 3>,
-    delta: Tensor<Ad, 3>,
-    a: Tensor<Ad, 2>,
-    bm: Tensor<Ad, 4>,
-    cm: Tensor<Ad, 4>,
-    d_skip: Tensor<Ad, 1>,
-    delta_bias: Tensor<Ad, 1>,
     w: Tensor<Ad, 3>,
 }
 
 impl BurnInputs {
     fn new(h: &HostInputs) -> Self {
         let dev = Default::default();
-        let ScanDims {
-            batch: b,
-            k_dirs: k,
-            channels: d,
-            d_state: n,
-            len: l,
-        } = h.dims;
-        let t3 = |v: &[f32], s: [usize; 3]| {
-            Tensor::<Ad, 3>::from_data(TensorData::new(v.to_vec(), s), &dev)
-        };
-        let t4 =
-            |v: &[f32]| Tensor::<Ad, 4>::from_data(TensorData::new(v.to_vec(), [b, k, n, l]), &dev);
-        let t1 = |v: &[f32]| Tensor::<Ad, 1>::from_data(TensorData::new(v.to_vec(), [d]), &dev);
-        Self {
-            u: t3(&h.u, [b, d, l]).require_grad(),
-            delta: t3(&h.delta, [b, d, l]).require_grad(),
-            a: Tensor::<Ad, 2>::from_data(TensorData::new(h.a.clone(), [d, n]), &dev)
-                .require_grad(),
-            bm: t4(&h.bm).require_grad(),
-            cm: t4(&h.cm).require_grad(),
-            d_skip: t1(&h.d_skip).require_grad(),
-            delta_bias: t1(&h.delta_bias).require_grad(),
-            w: t3(&h.w, [b, d, l]),
-        }
+        let shapes = h.dims.shapes();
+        let mut shape = shapes.iter();
+        // Tracked leaves of any rank: rank 1 stands for all, the data keeps its own shape.
+        let x = h.values.clone().map(|v| {
+            let dims = shape.next().expect("seven shapes").clone();
+            let primitive = TensorPrimitive::Float(from_host::<Ad>(v, dims, &dev));
+            let leaf = Tensor::<Ad, 1>::from_primitive(primitive).require_grad();
+            leaf.into_primitive().tensor()
+        });
+        let u = Tensor::from_primitive(TensorPrimitive::Float(x.u.clone()));
+        let w = Tensor::from_data(TensorData::new(h.w.clone(), shapes[0].clone()), &dev);
+        Self { x, u, w }
     }
 
     fn forward(&self) -> Tensor<Ad, 3> {
-        vision_ssm::selective_scan(
-            self.u.clone(),
-            self.delta.clone(),
-            self.a.clone(),
-            self.bm.clone(),
-            self.cm.clone(),
-            self.d_skip.clone(),
-            self.delta_bias.clone(),
-        )
+        Tensor::from_primitive(TensorPrimitive::Float(Ad::selective_scan(self.x.clone())))
     }
 
     /// Forward, then the gradients of sum(y * w) (computed eagerly by Flex); returns them, so
@@ -316,7 +269,7 @@ fn bench_length(opts: &ScanBenchOptions, setup: &Setup, len: usize) -> Result<()
     let host = HostInputs::random(dims, 0);
     let x = host.inputs();
     let flop = 9.0 * (batch * dims.channels * d_state * len) as f64;
-    let y_bytes = 4 * host.u.len();
+    let y_bytes = 4 * host.values.u.len();
     let io_fwd = host.input_bytes() + y_bytes;
     // Forward+backward outputs: y and a gradient for every input.
     let io_bwd = 2 * host.input_bytes() + y_bytes;

@@ -12,8 +12,10 @@ use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use vision_ssm::ScanKernel;
 
 use segmenter::config::ExperimentConfig;
+use segmenter::model::SwinUMamba;
 use segmenter::train::loss::{dice_ce_loss, one_hot};
 use segmenter::train::parallel::{loss_and_grads, Replicas};
 
@@ -69,16 +71,16 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
     let x_host = x.clone();
     let x = Tensor::<Ad, 4>::from_data(TensorData::new(x, [batch, 1, side, side]), &device);
     let target = one_hot::<Ad>(&labels, [batch, side, side], classes, 1, &device);
-    let step = || {
+    let step = |model: &SwinUMamba<Ad>| {
         let loss = dice_ce_loss(model.logits(x.clone()), target.clone());
         let grads = loss.backward();
         drop(grads);
     };
-    let mut results = vec![("fused", super::median_ms(options.runs, step))];
+    let mut results = vec![("fused", super::median_ms(options.runs, || step(&model)))];
     if options.reference {
-        vision_ssm::scan::use_tensor_ops_reference(true);
-        let ms = super::median_ms(options.runs, step);
-        vision_ssm::scan::use_tensor_ops_reference(false);
+        // The same weights (drawn by the runs above) with the tensor-op loop in every VSS block.
+        let reference = model.clone().with_scan_kernel(ScanKernel::TensorOps);
+        let ms = super::median_ms(options.runs, || step(&reference));
         results.push(("tensor-ops-loop", ms));
     }
     let fused = results[0].1;

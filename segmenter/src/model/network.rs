@@ -18,8 +18,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation;
 use vision_ssm::{
-    PatchEmbed, PatchEmbedConfig, PatchMerging, PatchMergingConfig, ScanBackend, VssBlock,
-    VssBlockConfig,
+    PatchEmbed, PatchEmbedConfig, PatchMerging, PatchMergingConfig, ScanBackend, ScanKernel,
+    VssBlock, VssBlockConfig,
 };
 
 use super::config::{EncoderKind, ModelConfig};
@@ -268,6 +268,27 @@ impl<B: ModelBackend> SwinUMamba<B> {
             forward_same(&self.ds_heads[0], d1),
             forward_same(&self.ds_heads[1], d2),
         ]
+    }
+
+    /// The same network (same weights) with `kernel` running the selective scan of every VSS
+    /// block: `bench step --reference` times the tensor-op loop this way.
+    pub fn with_scan_kernel(self, kernel: ScanKernel) -> Self {
+        let stages = self
+            .stages
+            .into_iter()
+            .map(|stage| Stage {
+                blocks: stage
+                    .blocks
+                    .into_iter()
+                    .map(|block| match block {
+                        StageBlock::Vss(b) => StageBlock::Vss(b.with_scan_kernel(kernel)),
+                        other => other,
+                    })
+                    .collect(),
+                merge: stage.merge,
+            })
+            .collect();
+        Self { stages, ..self }
     }
 
     /// Full-resolution logits only (inference).

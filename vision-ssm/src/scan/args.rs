@@ -51,6 +51,20 @@ impl<T> ScanArgs<T> {
         ]
     }
 
+    /// The values by reference.
+    pub fn each_ref(&self) -> ScanArgs<&T> {
+        let ScanArgs {
+            u,
+            delta,
+            a,
+            bm,
+            cm,
+            d_skip,
+            delta_bias,
+        } = self;
+        ScanArgs::from_array([u, delta, a, bm, cm, d_skip, delta_bias])
+    }
+
     /// `f` of every value, applied in [`INPUT_NAMES`] order.
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> ScanArgs<U> {
         ScanArgs::from_array(self.into_array().map(f))

@@ -33,6 +33,7 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::host::{from_host, to_host};
 pub use args::{ScanArgs, INPUT_NAMES};
 use cpu::{ScanCheckpoints, ScanDims, ScanInputs};
 
@@ -237,24 +238,6 @@ pub fn selective_scan<B: ScanBackend>(
     Tensor::from_primitive(TensorPrimitive::Float(B::selective_scan(x)))
 }
 
-fn host_vec<B: Backend>(t: FloatTensor<B>) -> (Vec<f32>, Vec<usize>) {
-    let tensor = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
-    let dims = tensor.shape().to_vec();
-    let data = tensor.into_data().convert::<f32>();
-    let values = data
-        .into_vec::<f32>()
-        .expect("converted tensor data is f32");
-    (values, dims)
-}
-
-fn device_tensor<B: Backend>(
-    values: Vec<f32>,
-    dims: Vec<usize>,
-    device: &B::Device,
-) -> FloatTensor<B> {
-    B::float_from_data(TensorData::new(values, dims), device)
-}
-
 /// The inputs of a backend without a kernel of its own, copied to the host for the CPU kernel.
 struct HostScan {
     dims: ScanDims,
@@ -264,7 +247,7 @@ struct HostScan {
 
 impl HostScan {
     fn load<B: Backend>(x: ScanTensors<B>) -> Self {
-        let parts = x.into_array().map(host_vec::<B>);
+        let parts = x.into_array().map(to_host::<B>);
         let shapes = parts.each_ref().map(|(_, s)| s.clone());
         Self {
             dims: scan_dims(&shapes),
@@ -282,18 +265,18 @@ fn host_forward<B: Backend>(x: ScanTensors<B>) -> FloatTensor<B> {
     let device = B::float_device(&x.u);
     let host = HostScan::load::<B>(x);
     let y = cpu::scan_forward(host.dims, &host.inputs());
-    device_tensor::<B>(y, host.shapes[0].clone(), &device)
+    from_host::<B>(y, host.shapes[0].clone(), &device)
 }
 
 fn host_backward<B: Backend>(x: ScanTensors<B>, dy: FloatTensor<B>) -> ScanTensors<B> {
     let device = B::float_device(&x.u);
     let host = HostScan::load::<B>(x);
-    let (dy, _) = host_vec::<B>(dy);
+    let (dy, _) = to_host::<B>(dy);
     let g = cpu::scan_backward(host.dims, &host.inputs(), &dy).into_array();
     let mut shapes = host.shapes.into_iter();
     ScanArgs::from_array(g.map(|g| {
         let shape = shapes.next().expect("seven shapes");
-        device_tensor::<B>(g, shape, &device)
+        from_host::<B>(g, shape, &device)
     }))
 }
 

@@ -19,7 +19,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::host::{from_host, to_host, FloatTensor};
+use vision_ssm::host::{from_host, to_host};
+use vision_ssm::scan::FloatTensor;
 
 /// Stride 1, padding `kernel / 2`, no dilation, no groups: the output has the input's size.
 fn same_options(kernel: usize) -> ConvOptions<2> {

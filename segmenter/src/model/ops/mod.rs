@@ -1,7 +1,6 @@
 //! CPU operations of the network with their own backward passes: the "same" convolutions and
-//! the fused instance norm, and the host transfer they share.
+//! the fused instance norm (their host transfers are `vision_ssm::host`'s, which the scan uses).
 
 pub mod conv;
-pub mod host;
 pub mod norm;
 pub mod stats;

@@ -16,8 +16,9 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use rayon::prelude::*;
 
-use super::host::{from_host, to_host, FloatTensor};
 use super::stats::mean_variance;
+use vision_ssm::host::{from_host, to_host};
+use vision_ssm::scan::FloatTensor;
 
 /// Numerical guard added to the variance.
 pub const EPSILON: f64 = 1e-5;
