@@ -10,7 +10,8 @@
 # and config, and its log without the wall-clock column (losses and validation Dice to the last
 # digit). model.mpk itself is not compared: burn gives every parameter a random id, stored with
 # the weights, so two runs of the same binary differ there; the float32 probabilities of the
-# trained network stand for its weights. Exits non-zero when anything differs.
+# trained network stand for its weights. The new binary also predicts with the old binary's run
+# folders, which must give the old label maps. Exits non-zero when anything differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: $0 BEFORE_BINARY AFTER_BINARY" >&2; exit 2; }
@@ -37,6 +38,18 @@ run_one() { # binary, folder
 
 run_one "$before" "$work/before"
 run_one "$after" "$work/after"
+
+# The run folders stay readable: the new binary predicts with the old binary's runs and must
+# write the old binary's label maps.
+for variant in plain context; do
+  "$after" predict --model "$work/before/$variant/run" --input "$data/imagesTs" \
+    --output "$work/old-run-$variant" >/dev/null 2>&1
+  for f in "$work/before/$variant/pred/"*.nii.gz; do
+    cmp -s "$f" "$work/old-run-$variant/$(basename "$f")" \
+      || { echo "differs: $variant/pred/$(basename "$f") from the old run folder"; exit 1; }
+  done
+done
+echo "old run folders: the new binary predicts the same label maps from them"
 
 # The log without its wall-clock column.
 for side in before after; do

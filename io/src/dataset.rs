@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::error::{io_error, IoError, Result};
 use crate::format::{read_volume, strip_format_ending, Format};
 use crate::fsutil::file_name;
+use crate::geometry::grid_difference;
 use crate::header::NiftiHeader;
 use crate::volume::Volume;
 
@@ -407,16 +408,9 @@ pub fn load_case(case: &Case, labels: &BTreeMap<u8, String>) -> Result<LoadedCas
         .map(|p| read_volume(p))
         .collect::<Result<Vec<Volume>>>()?;
     let shape = channels[0].shape;
+    let grid = channels[0].header.affine();
     for (ch, (vol, path)) in channels.iter().zip(&case.images).enumerate() {
-        if vol.shape != shape {
-            return Err(IoError::ShapeMismatch {
-                path: path.clone(),
-                what: format!("channel {ch}"),
-                shape: vol.shape,
-                expected: shape,
-                reference: first.clone(),
-            });
-        }
+        same_grid(vol, path, &format!("channel {ch}"), (shape, &grid), first)?;
         if let Some(i) = vol.data.iter().position(|v| !v.is_finite()) {
             return Err(IoError::NonFinite {
                 path: path.clone(),
@@ -429,15 +423,7 @@ pub fn load_case(case: &Case, labels: &BTreeMap<u8, String>) -> Result<LoadedCas
         None => None,
         Some(path) => {
             let vol = read_volume(path)?;
-            if vol.shape != shape {
-                return Err(IoError::ShapeMismatch {
-                    path: path.clone(),
-                    what: "label".into(),
-                    shape: vol.shape,
-                    expected: shape,
-                    reference: first.clone(),
-                });
-            }
+            same_grid(&vol, path, "label", (shape, &grid), first)?;
             Some(to_labels(&vol.data, labels, path, shape)?)
         }
     };
@@ -448,6 +434,35 @@ pub fn load_case(case: &Case, labels: &BTreeMap<u8, String>) -> Result<LoadedCas
         label,
         shape,
     })
+}
+
+/// Refuses a file of a case whose shape or voxel grid (spacing, origin, axis directions) differs
+/// from the first image's: its voxels would not line up with the image's.
+fn same_grid(
+    vol: &Volume,
+    path: &Path,
+    what: &str,
+    (shape, grid): ([usize; 3], &[[f64; 4]; 4]),
+    reference: &Path,
+) -> Result<()> {
+    if vol.shape != shape {
+        return Err(IoError::ShapeMismatch {
+            path: path.to_path_buf(),
+            what: what.into(),
+            shape: vol.shape,
+            expected: shape,
+            reference: reference.to_path_buf(),
+        });
+    }
+    match grid_difference(&vol.header.affine(), grid) {
+        None => Ok(()),
+        Some(detail) => Err(IoError::GridMismatch {
+            path: path.to_path_buf(),
+            what: what.into(),
+            detail,
+            reference: reference.to_path_buf(),
+        }),
+    }
 }
 
 /// Converts label intensities to u8, refusing non-integers and values not declared in the dataset.

@@ -79,6 +79,19 @@ pub enum IoError {
         /// The reference image (channel 0).
         reference: PathBuf,
     },
+    /// Two files of one case have the same shape but lie on different voxel grids in the world
+    /// (spacing, origin or axis directions), so their voxels do not correspond.
+    #[error("{}: {what} grid does not match the image's ({}), this file's first: {detail}", .path.display(), .reference.display())]
+    GridMismatch {
+        /// File whose grid differs.
+        path: PathBuf,
+        /// "label" or "channel N".
+        what: String,
+        /// Which of spacing, origin and directions differ, with both values.
+        detail: String,
+        /// The reference image (channel 0).
+        reference: PathBuf,
+    },
     /// Data handed to a writer does not fit the header's dimensions.
     #[error("{}: {found} voxel values do not fit the header's dimensions ({expected} voxels)", .path.display())]
     LengthMismatch {

@@ -488,3 +488,41 @@ pub fn resample_labels(labels: &[u8], shape: [usize; 3], new_shape: [usize; 3]) 
         });
     out
 }
+
+/// Largest relative spacing difference, axis-direction difference (components of unit vectors)
+/// and origin distance (in voxels of the finer grid) at which two grids count as the same: well
+/// above the rounding of float32 headers written by different tools, far below a misplaced file.
+const GRID_TOLERANCE: (f64, f64, f64) = (1e-3, 1e-3, 0.01);
+
+/// How two voxel-to-world affines (RAS+ mm) of volumes of one shape differ: `None` when they
+/// describe the same grid within [`GRID_TOLERANCE`], else which of spacing, origin and axis
+/// directions differ, with both values (nnU-Net's dataset integrity check compares the same).
+pub fn grid_difference(a: &[[f64; 4]; 4], b: &[[f64; 4]; 4]) -> Option<String> {
+    let column = |m: &[[f64; 4]; 4], j: usize| [m[0][j], m[1][j], m[2][j]];
+    let norm = |v: [f64; 3]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let spacing = |m| [0, 1, 2].map(|j| norm(column(m, j)));
+    let (sa, sb) = (spacing(a), spacing(b));
+    let (rel, dir, origin) = GRID_TOLERANCE;
+    let mut found = Vec::new();
+    if (0..3).any(|j| (sa[j] - sb[j]).abs() > rel * sa[j].max(sb[j])) {
+        found.push(format!("spacing {} vs {} mm", triple(sa), triple(sb)));
+    }
+    let unit = |m, j: usize, s: [f64; 3]| column(m, j).map(|x| x / s[j].max(f64::MIN_POSITIVE));
+    if (0..3).any(|j| {
+        let (ua, ub) = (unit(a, j, sa), unit(b, j, sb));
+        (0..3).any(|i| (ua[i] - ub[i]).abs() > dir)
+    }) {
+        found.push("axis directions differ".to_string());
+    }
+    let (oa, ob) = (column(a, 3), column(b, 3));
+    let finest = sa.iter().chain(&sb).copied().fold(f64::INFINITY, f64::min);
+    if norm([0, 1, 2].map(|i| oa[i] - ob[i])) > origin * finest {
+        found.push(format!("origin {} vs {} mm", triple(oa), triple(ob)));
+    }
+    (!found.is_empty()).then(|| found.join("; "))
+}
+
+/// `(x, y, z)` with two decimals.
+fn triple(v: [f64; 3]) -> String {
+    format!("({:.2}, {:.2}, {:.2})", v[0], v[1], v[2])
+}

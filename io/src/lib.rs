@@ -25,8 +25,8 @@ pub use error::{IoError, Result};
 pub use format::{case_id, read_volume, write_labels, Format};
 pub use fsutil::{write_atomic, write_bytes_atomic};
 pub use geometry::{
-    resample_cubic, resample_labels, resample_linear, resampled_affine, shape_for_spacing,
-    Orientation,
+    grid_difference, resample_cubic, resample_labels, resample_linear, resampled_affine,
+    shape_for_spacing, Orientation,
 };
 pub use header::{NiftiHeader, MAX_VOXELS};
 pub use image2d::{is_image2d, read_image2d, write_labels_image2d, IMAGE_ENDINGS};

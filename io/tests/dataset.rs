@@ -174,3 +174,46 @@ fn find_cases_names_plain_cases_by_the_case_id_rule() {
     segmenter_io::write_labels_image2d(&image, [3, 2, 1], &[0; 6]).unwrap();
     assert_eq!(find_cases(&image, None).unwrap()[0].id, case_id(&image));
 }
+
+#[test]
+fn a_label_map_off_its_image_grid_is_refused_naming_both_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [4, 5, 6];
+    let n = shape.iter().product::<usize>();
+    let image = write_f32(dir.path(), "c_0000.nii.gz", shape, None);
+    let labels = std::collections::BTreeMap::from([(0u8, "bg".to_string()), (1, "fg".into())]);
+    let case = |label: &std::path::Path| segmenter_io::Case {
+        id: "c".into(),
+        images: vec![image.clone()],
+        label: Some(label.to_path_buf()),
+    };
+    let with_header = |name: &str, edit: &dyn Fn(&mut segmenter_io::NiftiHeader)| {
+        let mut header = rotated_header(shape);
+        edit(&mut header);
+        let path = dir.path().join(name);
+        let values = segmenter_io::NiftiData::U8((0..n).map(|i| (i % 2) as u8).collect());
+        segmenter_io::write_nifti(&path, &header, &values).unwrap();
+        path
+    };
+    // The same grid, and one whose float32 header rounds differently: accepted.
+    assert!(load_case(&case(&with_header("same.nii.gz", &|_| {})), &labels).is_ok());
+    let rounded = with_header("rounded.nii.gz", &|h| h.srow[1][3] += 1e-4);
+    assert!(load_case(&case(&rounded), &labels).is_ok());
+    // Shifted by 40 mm (a user's report): refused, naming the file, the image and both origins.
+    let shifted = with_header("shifted.nii.gz", &|h| h.srow[0][3] += 40.0);
+    let msg = err_naming(load_case(&case(&shifted), &labels), &shifted);
+    assert!(
+        msg.contains("c_0000.nii.gz") && msg.contains("origin (27.50, 40.25, 7.00) vs (-12.50"),
+        "{msg}"
+    );
+    // Another spacing, and axes that point elsewhere.
+    let spacing = with_header("spacing.nii.gz", &|h| h.srow[2][2] *= 2.0);
+    let msg = err_naming(load_case(&case(&spacing), &labels), &spacing);
+    assert!(msg.contains("spacing"), "{msg}");
+    let flipped = with_header("flipped.nii.gz", &|h| {
+        h.srow[0][0] = -h.srow[0][0];
+        h.srow[1][0] = -h.srow[1][0];
+    });
+    let msg = err_naming(load_case(&case(&flipped), &labels), &flipped);
+    assert!(msg.contains("axis directions differ"), "{msg}");
+}

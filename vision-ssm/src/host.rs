@@ -4,7 +4,8 @@
 use burn::prelude::*;
 use burn::tensor::{TensorData, TensorPrimitive};
 
-use crate::scan::FloatTensor;
+/// A backend's float tensor primitive.
+pub type FloatTensor<B> = <B as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
 /// A float tensor primitive of any rank as host values (row-major, f32) and its dims.
 pub fn to_host<B: Backend>(t: FloatTensor<B>) -> (Vec<f32>, Vec<usize>) {

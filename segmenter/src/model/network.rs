@@ -168,6 +168,8 @@ impl<B: Backend> ChannelsLastRes<B> {
 }
 
 impl<B: NormBackend + ConvBackend> ChannelsLastRes<B> {
+    /// Channels-last `[B, H, W, C]` -> the same shape (a residual block between LayerNorm and
+    /// the residual sum, as a VSS block has its mixer).
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = self.norm.forward(x.clone()).permute([0, 3, 1, 2]);
         x + self.block.forward(y).permute([0, 2, 3, 1])
@@ -209,6 +211,7 @@ impl<B: Backend> UpBlock<B> {
 }
 
 impl<B: NormBackend + ConvBackend> UpBlock<B> {
+    /// `x: [B, cin, H, W]` and `skip: [B, cout, 2H, 2W]` -> `[B, cout, 2H, 2W]`.
     fn forward(&self, x: Tensor<B, 4>, skip: Tensor<B, 4>) -> Tensor<B, 4> {
         self.block
             .forward(Tensor::cat(vec![self.up.forward(x), skip], 1))

@@ -37,8 +37,7 @@ use crate::host::{from_host, to_host};
 pub use args::{ScanArgs, INPUT_NAMES};
 use cpu::{ScanCheckpoints, ScanDims, ScanInputs};
 
-/// A backend's float tensor primitive.
-pub type FloatTensor<B> = <B as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+pub use crate::host::FloatTensor;
 
 /// The seven inputs of the scan (or their seven gradients), as backend primitives.
 pub type ScanTensors<B> = ScanArgs<FloatTensor<B>>;
