@@ -94,9 +94,25 @@ pub fn case_id(path: &Path) -> String {
     strip_format_ending(&name).unwrap_or(&name).to_string()
 }
 
+/// Whether a file name ends like a volume of some format (any case): what a folder of scans or
+/// label maps is filtered by.
+pub fn has_volume_ending(path: &Path) -> bool {
+    strip_format_ending(&file_name(path)).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_endings_in_any_case() {
+        for yes in ["a.nii.gz", "B.NII.GZ", "c.Nii", "d.png", "e.TIFF"] {
+            assert!(has_volume_ending(Path::new(yes)), "{yes}");
+        }
+        for no in ["f.txt", "g.gz", "h", ".nii.gz"] {
+            assert!(!has_volume_ending(Path::new(no)), "{no}");
+        }
+    }
 
     #[test]
     fn case_id_strips_each_format_ending_in_any_case() {

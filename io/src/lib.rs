@@ -22,7 +22,7 @@ pub use dataset::{
     find_cases, load_case, load_dataset, read_dataset_labels, Case, Dataset, LoadedCase,
 };
 pub use error::{IoError, Result};
-pub use format::{case_id, read_volume, write_labels, Format};
+pub use format::{case_id, has_volume_ending, read_volume, write_labels, Format};
 pub use fsutil::{write_atomic, write_bytes_atomic};
 pub use geometry::{
     grid_difference, resample_cubic, resample_labels, resample_linear, resampled_affine,

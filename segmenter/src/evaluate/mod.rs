@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
-use segmenter_io::{is_image2d, read_dataset_labels, read_volume};
+use segmenter_io::{has_volume_ending, read_dataset_labels, read_volume};
 
 use distance::{surface_metrics, SurfaceMetrics};
 use metrics::finite;
@@ -146,8 +146,7 @@ fn label_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            !name.starts_with('.')
-                && (name.ends_with(".nii.gz") || name.ends_with(".nii") || is_image2d(p))
+            !name.starts_with('.') && has_volume_ending(p)
         })
         .collect();
     files.sort();
@@ -325,6 +324,20 @@ fn provenance(pred_dir: &Path, ref_dir: &Path, dataset_json: &Path) -> Provenanc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_folders_list_volumes_of_any_case_and_skip_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.nii.gz", "B.NII.GZ", "c.png", ".hidden.nii.gz", "notes.txt"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let names: Vec<String> = label_files(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["B.NII.GZ", "a.nii.gz", "c.png"]);
+    }
     use serde_json::Value;
 
     /// Writes a label map with the given spacing.
