@@ -328,7 +328,13 @@ mod tests {
     #[test]
     fn label_folders_list_volumes_of_any_case_and_skip_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["a.nii.gz", "B.NII.GZ", "c.png", ".hidden.nii.gz", "notes.txt"] {
+        for name in [
+            "a.nii.gz",
+            "B.NII.GZ",
+            "c.png",
+            ".hidden.nii.gz",
+            "notes.txt",
+        ] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         let names: Vec<String> = label_files(dir.path())
