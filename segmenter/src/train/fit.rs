@@ -109,17 +109,18 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
         learning_rate(t.learning_rate, t.warmup_steps, step, progress, t.schedule)
     }
 
-    /// Runs the steps of epoch `epoch` (or what the budget leaves of them).
+    /// Runs the steps of the epoch `state` is in (or what the budget leaves of them); returns the
+    /// model after them.
     fn epoch<O: Optimizer<SwinUMamba<B>, B>>(
         &self,
-        epoch: usize,
-        model: &mut Option<SwinUMamba<B>>,
+        mut model: SwinUMamba<B>,
         optimizer: &mut O,
         state: &mut TrainState,
         ahead: &mut Option<(usize, Batch)>,
         mut lr: f64,
-    ) -> EpochSteps {
+    ) -> (SwinUMamba<B>, EpochSteps) {
         let t = self.train;
+        let epoch = state.epochs_done;
         let [pr, pc] = self.plan.patch_size;
         let classes = self.plan.num_classes();
         let (mut loss_sum, mut loss_count, mut skipped) = (0.0f64, 0usize, 0usize);
@@ -142,12 +143,11 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
             }
             let dims = [batch.batch, self.plan.input_channels(), pr, pc];
             let next_step = state.step + 1;
-            let current = model.take().expect("the model is in place between steps");
             let (next, value, drawn) = std::thread::scope(|scope| {
                 // Draw the next batch on the rayon workers while this step trains.
                 let drawing = scope.spawn(|| self.sampler.batch(next_step as u64, t.batch_size));
                 let (next, value) = train_step(
-                    current,
+                    model,
                     optimizer,
                     images,
                     &batch.labels,
@@ -159,7 +159,7 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
                 (next, value, drawing.join().ok())
             });
             *ahead = drawn.map(|b| (next_step, b));
-            *model = Some(next);
+            model = next;
             state.step += 1;
             self.bar.inc(1);
             if !value.is_finite() {
@@ -186,13 +186,14 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
                     .unwrap_or_default()
             ));
         }
-        EpochSteps {
+        let steps = EpochSteps {
             loss_sum,
             loss_count,
             skipped,
             learning_rate: lr,
             out_of_time,
-        }
+        };
+        (model, steps)
     }
 }
 
@@ -216,7 +217,7 @@ pub fn fit<B, O>(
     config: &ExperimentConfig,
     info: &RunInfo,
     prepared: Prepared,
-    model: SwinUMamba<B>,
+    mut model: SwinUMamba<B>,
     mut optimizer: O,
     mut state: TrainState,
     device: &B::Device,
@@ -264,19 +265,12 @@ where
             ),
         );
     }
-    let mut model = Some(model);
     let mut lr = t.learning_rate;
     let mut ahead: Option<(usize, Batch)> = None;
     while state.epochs_done < t.epochs {
         let epoch = state.epochs_done;
-        let steps = run_loop.epoch(
-            epoch,
-            &mut model,
-            &mut optimizer,
-            &mut state,
-            &mut ahead,
-            lr,
-        );
+        let (trained, steps) = run_loop.epoch(model, &mut optimizer, &mut state, &mut ahead, lr);
+        model = trained;
         lr = steps.learning_rate;
         let mut out_of_time = steps.out_of_time;
         let epoch_complete = state.step >= (epoch + 1) * t.steps_per_epoch;
@@ -289,13 +283,10 @@ where
             // Nothing trained since the last checkpoint (a run resumed with its budget spent).
             break;
         }
-        let model_now = model
-            .as_ref()
-            .expect("the model is in place between epochs");
         let validate_now =
             out_of_time || (epoch + 1).is_multiple_of(t.val_every) || epoch + 1 == t.epochs;
         let val = if validate_now {
-            validate(model_now, &plan, &val_volumes, device)
+            validate(&model, &plan, &val_volumes, device)
         } else {
             None
         };
@@ -313,7 +304,7 @@ where
             val_mean_foreground_dice: val.as_ref().map(|d| nan_mean(&d[1..])),
             val_dice: val,
         };
-        finish_epoch(&run, &epoch_log, &mut state, model_now, &optimizer)?;
+        finish_epoch(&run, &epoch_log, &mut state, &model, &optimizer)?;
         // The picture is a convenience: failing to draw it must not stop training.
         if let Err(e) = super::curve::write_learning_curve(run.path(), &plan.foreground_names()) {
             say(&run_loop.bar, format!("warning: {e:#}"));
