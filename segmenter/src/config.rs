@@ -51,6 +51,13 @@ pub struct TrainConfig {
     /// or sharing the CPU's cores. 1 (the default) trains one model on all cores.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// The learning rate the decay ends at (upstream Swin-UMamba's cosine: 1e-6); 0 by default.
+    #[serde(default)]
+    pub min_learning_rate: f64,
+    /// Epochs at the start during which the VMamba encoder's stages stay frozen (upstream's
+    /// recipe with pretrained weights: 10). Unset: 10 with `--pretrained`, 0 without.
+    #[serde(default)]
+    pub freeze_encoder_epochs: Option<usize>,
 }
 
 fn default_replicas() -> usize {
@@ -190,6 +197,20 @@ fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_paper_recipe_config_is_upstreams_optimiser_and_schedule() {
+        let base = ExperimentConfig::preset("swin-umamba").unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/swin-umamba-paper.toml");
+        let c = ExperimentConfig::load_over(&base, &path).unwrap();
+        let t = &c.train;
+        assert_eq!(t.optimizer, OptimizerKind::AdamW);
+        assert_eq!(t.schedule, ScheduleKind::Cosine);
+        assert_eq!((t.learning_rate, t.weight_decay), (1e-4, 0.05));
+        assert_eq!((t.min_learning_rate, t.warmup_steps), (1e-6, 0));
+        assert_eq!(c.model, base.model);
+        c.validate().unwrap();
+    }
 
     #[test]
     fn presets_parse_and_match_the_paper() {

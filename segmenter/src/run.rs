@@ -29,6 +29,9 @@ pub struct RunInfo {
     /// Cross-validation fold held out (`--fold`), if the split is one of the five folds.
     #[serde(default)]
     pub fold: Option<usize>,
+    /// The VMamba ImageNet checkpoint the encoder started from (`--pretrained`), if any.
+    #[serde(default)]
+    pub pretrained: Option<PathBuf>,
 }
 
 /// Training progress saved with each checkpoint.

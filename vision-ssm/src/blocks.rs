@@ -27,16 +27,18 @@ pub struct VssBlockConfig {
 /// A visual state-space block: `x + SS2D(LayerNorm(x))` on `[batch, height, width, channels]`.
 #[derive(Module, Debug)]
 pub struct VssBlock<B: Backend> {
-    norm: LayerNorm<B>,
-    mixer: Ss2d<B>,
+    /// Pre-norm (VMamba's `ln_1`).
+    pub ln_1: LayerNorm<B>,
+    /// The SS2D mixer (VMamba's `self_attention`).
+    pub self_attention: Ss2d<B>,
 }
 
 impl VssBlockConfig {
     /// Builds a [`VssBlock`].
     pub fn init<B: Backend>(&self, device: &B::Device) -> VssBlock<B> {
         VssBlock {
-            norm: LayerNormConfig::new(self.d_model).init(device),
-            mixer: Ss2dConfig::new(self.d_model)
+            ln_1: LayerNormConfig::new(self.d_model).init(device),
+            self_attention: Ss2dConfig::new(self.d_model)
                 .with_d_state(self.d_state)
                 .with_expand(self.expand)
                 .with_scan_kernel(self.scan_kernel)
@@ -48,13 +50,13 @@ impl VssBlockConfig {
 impl<B: Backend> VssBlock<B> {
     /// The scan implementation of its SS2D.
     pub fn scan_kernel(&self) -> ScanKernel {
-        self.mixer.scan_kernel()
+        self.self_attention.scan_kernel()
     }
 
     /// The same block (same weights) running the scan implementation `kernel`.
     pub fn with_scan_kernel(self, kernel: ScanKernel) -> Self {
         Self {
-            mixer: self.mixer.with_scan_kernel(kernel),
+            self_attention: self.self_attention.with_scan_kernel(kernel),
             ..self
         }
     }
@@ -63,7 +65,7 @@ impl<B: Backend> VssBlock<B> {
 impl<B: ScanBackend> VssBlock<B> {
     /// `[batch, height, width, channels]` -> same shape.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        x.clone() + self.mixer.forward(self.norm.forward(x))
+        x.clone() + self.self_attention.forward(self.ln_1.forward(x))
     }
 }
 
@@ -82,8 +84,10 @@ pub struct PatchEmbedConfig {
 /// Non-overlapping patch embedding: `[B, C, H, W]` -> `[B, H/p, W/p, embed_dim]`, layer-normed.
 #[derive(Module, Debug)]
 pub struct PatchEmbed<B: Backend> {
-    proj: Conv2d<B>,
-    norm: LayerNorm<B>,
+    /// The patch projection (a convolution with stride = kernel = patch size).
+    pub proj: Conv2d<B>,
+    /// LayerNorm over the embedding channels.
+    pub norm: LayerNorm<B>,
 }
 
 impl PatchEmbedConfig {
@@ -115,11 +119,14 @@ pub struct PatchMergingConfig {
 }
 
 /// Halves the resolution and doubles the channels: each 2×2 neighbourhood is concatenated
-/// (4C), layer-normed and projected to 2C.
+/// (4C), layer-normed and projected to 2C. The four pixels are concatenated in VMamba's order,
+/// (row, col) = (0,0), (1,0), (0,1), (1,1), so that its trained `reduction` weights apply.
 #[derive(Module, Debug)]
 pub struct PatchMerging<B: Backend> {
-    norm: LayerNorm<B>,
-    reduction: Linear<B>,
+    /// LayerNorm over the 4C concatenated channels.
+    pub norm: LayerNorm<B>,
+    /// The 4C -> 2C projection (no bias).
+    pub reduction: Linear<B>,
 }
 
 impl PatchMergingConfig {
@@ -139,9 +146,10 @@ impl<B: Backend> PatchMerging<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, height, width, channels] = x.dims();
         let (h2, w2) = (height / 2, width / 2);
+        // [b, h2, dr, w2, dc, c] -> [b, h2, w2, dc, dr, c]: the row offset varies fastest.
         let x = x
-            .reshape([batch, h2, 2, w2, 2 * channels])
-            .swap_dims(2, 3)
+            .reshape([batch, h2, 2, w2, 2, channels])
+            .permute([0, 1, 3, 4, 2, 5])
             .reshape([batch, h2, w2, 4 * channels]);
         self.reduction.forward(self.norm.forward(x))
     }

@@ -143,7 +143,10 @@ fn bench_preset(
             &batch.labels,
             [batch_size, channels, rows, cols],
             classes,
-            config.train.learning_rate,
+            segmenter::train::fit::Step {
+                learning_rate: config.train.learning_rate,
+                freeze_encoder: false,
+            },
             &segmenter::train::parallel::Replicas::single(&device),
         );
         model = Some(next);

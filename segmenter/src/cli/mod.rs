@@ -5,6 +5,7 @@ mod backend;
 mod bench;
 mod curve;
 mod evaluate;
+mod export;
 mod plan;
 mod predict;
 mod train;
@@ -46,6 +47,9 @@ enum Command {
     /// Compare predicted label maps with references: Dice, IoU, HD95, NSD and volumes per case and
     /// class, in summary.json, summary.csv and an HTML report with box plots and overlays.
     Evaluate(evaluate::EvaluateArgs),
+    /// Write a run's weights under upstream Swin-UMamba's PyTorch names (.safetensors), for
+    /// `load_state_dict(strict=True)` into its `SwinUMamba`.
+    Export(export::ExportArgs),
     /// Draw a run's learning curve (training loss, validation Dice) from its log.jsonl into
     /// RUN/learning_curve.svg; `train` does this after every epoch.
     Curve(curve::CurveArgs),
@@ -76,6 +80,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Predict(args) => predict::run(cli.device, args),
         Command::Evaluate(args) => done(evaluate::run(args)),
         Command::Curve(args) => done(curve::run(args)),
+        Command::Export(args) => done(export::run(args)),
         Command::Bench { what } => bench::run(what),
     }
 }

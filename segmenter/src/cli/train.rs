@@ -24,7 +24,7 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint (other options are ignored:
     /// the run's own config, plan, split and time budget apply).
-    #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "context_slices", "fold", "plan"])]
+    #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "context_slices", "fold", "plan", "pretrained", "freeze_encoder_epochs"])]
     pub resume: Option<PathBuf>,
     /// Built-in preset: tiny (CPU, minutes) or swin-umamba (the paper's encoder, GPU).
     #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
@@ -65,6 +65,14 @@ pub struct TrainArgs {
     /// with `--device cuda` one per GPU (devices 0..N); on the CPU, N replicas share the cores
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// VMamba ImageNet checkpoint (`.pth`, v0 or v2 key names, or `.safetensors`) to start the
+    /// encoder's VSS stages and patch merging from (you download it yourself; see the README)
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Epochs at the start with the encoder's VSS stages frozen (overrides the config; default 10
+    /// with --pretrained, as upstream Swin-UMamba, else 0)
+    #[arg(long)]
+    pub freeze_encoder_epochs: Option<usize>,
     /// Test hook: give the batch of this step (0-based) a NaN pixel, to check that a corrupted
     /// batch is skipped without poisoning the weights.
     #[arg(long, hide = true)]
@@ -90,6 +98,7 @@ pub fn run(device: DeviceKind, args: TrainArgs) -> Result<()> {
         seed: args.seed,
         fold: args.fold.map(|k| k as usize),
         plan: args.plan,
+        pretrained: args.pretrained,
         faults: FaultInjection {
             nan_at_step: args.inject_nan_at_step,
         },
@@ -117,6 +126,22 @@ fn experiment(args: &TrainArgs) -> Result<ExperimentConfig> {
     }
     if let Some(n) = args.replicas {
         experiment.train.replicas = n;
+    }
+    if let Some(n) = args.freeze_encoder_epochs {
+        experiment.train.freeze_encoder_epochs = Some(n);
+    }
+    let default_freeze = if args.pretrained.is_some() { 10 } else { 0 };
+    let freeze = experiment
+        .train
+        .freeze_encoder_epochs
+        .get_or_insert(default_freeze);
+    if *freeze > 0 && experiment.model.encoder != EncoderKind::Vss {
+        anyhow::bail!("--freeze-encoder-epochs needs the VSS encoder (--encoder vss)");
+    }
+    if args.pretrained.is_some() && experiment.model.encoder != EncoderKind::Vss {
+        anyhow::bail!(
+            "--pretrained loads VMamba weights, which need the VSS encoder (--encoder vss)"
+        );
     }
     experiment.validate()?;
     Ok(experiment)

@@ -4,8 +4,10 @@
 mod config;
 mod network;
 pub mod ops;
+pub mod weights;
 
 pub use config::{EncoderKind, ModelConfig, DOWNSAMPLING, MAX_CONTEXT_SLICES};
 pub use network::{
-    ChannelsLastRes, ModelBackend, ResBlock, Stage, StageBlock, SwinUMamba, UpBlock,
+    ChannelsLastRes, ModelBackend, ResBlock, Stage, StageBlock, Stem, SwinUMamba, UpBlock,
+    VssmEncoder, DEEP_SUPERVISION_HEADS,
 };

@@ -1,22 +1,27 @@
-//! The Swin-UMamba-style 2D network's modules and forward pass, readable top to bottom with the
-//! paper's names.
+//! The Swin-UMamba 2D network (Liu et al. 2024, JiarunLiu/Swin-UMamba `nets/SwinUMamba.py`),
+//! module for module, with upstream's module names so that its PyTorch weights map one to one
+//! (see [`super::weights`]).
 //!
 //! ```text
-//! input ─► stem (7×7 conv, stride 2) ─► patch embed (2×2) ─► stage 1 (VSS×d1) ─► merge ─► stage 2 ─► merge ─► stage 3 ─► merge ─► stage 4
-//!   │           │ 1/2                                          │ 1/4                      │ 1/8              │ 1/16             │ 1/32
-//!  enc0        enc1                                          enc2                       enc3               enc4               enc5 (bottleneck)
-//!   │           │                                              │                          │                  │                  │
-//!  head ◄─ up(enc0) ◄────── up(enc1) ◄──────────────────── up(enc2) ◄──────────────── up(enc3) ◄────────── up(enc4) ◄────────────┘
+//! x ─► stem (7×7/2 conv, affine InstanceNorm) ─► x1 ─► vssm_encoder: patch_embed (2×2) ─► layers.0 ─► downsamples.0 ─► layers.1 ─► … ─► layers.3
+//! │ 1                                            │ 1/2                                       │ 1/4 (d0)                  │ 1/8 (d1)   1/16 (d2)    │ 1/32 (d3)
+//! encoder1 (in→s)                           encoder2 (s→d0)                             encoder3 (d0→d1)           encoder4 (d1→d2), encoder5 (d2→d3)
+//! │                                              │                                           │                                                      │
+//! decoder1 ◄─ decoder2 ◄──────────────────── decoder3 ◄─────────────────────────────── decoder4 ◄──────────── decoder5 ◄── decoder6 ◄─────────────┘
 //! ```
-//! Encoder skips are residual conv blocks (UNETR style); each decoder step is a 2×2 transposed
-//! convolution, concatenation with the skip and a residual conv block. Deep supervision adds
-//! 1×1 heads at 1/2 and 1/4 resolution.
+//! `s` is `stem_channels`, `d0..d3` are `dims`; upstream's `feat_size` is `[s, d0, d1, d2, d3]`.
+//! Encoder skips are MONAI `UnetrBasicBlock`s (residual: two 3×3 convs with non-affine instance
+//! norm and leaky ReLU, a 1×1 conv + norm shortcut when the width changes); each decoder step is a
+//! `UnetrUpBlock` (2×2 transposed conv, concatenation with the skip, residual block). Four 1×1
+//! heads (`out_layers`) give logits at 1, 1/2, 1/4 and 1/8 resolution for deep supervision.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, PaddingConfig2d};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation;
+use burn::tensor::backend::AutodiffBackend;
 use vision_ssm::{
     PatchEmbed, PatchEmbedConfig, PatchMerging, PatchMergingConfig, ScanBackend, ScanKernel,
     VssBlock, VssBlockConfig,
@@ -26,6 +31,9 @@ use super::config::{EncoderKind, ModelConfig};
 use super::ops::conv::{forward_same, ConvBackend};
 use super::ops::norm::{FusedInstanceNorm, NormBackend};
 
+/// Number of deep-supervision heads (full, 1/2, 1/4 and 1/8 resolution).
+pub const DEEP_SUPERVISION_HEADS: usize = 4;
+
 impl ModelConfig {
     /// Builds the network for `in_channels` input channels and `num_classes` output classes.
     pub fn init<B: Backend>(
@@ -34,45 +42,49 @@ impl ModelConfig {
         num_classes: usize,
         device: &B::Device,
     ) -> SwinUMamba<B> {
-        let (stem, dims) = (self.stem_channels, self.dims);
-        let stages = (0..4)
-            .map(|i| {
-                let blocks = (0..self.depths[i]).map(|_| match self.encoder {
-                    EncoderKind::Vss => StageBlock::Vss(
-                        VssBlockConfig::new(dims[i])
-                            .with_d_state(self.d_state)
-                            .with_expand(self.expand)
-                            .init(device),
-                    ),
-                    EncoderKind::Conv => StageBlock::Conv(ChannelsLastRes::new(dims[i], device)),
-                });
-                Stage {
-                    blocks: blocks.collect(),
-                    merge: (i < 3).then(|| PatchMergingConfig::new(dims[i]).init(device)),
-                }
+        let (s, d) = (self.stem_channels, self.dims);
+        let layers = (0..4)
+            .map(|i| Stage {
+                blocks: (0..self.depths[i])
+                    .map(|_| match self.encoder {
+                        EncoderKind::Vss => StageBlock::Vss(
+                            VssBlockConfig::new(d[i])
+                                .with_d_state(self.d_state)
+                                .with_expand(self.expand)
+                                .init(device),
+                        ),
+                        EncoderKind::Conv => StageBlock::Conv(ChannelsLastRes::new(d[i], device)),
+                    })
+                    .collect(),
             })
             .collect();
-        let ds_heads = vec![
-            conv(stem, num_classes, 1, 1, device),
-            conv(dims[0], num_classes, 1, 1, device),
-        ];
         SwinUMamba {
-            stem: conv(in_channels, stem, 7, 2, device),
-            stem_norm: LayerNormConfig::new(stem).init(device),
-            patch_embed: PatchEmbedConfig::new(stem, dims[0]).init(device),
-            stages,
-            enc0: ResBlock::new(in_channels, stem, device),
-            enc1: ResBlock::new(stem, stem, device),
-            enc_stages: dims.iter().map(|&c| ResBlock::new(c, c, device)).collect(),
-            decoders: vec![
-                UpBlock::new(dims[3], dims[2], device),
-                UpBlock::new(dims[2], dims[1], device),
-                UpBlock::new(dims[1], dims[0], device),
-                UpBlock::new(dims[0], stem, device),
-                UpBlock::new(stem, stem, device),
-            ],
-            head: conv(stem, num_classes, 1, 1, device),
-            ds_heads,
+            stem: Stem {
+                conv: conv(in_channels, s, 7, 2, device),
+                norm: FusedInstanceNorm::new(s, device),
+            },
+            vssm_encoder: VssmEncoder {
+                patch_embed: PatchEmbedConfig::new(s, d[0]).init(device),
+                layers,
+                downsamples: (0..3)
+                    .map(|i| PatchMergingConfig::new(d[i]).init(device))
+                    .collect(),
+            },
+            encoder1: ResBlock::new(in_channels, s, device),
+            encoder2: ResBlock::new(s, d[0], device),
+            encoder3: ResBlock::new(d[0], d[1], device),
+            encoder4: ResBlock::new(d[1], d[2], device),
+            encoder5: ResBlock::new(d[2], d[3], device),
+            decoder6: UpBlock::new(d[3], d[3], device),
+            decoder5: UpBlock::new(d[3], d[2], device),
+            decoder4: UpBlock::new(d[2], d[1], device),
+            decoder3: UpBlock::new(d[1], d[0], device),
+            decoder2: UpBlock::new(d[0], s, device),
+            decoder1: ResBlock::new(s, s, device),
+            out_layers: [s, d[0], d[1], d[2]]
+                .into_iter()
+                .map(|c| conv(c, num_classes, 1, 1, device))
+                .collect(),
         }
     }
 }
@@ -87,12 +99,17 @@ fn conv<B: Backend>(
     conv_config(cin, cout, kernel, stride).init(device)
 }
 
-/// A convolution whose output goes straight into an instance norm: no bias, since the norm
-/// subtracts every (sample, channel) mean and with it any bias (so its gradient is zero, and
-/// burn's bias backward, a strided copy of the whole output gradient, is pure cost). Weights
-/// saved with a bias load into it unchanged in effect: the bias is ignored, as the norm ignored it.
-fn conv_before_norm<B: Backend>(cin: usize, cout: usize, device: &B::Device) -> Conv2d<B> {
-    conv_config(cin, cout, 3, 1).with_bias(false).init(device)
+/// A convolution whose output goes straight into an instance norm: no bias (MONAI's blocks have
+/// none either), since the norm subtracts every (sample, channel) mean and with it any bias.
+fn conv_before_norm<B: Backend>(
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
+    conv_config(cin, cout, kernel, 1)
+        .with_bias(false)
+        .init(device)
 }
 
 fn conv_config(cin: usize, cout: usize, kernel: usize, stride: usize) -> Conv2dConfig {
@@ -106,34 +123,42 @@ fn conv_config(cin: usize, cout: usize, kernel: usize, stride: usize) -> Conv2dC
         ))
 }
 
-fn norm<B: Backend>(channels: usize, device: &B::Device) -> FusedInstanceNorm<B> {
-    FusedInstanceNorm::new(channels, device)
-}
-
 /// What the network needs of a backend: the selective scan, the fused instance norm and the
 /// "same" convolutions with their own backward pass.
 pub trait ModelBackend: ScanBackend + NormBackend + ConvBackend {}
 
 impl<B: ScanBackend + NormBackend + ConvBackend> ModelBackend for B {}
 
-/// Residual block of two 3×3 conv + instance norm + leaky ReLU (UNETR's `UnetResBlock`).
+/// The stem: 7×7 convolution with stride 2, then an affine instance norm (upstream `stem.0`,
+/// `stem.1`).
+#[derive(Module, Debug)]
+pub struct Stem<B: Backend> {
+    conv: Conv2d<B>,
+    norm: FusedInstanceNorm<B>,
+}
+
+/// MONAI's `UnetResBlock` (inside `UnetrBasicBlock` and `UnetrUpBlock`): two 3×3 conv + instance
+/// norm with leaky ReLU, and a 1×1 conv + norm shortcut (`conv3`, `norm3`) when the width changes.
 #[derive(Module, Debug)]
 pub struct ResBlock<B: Backend> {
     conv1: Conv2d<B>,
     norm1: FusedInstanceNorm<B>,
     conv2: Conv2d<B>,
     norm2: FusedInstanceNorm<B>,
-    shortcut: Option<Conv2d<B>>,
+    conv3: Option<Conv2d<B>>,
+    norm3: Option<FusedInstanceNorm<B>>,
 }
 
 impl<B: Backend> ResBlock<B> {
     fn new(cin: usize, cout: usize, device: &B::Device) -> Self {
+        let project = cin != cout;
         Self {
-            conv1: conv_before_norm(cin, cout, device),
-            norm1: norm(cout, device),
-            conv2: conv_before_norm(cout, cout, device),
-            norm2: norm(cout, device),
-            shortcut: (cin != cout).then(|| conv(cin, cout, 1, 1, device)),
+            conv1: conv_before_norm(cin, cout, 3, device),
+            norm1: FusedInstanceNorm::plain(cout),
+            conv2: conv_before_norm(cout, cout, 3, device),
+            norm2: FusedInstanceNorm::plain(cout),
+            conv3: project.then(|| conv_before_norm(cin, cout, 1, device)),
+            norm3: project.then(|| FusedInstanceNorm::plain(cout)),
         }
     }
 }
@@ -141,9 +166,9 @@ impl<B: Backend> ResBlock<B> {
 impl<B: NormBackend + ConvBackend> ResBlock<B> {
     /// `[B, cin, H, W]` -> `[B, cout, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let residual = match &self.shortcut {
-            Some(proj) => forward_same(proj, x.clone()),
-            None => x.clone(),
+        let residual = match (&self.conv3, &self.norm3) {
+            (Some(proj), Some(norm)) => norm.forward(forward_same(proj, x.clone())),
+            _ => x.clone(),
         };
         let y = activation::leaky_relu(self.norm1.forward(forward_same(&self.conv1, x)), 0.01);
         let y = self.norm2.forward(forward_same(&self.conv2, y));
@@ -185,27 +210,57 @@ pub enum StageBlock<B: Backend> {
     Conv(ChannelsLastRes<B>),
 }
 
-/// An encoder stage: blocks at one resolution, then patch merging (except the last stage).
+/// An encoder stage: blocks at one resolution (upstream `VSSLayer`).
 #[derive(Module, Debug)]
 pub struct Stage<B: Backend> {
     blocks: Vec<StageBlock<B>>,
-    merge: Option<PatchMerging<B>>,
 }
 
-/// Decoder step: 2× transposed conv, concatenation with the skip, residual block.
+/// The VMamba encoder: patch embedding, four stages, and patch merging between them.
+#[derive(Module, Debug)]
+pub struct VssmEncoder<B: Backend> {
+    patch_embed: PatchEmbed<B>,
+    layers: Vec<Stage<B>>,
+    downsamples: Vec<PatchMerging<B>>,
+}
+
+impl<B: ModelBackend> VssmEncoder<B> {
+    /// `[B, s, H, W]` -> the four stages' outputs, `[B, d_i, H/2^(i+1), W/2^(i+1)]`.
+    fn forward(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        let mut hidden = self.patch_embed.forward(x); // channels-last
+        let mut outputs = Vec::with_capacity(self.layers.len());
+        for (i, stage) in self.layers.iter().enumerate() {
+            for block in &stage.blocks {
+                hidden = match block {
+                    StageBlock::Vss(b) => b.forward(hidden),
+                    StageBlock::Conv(b) => b.forward(hidden),
+                };
+            }
+            outputs.push(hidden.clone().permute([0, 3, 1, 2]));
+            if let Some(merge) = self.downsamples.get(i) {
+                hidden = merge.forward(hidden);
+            }
+        }
+        outputs
+    }
+}
+
+/// MONAI's `UnetrUpBlock`: 2× transposed conv (no bias), concatenation with the skip, residual
+/// block.
 #[derive(Module, Debug)]
 pub struct UpBlock<B: Backend> {
-    up: ConvTranspose2d<B>,
-    block: ResBlock<B>,
+    transp_conv: ConvTranspose2d<B>,
+    conv_block: ResBlock<B>,
 }
 
 impl<B: Backend> UpBlock<B> {
     fn new(cin: usize, cout: usize, device: &B::Device) -> Self {
         Self {
-            up: ConvTranspose2dConfig::new([cin, cout], [2, 2])
+            transp_conv: ConvTranspose2dConfig::new([cin, cout], [2, 2])
                 .with_stride([2, 2])
+                .with_bias(false)
                 .init(device),
-            block: ResBlock::new(2 * cout, cout, device),
+            conv_block: ResBlock::new(2 * cout, cout, device),
         }
     }
 }
@@ -213,71 +268,70 @@ impl<B: Backend> UpBlock<B> {
 impl<B: NormBackend + ConvBackend> UpBlock<B> {
     /// `x: [B, cin, H, W]` and `skip: [B, cout, 2H, 2W]` -> `[B, cout, 2H, 2W]`.
     fn forward(&self, x: Tensor<B, 4>, skip: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.block
-            .forward(Tensor::cat(vec![self.up.forward(x), skip], 1))
+        self.conv_block
+            .forward(Tensor::cat(vec![self.transp_conv.forward(x), skip], 1))
     }
 }
 
-/// The Swin-UMamba-style U-shaped network.
+/// The Swin-UMamba network; field names are upstream's module names.
 #[derive(Module, Debug)]
 pub struct SwinUMamba<B: Backend> {
-    stem: Conv2d<B>,
-    stem_norm: LayerNorm<B>,
-    patch_embed: PatchEmbed<B>,
-    stages: Vec<Stage<B>>,
-    enc0: ResBlock<B>,
-    enc1: ResBlock<B>,
-    enc_stages: Vec<ResBlock<B>>,
-    decoders: Vec<UpBlock<B>>,
-    head: Conv2d<B>,
-    ds_heads: Vec<Conv2d<B>>,
+    stem: Stem<B>,
+    vssm_encoder: VssmEncoder<B>,
+    encoder1: ResBlock<B>,
+    encoder2: ResBlock<B>,
+    encoder3: ResBlock<B>,
+    encoder4: ResBlock<B>,
+    encoder5: ResBlock<B>,
+    decoder6: UpBlock<B>,
+    decoder5: UpBlock<B>,
+    decoder4: UpBlock<B>,
+    decoder3: UpBlock<B>,
+    decoder2: UpBlock<B>,
+    decoder1: ResBlock<B>,
+    out_layers: Vec<Conv2d<B>>,
 }
 
 impl<B: ModelBackend> SwinUMamba<B> {
-    /// `[batch, channels, H, W]` (H, W divisible by 32) -> logits at full, 1/2 and 1/4 resolution
-    /// (`[batch, classes, H/s, W/s]`), full resolution first.
+    /// `[batch, channels, H, W]` (H, W divisible by 32) -> logits at full, 1/2, 1/4 and 1/8
+    /// resolution (`[batch, classes, H/s, W/s]`), full resolution first.
     pub fn forward(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        let enc0 = self.enc0.forward(x.clone());
-        let stem = self.stem.forward(x).permute([0, 2, 3, 1]);
-        let stem = self.stem_norm.forward(stem).permute([0, 3, 1, 2]);
-        let enc1 = self.enc1.forward(stem.clone());
-        let mut hidden = self.patch_embed.forward(stem); // channels-last, 1/4
-        let mut stage_outputs = Vec::with_capacity(4);
-        for stage in &self.stages {
-            for block in &stage.blocks {
-                hidden = match block {
-                    StageBlock::Vss(b) => b.forward(hidden),
-                    StageBlock::Conv(b) => b.forward(hidden),
-                };
-            }
-            stage_outputs.push(hidden.clone().permute([0, 3, 1, 2]));
-            if let Some(merge) = &stage.merge {
-                hidden = merge.forward(hidden);
-            }
-        }
-        let skips: Vec<_> = stage_outputs
+        self.forward_heads(x, DEEP_SUPERVISION_HEADS)
+    }
+
+    /// The first `heads` outputs of [`Self::forward`] (the coarser heads are not run).
+    pub fn forward_heads(&self, x: Tensor<B, 4>, heads: usize) -> Vec<Tensor<B, 4>> {
+        let x1 = self.stem.norm.forward(self.stem.conv.forward(x.clone()));
+        let enc1 = self.encoder1.forward(x);
+        let enc2 = self.encoder2.forward(x1.clone());
+        let [v1, v2, v3, hidden]: [Tensor<B, 4>; 4] = self
+            .vssm_encoder
+            .forward(x1)
+            .try_into()
+            .expect("four encoder stages");
+        let enc3 = self.encoder3.forward(v1);
+        let enc4 = self.encoder4.forward(v2);
+        let enc5 = self.encoder5.forward(v3);
+        let dec4 = self.decoder6.forward(hidden, enc5);
+        let dec3 = self.decoder5.forward(dec4, enc4);
+        let dec2 = self.decoder4.forward(dec3.clone(), enc3);
+        let dec1 = self.decoder3.forward(dec2.clone(), enc2);
+        let dec0 = self.decoder2.forward(dec1.clone(), enc1);
+        let dec_out = self.decoder1.forward(dec0);
+        [dec_out, dec1, dec2, dec3]
             .into_iter()
-            .zip(&self.enc_stages)
-            .map(|(s, block)| block.forward(s))
-            .collect();
-        let [s2, s3, s4, s5]: [Tensor<B, 4>; 4] = skips.try_into().expect("four stages");
-        let d4 = self.decoders[0].forward(s5, s4);
-        let d3 = self.decoders[1].forward(d4, s3);
-        let d2 = self.decoders[2].forward(d3, s2);
-        let d1 = self.decoders[3].forward(d2.clone(), enc1);
-        let d0 = self.decoders[4].forward(d1.clone(), enc0);
-        vec![
-            forward_same(&self.head, d0),
-            forward_same(&self.ds_heads[0], d1),
-            forward_same(&self.ds_heads[1], d2),
-        ]
+            .zip(&self.out_layers)
+            .take(heads)
+            .map(|(features, head)| forward_same(head, features))
+            .collect()
     }
 
     /// The same network (same weights) with `kernel` running the selective scan of every VSS
     /// block: `bench step --reference` times the tensor-op loop this way.
     pub fn with_scan_kernel(self, kernel: ScanKernel) -> Self {
-        let stages = self
-            .stages
+        let encoder = self.vssm_encoder;
+        let layers = encoder
+            .layers
             .into_iter()
             .map(|stage| Stage {
                 blocks: stage
@@ -288,15 +342,35 @@ impl<B: ModelBackend> SwinUMamba<B> {
                         other => other,
                     })
                     .collect(),
-                merge: stage.merge,
             })
             .collect();
-        Self { stages, ..self }
+        Self {
+            vssm_encoder: VssmEncoder { layers, ..encoder },
+            ..self
+        }
     }
 
-    /// Full-resolution logits only (inference).
+    /// Drops from `grads` the gradients of the VMamba encoder's stages and patch merging (as
+    /// upstream's `freeze_encoder`, which leaves the patch embedding trainable), so that the
+    /// optimiser leaves those weights exactly as they are, weight decay included.
+    pub fn freeze_encoder(&self, grads: &mut GradientsParams)
+    where
+        B: AutodiffBackend,
+    {
+        struct Drop<'a>(&'a mut GradientsParams);
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Drop<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                self.0.remove::<B::InnerBackend, D>(param.id);
+            }
+        }
+        let mut drop = Drop(grads);
+        self.vssm_encoder.layers.visit(&mut drop);
+        self.vssm_encoder.downsamples.visit(&mut drop);
+    }
+
+    /// Full-resolution logits only (inference): the other heads are not run.
     pub fn logits(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.forward(x).swap_remove(0)
+        self.forward_heads(x, 1).swap_remove(0)
     }
 }
 
@@ -312,9 +386,62 @@ mod tests {
     }
 
     #[test]
+    fn a_frozen_encoder_does_not_change_even_by_weight_decay() {
+        use burn::backend::Autodiff;
+        use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+        use burn_store::ModuleSnapshot;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let config = ModelConfig {
+            stem_channels: 4,
+            dims: [8, 16, 32, 64],
+            depths: [1, 1, 1, 1],
+            d_state: 4,
+            expand: 2,
+            encoder: EncoderKind::Vss,
+            context_slices: 0,
+        };
+        let snapshot = |m: &SwinUMamba<A>| -> Vec<(String, Vec<f32>)> {
+            m.collect(None, None, true)
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.full_path(),
+                        t.to_data().unwrap().into_vec::<f32>().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        for freeze in [true, false] {
+            let model = config.init::<A>(1, 2, &device);
+            let before = snapshot(&model);
+            let mut optimizer = AdamWConfig::new()
+                .with_weight_decay(0.05)
+                .init::<A, SwinUMamba<A>>();
+            let x = Tensor::<A, 4>::random([1, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+            let loss = model.logits(x).powi_scalar(2).mean();
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if freeze {
+                model.freeze_encoder(&mut grads);
+            }
+            let after = snapshot(&optimizer.step(1e-2, model, grads));
+            for ((path, a), (_, b)) in before.iter().zip(&after) {
+                let frozen_part = path.starts_with("vssm_encoder.layers")
+                    || path.starts_with("vssm_encoder.downsamples");
+                assert_eq!(
+                    a == b,
+                    freeze && frozen_part,
+                    "{path} (freeze {freeze}): changed {}",
+                    a != b
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_bias_before_instance_norm_changes_nothing() {
         let device = Default::default();
-        assert!(conv_before_norm::<Flex>(4, 6, &device).bias.is_none());
+        assert!(conv_before_norm::<Flex>(4, 6, 3, &device).bias.is_none());
         let plain: Conv2d<Flex> = conv_config(4, 6, 3, 1).init(&device);
         // burn draws a parameter lazily, and each clone of an undrawn one draws its own.
         drop(plain.weight.val());
@@ -327,7 +454,7 @@ mod tests {
             bias: None,
             ..plain
         };
-        let norm = norm::<Flex>(6, &device);
+        let norm = FusedInstanceNorm::<Flex>::new(6, &device);
         let x = Tensor::<Flex, 4>::random([2, 4, 8, 8], Distribution::Normal(0.0, 1.0), &device);
         let (conv_a, conv_b) = (
             values(biased.forward(x.clone())),

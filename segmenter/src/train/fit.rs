@@ -106,7 +106,14 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
             None => step as f64 / self.total_steps as f64,
         };
         let t = self.train;
-        learning_rate(t.learning_rate, t.warmup_steps, step, progress, t.schedule)
+        learning_rate(
+            t.learning_rate,
+            t.min_learning_rate,
+            t.warmup_steps,
+            step,
+            progress,
+            t.schedule,
+        )
     }
 
     /// Runs the steps of the epoch `state` is in (or what the budget leaves of them); returns the
@@ -125,6 +132,18 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
         let classes = self.plan.num_classes();
         let (mut loss_sum, mut loss_count, mut skipped) = (0.0f64, 0usize, 0usize);
         let mut out_of_time = false;
+        let frozen = t.freeze_encoder_epochs.unwrap_or(0);
+        if frozen > 0 && (epoch == 0 || epoch == frozen) {
+            let what = if epoch < frozen {
+                "frozen"
+            } else {
+                "trainable"
+            };
+            say(
+                &self.bar,
+                format!("epoch {}: the encoder's VSS stages are {what}", epoch + 1),
+            );
+        }
         while state.step < (epoch + 1) * t.steps_per_epoch {
             if self.budget_reached(state.step) {
                 out_of_time = true;
@@ -153,7 +172,10 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
                     &batch.labels,
                     dims,
                     classes,
-                    lr,
+                    Step {
+                        learning_rate: lr,
+                        freeze_encoder: epoch < t.freeze_encoder_epochs.unwrap_or(0),
+                    },
                     &self.replicas,
                 );
                 (next, value, drawing.join().ok())
@@ -332,6 +354,15 @@ fn finished(started: Instant, state: &TrainState, run: &RunDir) -> String {
     )
 }
 
+/// How one optimiser step updates the weights.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// The learning rate of the step.
+    pub learning_rate: f64,
+    /// Leave the VMamba encoder's stages untouched (the first epochs after `--pretrained`).
+    pub freeze_encoder: bool,
+}
+
 /// One optimiser step on a batch (images `[batch, channels, rows, cols]`, labels `[batch, rows, cols]`):
 /// forward, deep-supervision Dice + cross-entropy, backward (split across the replicas), update.
 /// Returns the model and the loss; when the loss is not finite the step is skipped and the model
@@ -344,18 +375,21 @@ pub fn train_step<B, O>(
     labels: &[u8],
     dims: [usize; 4],
     classes: usize,
-    learning_rate: f64,
+    step: Step,
     replicas: &Replicas<B>,
 ) -> (SwinUMamba<B>, f64)
 where
     B: AutodiffBackend + ModelBackend,
     O: Optimizer<SwinUMamba<B>, B>,
 {
-    let (value, grads) = loss_and_grads(&model, replicas, images, labels, dims, classes);
+    let (value, mut grads) = loss_and_grads(&model, replicas, images, labels, dims, classes);
     if !value.is_finite() {
         return (model, value);
     }
-    (optimizer.step(learning_rate, model, grads), value)
+    if step.freeze_encoder {
+        model.freeze_encoder(&mut grads);
+    }
+    (optimizer.step(step.learning_rate, model, grads), value)
 }
 
 /// Prints a line above the progress bar, or plainly when the bar is hidden (output not a terminal).

@@ -47,7 +47,9 @@ pub fn one_hot<B: Backend>(
     Tensor::from_data(TensorData::new(values, [batch, classes, r, c]), device)
 }
 
-/// Weights of the deep-supervision outputs (full, 1/2 and 1/4 resolution), as nnU-Net's halving.
+/// Weights of the deep-supervision outputs (full, 1/2 and 1/4 resolution), as nnU-Net v2 weighs
+/// the four heads of Swin-UMamba: halving from the top, the coarsest (1/8) weighted 0, then
+/// normalised. The 1/8 head is therefore not run in training.
 const DEEP_SUPERVISION_WEIGHTS: [f64; 3] = [4.0 / 7.0, 2.0 / 7.0, 1.0 / 7.0];
 
 /// The deep-supervision Dice + cross-entropy loss of a batch on `device`.
@@ -66,7 +68,7 @@ where
     let x = Tensor::<B, 4>::from_data(TensorData::new(images, dims), device);
     let mut loss = None;
     for (scale, (logits, weight)) in model
-        .forward(x)
+        .forward_heads(x, DEEP_SUPERVISION_WEIGHTS.len())
         .into_iter()
         .zip(DEEP_SUPERVISION_WEIGHTS)
         .enumerate()

@@ -27,6 +27,7 @@ use burn::tensor::backend::AutodiffBackend;
 use segmenter_io::{load_dataset, LoadedCase};
 
 use crate::config::{ExperimentConfig, OptimizerKind};
+use crate::model::weights::PretrainedEncoder;
 use crate::model::{ModelBackend, SwinUMamba};
 use crate::plan::Plan;
 use crate::preprocess::{load_cases, network_case, NetworkCase};
@@ -52,6 +53,8 @@ pub struct TrainOptions {
     pub fold: Option<usize>,
     /// A plan written by `segmenter plan`, used instead of planning from the training cases.
     pub plan: Option<PathBuf>,
+    /// A VMamba ImageNet checkpoint to start the encoder from.
+    pub pretrained: Option<PathBuf>,
     /// Deliberate faults, to check that training survives them (none in normal use).
     pub faults: FaultInjection,
 }
@@ -167,6 +170,16 @@ where
         }
         None => (split_cases(&ids, options.val_fraction, options.seed)?, None),
     };
+    // Read and checked against the network before anything is written, so that a bad file
+    // leaves no half-made run folder behind.
+    let pretrained = match &options.pretrained {
+        Some(path) => {
+            let encoder = PretrainedEncoder::read(path)?;
+            encoder.load_into(config.model.init::<B>(1, 2, device))?;
+            Some(encoder)
+        }
+        None => None,
+    };
     let run = RunDir::create(&options.out)?;
     if let Some(folds) = &folds {
         run.write_json("folds.json", folds)?;
@@ -178,6 +191,10 @@ where
         val_fraction: options.val_fraction,
         time_budget_s: options.time_budget.map(|d| d.as_secs_f64()),
         fold: options.fold,
+        pretrained: options
+            .pretrained
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
     };
     run.write_json("run.json", &info)?;
     run.write_json("splits.json", &split)?;
@@ -186,11 +203,22 @@ where
     let mut prepared = prepare(run, plan, &info, &split, config)?;
     prepared.faults = options.faults;
     B::seed(device, options.seed);
-    let model: SwinUMamba<B> = config.model.init(
+    let mut model: SwinUMamba<B> = config.model.init(
         prepared.plan.input_channels(),
         prepared.plan.num_classes(),
         device,
     );
+    if let (Some(encoder), Some(path)) = (&pretrained, &options.pretrained) {
+        let (loaded, report) = encoder.load_into(model)?;
+        model = loaded;
+        eprintln!(
+            "Pretrained encoder from {}: {} tensors loaded, {} skipped ({})",
+            path.display(),
+            report.loaded,
+            report.skipped.len(),
+            skipped_summary(&report.skipped)
+        );
+    }
     let state = TrainState {
         epochs_done: 0,
         step: 0,
@@ -198,6 +226,19 @@ where
         best_dice: None,
     };
     fit_with_optimizer(config, &info, prepared, model, state, None, device)
+}
+
+/// A short description of skipped checkpoint keys: their distinct first parts.
+fn skipped_summary(keys: &[String]) -> String {
+    let groups: std::collections::BTreeSet<&str> = keys
+        .iter()
+        .map(|k| k.split('.').next().unwrap_or(k))
+        .collect();
+    groups
+        .iter()
+        .map(|g| format!("{g}.*"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Continues a run from its last checkpoint (`segmenter train --resume RUN_DIR`).

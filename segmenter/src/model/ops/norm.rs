@@ -229,30 +229,52 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
     }
 }
 
-/// Instance normalisation with a learned per-channel scale and shift, on `[B, C, H, W]`.
+/// Instance normalisation on `[B, C, H, W]`, with a learned per-channel scale and shift
+/// (PyTorch's `InstanceNorm2d(affine=True)`) or without (`affine=False`, MONAI's default).
 #[derive(Module, Debug)]
 pub struct FusedInstanceNorm<B: Backend> {
-    gamma: Param<Tensor<B, 1>>,
-    beta: Param<Tensor<B, 1>>,
+    gamma: Option<Param<Tensor<B, 1>>>,
+    beta: Option<Param<Tensor<B, 1>>>,
+    channels: usize,
 }
 
 impl<B: Backend> FusedInstanceNorm<B> {
-    /// Scale 1, shift 0, for `channels` channels.
+    /// Affine: learned scale (starting at 1) and shift (starting at 0), for `channels` channels.
     pub fn new(channels: usize, device: &B::Device) -> Self {
         Self {
-            gamma: Param::from_tensor(Tensor::ones([channels], device)),
-            beta: Param::from_tensor(Tensor::zeros([channels], device)),
+            gamma: Some(Param::from_tensor(Tensor::ones([channels], device))),
+            beta: Some(Param::from_tensor(Tensor::zeros([channels], device))),
+            channels,
+        }
+    }
+
+    /// Without parameters: every plane normalised to mean 0 and variance 1.
+    pub fn plain(channels: usize) -> Self {
+        Self {
+            gamma: None,
+            beta: None,
+            channels,
         }
     }
 }
 
 impl<B: NormBackend> FusedInstanceNorm<B> {
-    /// `[batch, channels, height, width]` -> same shape, each plane normalised then scaled and shifted.
+    /// `[batch, channels, height, width]` -> same shape, each plane normalised (then scaled and
+    /// shifted when affine).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = x.device();
+        let gamma = match &self.gamma {
+            Some(g) => g.val(),
+            None => Tensor::ones([self.channels], &device),
+        };
+        let beta = match &self.beta {
+            Some(b) => b.val(),
+            None => Tensor::zeros([self.channels], &device),
+        };
         let y = B::instance_norm(
             x.into_primitive().tensor(),
-            self.gamma.val().into_primitive().tensor(),
-            self.beta.val().into_primitive().tensor(),
+            gamma.into_primitive().tensor(),
+            beta.into_primitive().tensor(),
         );
         Tensor::from_primitive(TensorPrimitive::Float(y))
     }
@@ -276,8 +298,9 @@ mod tests {
         let gamma = Tensor::<B, 1>::random([4], Distribution::Uniform(0.5, 1.5), &device);
         let beta = Tensor::<B, 1>::random([4], Distribution::Uniform(-0.5, 0.5), &device);
         let fused = FusedInstanceNorm {
-            gamma: Param::from_tensor(gamma.clone()),
-            beta: Param::from_tensor(beta.clone()),
+            gamma: Some(Param::from_tensor(gamma.clone())),
+            beta: Some(Param::from_tensor(beta.clone())),
+            channels: 4,
         };
         let mut reference = InstanceNormConfig::new(4)
             .with_affine(true)
@@ -297,13 +320,13 @@ mod tests {
             Tolerance::rel_abs(1e-3, 1e-4),
         );
         let (ga, gb) = (
-            fused.gamma.val().grad(&g1).unwrap(),
+            fused.gamma.as_ref().unwrap().val().grad(&g1).unwrap(),
             reference.gamma.as_ref().unwrap().val().grad(&g2).unwrap(),
         );
         ga.into_data()
             .assert_approx_eq::<f32>(&gb.into_data(), Tolerance::rel_abs(1e-3, 1e-4));
         let (ba, bb) = (
-            fused.beta.val().grad(&g1).unwrap(),
+            fused.beta.as_ref().unwrap().val().grad(&g1).unwrap(),
             reference.beta.as_ref().unwrap().val().grad(&g2).unwrap(),
         );
         ba.into_data()

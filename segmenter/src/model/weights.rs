@@ -1,0 +1,556 @@
+//! Weights in upstream Swin-UMamba's PyTorch names: reading `.pth` and `.safetensors` state
+//! dicts, loading them into the network (whole, or VMamba's ImageNet encoder), and writing the
+//! network's weights back under those names (`segmenter export`).
+//!
+//! The network's modules carry upstream's names (see [`super::network`]), so the mapping is a
+//! handful of renames: burn's LayerNorm `gamma`/`beta` are PyTorch's `weight`/`bias`, a MONAI
+//! convolution sits one level deeper (`conv1.conv.weight`), `stem.0`/`stem.1` are a
+//! `Sequential`'s children, and burn stores a linear layer's weight transposed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::module::ParamId;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn_store::pytorch::PytorchReader;
+use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore, TensorSnapshot};
+
+use super::config::{EncoderKind, ModelConfig};
+use super::network::SwinUMamba;
+
+/// One tensor of a checkpoint: its shape and its values as `f32`.
+#[derive(Clone, Debug)]
+pub struct NamedTensor {
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+/// A checkpoint's tensors by key.
+pub type StateDict = BTreeMap<String, NamedTensor>;
+
+/// Reads the tensors of a PyTorch `.pth`/`.pt` file or a `.safetensors` file. For `.pth` files
+/// the state dict is looked for under `network_weights` (nnU-Net), `model` (VMamba),
+/// `state_dict`, or at the top level.
+pub fn read_state_dict(path: &Path) -> Result<StateDict> {
+    let name = path.display();
+    if !path.is_file() {
+        bail!("{name}: no such file");
+    }
+    let is_safetensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let snapshots: Vec<(String, TensorSnapshot)> = if is_safetensors {
+        let mut store = SafetensorsStore::from_file(path);
+        store
+            .get_all_snapshots()
+            .map_err(|e| anyhow!("{name}: not a readable safetensors file: {e}"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    } else {
+        read_pth(path)?.into_iter().collect()
+    };
+    if snapshots.is_empty() {
+        bail!("{name}: holds no tensors");
+    }
+    let mut dict = StateDict::new();
+    for (key, snapshot) in snapshots {
+        let data = snapshot
+            .to_data()
+            .map_err(|e| anyhow!("{name}: tensor '{key}' cannot be read: {e}"))?;
+        let shape = data.shape.to_vec();
+        let values = data
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow!("{name}: tensor '{key}' is not a float tensor: {e:?}"))?;
+        dict.insert(key, NamedTensor { shape, values });
+    }
+    Ok(dict)
+}
+
+fn read_pth(path: &Path) -> Result<HashMap<String, TensorSnapshot>> {
+    let name = path.display();
+    let mut first_error = None;
+    for key in ["network_weights", "model", "state_dict"] {
+        match PytorchReader::with_top_level_key(path, key) {
+            Ok(reader) if !reader.is_empty() => return Ok(reader.into_tensors()),
+            Ok(_) => {}
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    match PytorchReader::new(path) {
+        Ok(reader) => Ok(reader.into_tensors()),
+        Err(e) => Err(anyhow!(
+            "{name}: not a readable PyTorch checkpoint: {}",
+            first_error.unwrap_or_else(|| e.to_string())
+        )),
+    }
+}
+
+/// The upstream (PyTorch) key of the network's parameter at burn path `path` (enum variants
+/// left out), or `None` for a parameter upstream does not have (the `--encoder conv` ablation).
+pub fn upstream_key(path: &str) -> Option<String> {
+    let (module, param) = path.rsplit_once('.')?;
+    let param = match param {
+        "gamma" => "weight",
+        "beta" => "bias",
+        "a_logs" => "A_logs",
+        "ds" => "Ds",
+        other => other,
+    };
+    let segments: Vec<&str> = module.split('.').collect();
+    let module = match segments.as_slice() {
+        ["stem", "conv"] => "stem.0".to_string(),
+        ["stem", "norm"] => "stem.1".to_string(),
+        [block, conv] if is_basic_block(block) && conv.starts_with("conv") => {
+            format!("{block}.layer.{conv}.conv")
+        }
+        [block, "transp_conv"] => format!("{block}.transp_conv.conv"),
+        [block, "conv_block", conv] => format!("{block}.conv_block.{conv}.conv"),
+        ["out_layers", i] => format!("out_layers.{i}.conv.conv"),
+        ["vssm_encoder", "layers", _, "blocks", _, part, ..]
+            if *part != "ln_1" && *part != "self_attention" =>
+        {
+            return None
+        }
+        _ => module.to_string(),
+    };
+    Some(format!("{module}.{param}"))
+}
+
+fn is_basic_block(name: &str) -> bool {
+    name == "decoder1" || (name.starts_with("encoder") && name.len() == 8)
+}
+
+/// Whether burn stores the parameter at `path` transposed relative to PyTorch (linear weights).
+fn is_linear_weight(path: &str) -> bool {
+    ["in_proj.weight", "out_proj.weight", "reduction.weight"]
+        .iter()
+        .any(|suffix| path.ends_with(suffix))
+}
+
+fn transpose(tensor: &NamedTensor) -> NamedTensor {
+    let [rows, cols] = [tensor.shape[0], tensor.shape[1]];
+    let mut values = vec![0.0; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            values[c * rows + r] = tensor.values[r * cols + c];
+        }
+    }
+    NamedTensor {
+        shape: vec![cols, rows],
+        values,
+    }
+}
+
+/// What a load did: how many tensors went in, and the checkpoint keys left out.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Tensors copied into the network.
+    pub loaded: usize,
+    /// Checkpoint keys not used (skipped by rule, or with no place in the network).
+    pub skipped: Vec<String>,
+}
+
+/// Which part of the network a checkpoint fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadScope {
+    /// Every parameter, and every checkpoint tensor must find its place (strict).
+    Whole,
+    /// The VMamba encoder's blocks and patch merging only (`--pretrained`).
+    Encoder,
+}
+
+/// Loads `dict` (upstream key names) into `model`. With [`LoadScope::Whole`] a parameter the
+/// checkpoint lacks, or a tensor the network has no place for, is an error; a shape mismatch is
+/// always one, naming the key and both shapes.
+pub fn load_state_dict<B: Backend>(
+    mut model: SwinUMamba<B>,
+    dict: &StateDict,
+    scope: LoadScope,
+    source: &Path,
+) -> Result<(SwinUMamba<B>, LoadReport)> {
+    let name = source.display();
+    let mut snapshots = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    for ours in model.collect(None, None, true) {
+        let path = ours.full_path();
+        let Some(key) = upstream_key(&path) else {
+            if scope == LoadScope::Whole {
+                bail!("{name}: this network (`--encoder conv`) has no upstream counterpart");
+            }
+            continue;
+        };
+        if scope == LoadScope::Encoder && !is_pretrained_part(&key) {
+            continue;
+        }
+        let Some(tensor) = dict.get(&key) else {
+            if scope == LoadScope::Whole {
+                bail!(
+                    "{name}: lacks '{key}' (shape {:?}); is it a Swin-UMamba checkpoint of this size?",
+                    ours.shape.to_vec()
+                );
+            }
+            continue;
+        };
+        let tensor = if is_linear_weight(&path) && tensor.shape.len() == 2 {
+            transpose(tensor)
+        } else {
+            tensor.clone()
+        };
+        let expected = ours.shape.to_vec();
+        if tensor.shape != expected {
+            let (theirs, wanted) = if is_linear_weight(&path) && expected.len() == 2 {
+                (
+                    vec![tensor.shape[1], tensor.shape[0]],
+                    vec![expected[1], expected[0]],
+                )
+            } else {
+                (tensor.shape.clone(), expected)
+            };
+            bail!(
+                "{name}: '{key}' has shape {theirs:?}, the network needs {wanted:?}{}",
+                channel_hint(&key, &theirs, &wanted)
+            );
+        }
+        used.insert(key);
+        snapshots.push(TensorSnapshot::from_data(
+            TensorData::new(tensor.values, tensor.shape),
+            ours.path_stack.clone().unwrap_or_default(),
+            ours.container_stack.clone().unwrap_or_default(),
+            ParamId::new(),
+        ));
+    }
+    let skipped: Vec<String> = dict
+        .keys()
+        .filter(|k| !used.contains(*k))
+        .cloned()
+        .collect();
+    if scope == LoadScope::Whole {
+        if let Some(extra) = skipped.first() {
+            bail!(
+                "{name}: '{extra}' ({:?}) has no place in this network; is it another architecture?",
+                dict[extra].shape
+            );
+        }
+    }
+    let loaded = snapshots.len();
+    let result = model.apply(snapshots, None, None, true);
+    if let Some(error) = result.errors.first() {
+        bail!("{name}: cannot load the weights: {error:?}");
+    }
+    Ok((model, LoadReport { loaded, skipped }))
+}
+
+fn channel_hint(key: &str, theirs: &[usize], wanted: &[usize]) -> String {
+    match key {
+        "stem.0.weight" | "encoder1.layer.conv1.conv.weight" if theirs.len() == 4 => format!(
+            " (the checkpoint takes {} input channel(s), this data has {})",
+            theirs[1], wanted[1]
+        ),
+        k if k.starts_with("out_layers.") && !theirs.is_empty() => format!(
+            " (the checkpoint predicts {} classes, this data has {})",
+            theirs[0], wanted[0]
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Whether upstream key `key` is part of what a VMamba ImageNet checkpoint initialises: the
+/// encoder's stages and patch merging, not its patch embedding (which embeds the 48-channel stem
+/// here, RGB there).
+fn is_pretrained_part(key: &str) -> bool {
+    key.starts_with("vssm_encoder.layers.") || key.starts_with("vssm_encoder.downsamples.")
+}
+
+/// Renames a VMamba ImageNet checkpoint's keys (v0 layout: `layers.i.blocks.j.ln_1`,
+/// `self_attention`, `layers.i.downsample`; v2 names: `norm`, `op`, `patch_embed.0`) to
+/// upstream Swin-UMamba's. The classifier `head.*`, the final `norm.*` and `patch_embed.*` are
+/// dropped (returned as skipped), as upstream's loader does.
+pub fn vmamba_to_upstream(dict: StateDict) -> (StateDict, Vec<String>) {
+    let mut renamed = StateDict::new();
+    let mut skipped = Vec::new();
+    for (key, tensor) in dict {
+        if key.starts_with("head.") || key.starts_with("norm.") || key.starts_with("patch_embed.") {
+            skipped.push(key);
+            continue;
+        }
+        let segments: Vec<&str> = key.split('.').collect();
+        let new = match segments.as_slice() {
+            ["layers", i, "downsample", rest @ ..] => {
+                format!("vssm_encoder.downsamples.{i}.{}", rest.join("."))
+            }
+            ["layers", i, "blocks", j, part, rest @ ..] => {
+                let part = match *part {
+                    "norm" => "ln_1",
+                    "op" => "self_attention",
+                    other => other,
+                };
+                format!(
+                    "vssm_encoder.layers.{i}.blocks.{j}.{part}.{}",
+                    rest.join(".")
+                )
+            }
+            _ => format!("vssm_encoder.{key}"),
+        };
+        renamed.insert(new, tensor);
+    }
+    (renamed, skipped)
+}
+
+/// A VMamba ImageNet checkpoint, read and renamed to upstream's keys, ready to load.
+pub struct PretrainedEncoder {
+    dict: StateDict,
+    skipped: Vec<String>,
+    path: std::path::PathBuf,
+}
+
+impl PretrainedEncoder {
+    /// Reads a VMamba ImageNet checkpoint (`.pth` or `.safetensors`).
+    pub fn read(path: &Path) -> Result<Self> {
+        let (dict, skipped) = vmamba_to_upstream(read_state_dict(path)?);
+        Ok(Self {
+            dict,
+            skipped,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Loads the encoder's VSS stages and patch merging into `model`; a shape mismatch is an
+    /// error naming the key and both shapes.
+    pub fn load_into<B: Backend>(
+        &self,
+        model: SwinUMamba<B>,
+    ) -> Result<(SwinUMamba<B>, LoadReport)> {
+        let (model, mut report) =
+            load_state_dict(model, &self.dict, LoadScope::Encoder, &self.path)?;
+        if report.loaded == 0 {
+            bail!(
+                "{}: no encoder tensor matched (keys like 'layers.0.blocks.0.ln_1.weight' expected); is it a VMamba checkpoint?",
+                self.path.display()
+            );
+        }
+        let mut skipped = self.skipped.clone();
+        skipped.append(&mut report.skipped);
+        skipped.sort();
+        report.skipped = skipped;
+        Ok((model, report))
+    }
+}
+
+/// The network's weights under upstream's key names, PyTorch layout (linear weights `[out, in]`).
+pub fn to_state_dict<B: Backend>(model: &SwinUMamba<B>) -> Result<StateDict> {
+    let mut dict = StateDict::new();
+    for ours in model.collect(None, None, true) {
+        let path = ours.full_path();
+        let key = upstream_key(&path).ok_or_else(|| {
+            anyhow!("the `--encoder conv` ablation has no upstream Swin-UMamba counterpart")
+        })?;
+        let data = ours
+            .to_data()
+            .map_err(|e| anyhow!("cannot read '{path}': {e}"))?;
+        let tensor = NamedTensor {
+            shape: data.shape.to_vec(),
+            values: data
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| anyhow!("'{path}': {e:?}"))?,
+        };
+        let tensor = if is_linear_weight(&path) {
+            transpose(&tensor)
+        } else {
+            tensor
+        };
+        dict.insert(key, tensor);
+    }
+    Ok(dict)
+}
+
+/// Writes `dict` as a `.safetensors` file (float32, little-endian), atomically.
+pub fn write_safetensors(dict: &StateDict, path: &Path) -> Result<()> {
+    let buffers: Vec<Vec<u8>> = dict
+        .values()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = dict
+        .iter()
+        .zip(&buffers)
+        .map(|((k, t), bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytes)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| anyhow!("'{k}': {e}"))
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| anyhow!("cannot serialise the weights: {e}"))?;
+    segmenter_io::write_bytes_atomic(path, &bytes)
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// The network configuration a Swin-UMamba state dict was trained with: widths from its shapes,
+/// depths from its block count, and its input channels and classes.
+pub fn infer_config(dict: &StateDict, source: &Path) -> Result<(ModelConfig, usize, usize)> {
+    let name = source.display();
+    let shape = |key: &str| -> Result<&Vec<usize>> {
+        dict.get(key).map(|t| &t.shape).ok_or_else(|| {
+            anyhow!("{name}: lacks '{key}': not a Swin-UMamba (nnUNetTrainerSwinUMamba) network; this tool imports Swin-UMamba only")
+        })
+    };
+    let stem = shape("stem.0.weight")?;
+    let head = shape("out_layers.0.conv.conv.weight")?;
+    let (stem_channels, in_channels, classes) = (stem[0], stem[1], head[0]);
+    let mut dims = [0; 4];
+    let mut depths = [0; 4];
+    for (i, (dim, depth)) in dims.iter_mut().zip(&mut depths).enumerate() {
+        *dim = shape(&format!("vssm_encoder.layers.{i}.blocks.0.ln_1.weight"))?[0];
+        *depth = (0..)
+            .take_while(|j| {
+                dict.contains_key(&format!("vssm_encoder.layers.{i}.blocks.{j}.ln_1.weight"))
+            })
+            .count();
+    }
+    let a_logs = shape("vssm_encoder.layers.0.blocks.0.self_attention.A_logs")?;
+    let in_proj = shape("vssm_encoder.layers.0.blocks.0.self_attention.in_proj.weight")?;
+    let config = ModelConfig {
+        stem_channels,
+        dims,
+        depths,
+        d_state: a_logs[1],
+        expand: in_proj[0] / (2 * dims[0]),
+        encoder: EncoderKind::Vss,
+        context_slices: 0,
+    };
+    config.validate().map_err(|e| anyhow!("{name}: {e}"))?;
+    Ok((config, in_channels, classes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn small() -> ModelConfig {
+        ModelConfig {
+            stem_channels: 8,
+            dims: [16, 32, 64, 128],
+            depths: [2, 1, 2, 1],
+            d_state: 8,
+            expand: 2,
+            encoder: EncoderKind::Vss,
+            context_slices: 0,
+        }
+    }
+
+    #[test]
+    fn every_parameter_has_an_upstream_key_and_they_are_distinct() {
+        let device = Default::default();
+        let model = small().init::<Flex>(2, 3, &device);
+        let dict = to_state_dict(&model).unwrap();
+        let count = model.collect(None, None, true).len();
+        assert_eq!(dict.len(), count, "two parameters mapped to one key");
+        for key in [
+            "stem.0.weight",
+            "stem.1.bias",
+            "vssm_encoder.patch_embed.proj.weight",
+            "vssm_encoder.layers.2.blocks.1.self_attention.A_logs",
+            "vssm_encoder.downsamples.2.reduction.weight",
+            "encoder1.layer.conv3.conv.weight",
+            "decoder6.transp_conv.conv.weight",
+            "decoder2.conv_block.conv3.conv.weight",
+            "decoder1.layer.conv2.conv.weight",
+            "out_layers.3.conv.conv.bias",
+        ] {
+            assert!(dict.contains_key(key), "missing {key}");
+        }
+        assert_eq!(
+            dict["vssm_encoder.downsamples.0.reduction.weight"].shape,
+            vec![32, 64],
+            "linear weights are exported [out, in]"
+        );
+        let (config, cin, classes) = infer_config(&dict, Path::new("x")).unwrap();
+        assert_eq!((config, cin, classes), (small(), 2, 3));
+    }
+
+    #[test]
+    fn a_state_dict_round_trips_through_the_network() {
+        let device = Default::default();
+        let a = small().init::<Flex>(2, 3, &device);
+        let dict = to_state_dict(&a).unwrap();
+        let b = small().init::<Flex>(2, 3, &device);
+        let (b, report) = load_state_dict(b, &dict, LoadScope::Whole, Path::new("x")).unwrap();
+        assert_eq!(report.loaded, dict.len());
+        assert!(report.skipped.is_empty());
+        let again = to_state_dict(&b).unwrap();
+        for (k, t) in &dict {
+            assert_eq!(t.values, again[k].values, "{k}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_shape_is_refused_naming_the_key_and_both_shapes() {
+        let device = Default::default();
+        let mut dict = to_state_dict(&small().init::<Flex>(2, 3, &device)).unwrap();
+        let model = small().init::<Flex>(1, 3, &device);
+        let err = load_state_dict(model, &dict, LoadScope::Whole, Path::new("ckpt.pth"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("ckpt.pth") && err.contains("[8, 2, 7, 7]"),
+            "{err}"
+        );
+        assert!(
+            err.contains("[8, 1, 7, 7]") && err.contains("input channel"),
+            "{err}"
+        );
+        dict.remove("decoder3.conv_block.conv1.conv.weight");
+        let model = small().init::<Flex>(2, 3, &device);
+        let err = load_state_dict(model, &dict, LoadScope::Whole, Path::new("ckpt.pth"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("lacks 'decoder3.conv_block.conv1.conv.weight'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vmamba_names_map_to_the_encoder_and_the_rest_is_skipped() {
+        let t = NamedTensor {
+            shape: vec![1],
+            values: vec![0.0],
+        };
+        let dict: StateDict = [
+            "layers.0.blocks.1.ln_1.weight",
+            "layers.0.blocks.1.norm.bias",
+            "layers.1.blocks.0.op.A_logs",
+            "layers.2.downsample.reduction.weight",
+            "patch_embed.0.weight",
+            "patch_embed.proj.weight",
+            "head.weight",
+            "norm.bias",
+        ]
+        .into_iter()
+        .map(|k| (k.to_string(), t.clone()))
+        .collect();
+        let (renamed, skipped) = vmamba_to_upstream(dict);
+        let keys: Vec<&str> = renamed.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "vssm_encoder.downsamples.2.reduction.weight",
+                "vssm_encoder.layers.0.blocks.1.ln_1.bias",
+                "vssm_encoder.layers.0.blocks.1.ln_1.weight",
+                "vssm_encoder.layers.1.blocks.0.self_attention.A_logs",
+            ]
+        );
+        assert_eq!(skipped.len(), 4);
+    }
+}
