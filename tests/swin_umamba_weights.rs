@@ -216,3 +216,54 @@ fn bad_checkpoints_are_refused_with_a_message() {
         "{message}"
     );
 }
+
+/// Full-size parity (about 60 M parameters), run by `benchmarks/swin-umamba-full-parity.sh`,
+/// which makes the weights and upstream's logits with PyTorch into `SEGMENTER_PARITY_DIR`.
+#[test]
+#[ignore = "needs files made with PyTorch: benchmarks/swin-umamba-full-parity.sh"]
+fn full_size_parity() {
+    let dir = PathBuf::from(std::env::var("SEGMENTER_PARITY_DIR").expect("SEGMENTER_PARITY_DIR"));
+    let expected = read_state_dict(&dir.join("expected.safetensors")).unwrap();
+    for file in ["full.pth", "full.safetensors"] {
+        let path = dir.join(file);
+        let started = std::time::Instant::now();
+        let dict = read_state_dict(&path).unwrap();
+        let (config, cin, classes) = infer_config(&dict, &path).unwrap();
+        assert_eq!(
+            segmenter::config::ExperimentConfig::preset("swin-umamba")
+                .unwrap()
+                .model,
+            config,
+            "the swin-umamba preset is upstream's network"
+        );
+        let model = config.init::<Flex>(cin, classes, &Default::default());
+        let (model, report) = load_state_dict(model, &dict, LoadScope::Whole, &path).unwrap();
+        let parameters: usize = dict.values().map(|t| t.values.len()).sum();
+        eprintln!(
+            "{file}: {} tensors, {parameters} parameters loaded in {:.1} s",
+            report.loaded,
+            started.elapsed().as_secs_f64()
+        );
+        for (i, out) in model
+            .forward(tensor(&expected, "input"))
+            .into_iter()
+            .enumerate()
+        {
+            let reference = tensor(&expected, &format!("out{i}"));
+            let scale: f32 = reference.clone().abs().max().into_scalar();
+            let diff = max_abs_diff(out, reference);
+            eprintln!(
+                "{file}: output {i}: max |ours - PyTorch| = {diff:.2e} (max |logit| {scale:.3})"
+            );
+            assert!(diff <= 1e-4, "{file}: output {i}: {diff}");
+        }
+        let exported = to_state_dict(&model).unwrap();
+        for (key, t) in &dict {
+            assert_eq!(t.values, exported[key].values, "{key}: export changed it");
+        }
+        eprintln!(
+            "{file}: export gives back all {} tensors bit for bit",
+            dict.len()
+        );
+    }
+}

@@ -227,10 +227,22 @@ impl RunDir {
         let path = self.path.join("model.mpk");
         let bytes =
             std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        // Runs trained before the network became upstream Swin-UMamba's (which has no
+        // `stem_norm` module) cannot be mapped onto it; say so rather than a decoder error.
+        let legacy = bytes.windows(9).any(|w| w == b"stem_norm");
         let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
             .load(bytes, device)
             .with_context(|| {
-                format!("{}: not a model of this run's architecture", path.display())
+                if legacy {
+                    format!(
+                        "{}: trained with the network of segmenter before 0.2 (LayerNorm stem, \
+                         two deep-supervision heads), which this version no longer builds; \
+                         retrain it, or predict with the version that trained it",
+                        path.display()
+                    )
+                } else {
+                    format!("{}: not a model of this run's architecture", path.display())
+                }
             })?;
         let model = config
             .model

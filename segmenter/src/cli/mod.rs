@@ -47,8 +47,8 @@ enum Command {
     /// Compare predicted label maps with references: Dice, IoU, HD95, NSD and volumes per case and
     /// class, in summary.json, summary.csv and an HTML report with box plots and overlays.
     Evaluate(evaluate::EvaluateArgs),
-    /// Write a run's weights under upstream Swin-UMamba's PyTorch names (.safetensors), for
-    /// `load_state_dict(strict=True)` into its `SwinUMamba`.
+    /// Write a run's weights under upstream Swin-UMamba's PyTorch names (.pth or .safetensors),
+    /// for `load_state_dict(strict=True)` into its `SwinUMamba`.
     Export(export::ExportArgs),
     /// Draw a run's learning curve (training loss, validation Dice) from its log.jsonl into
     /// RUN/learning_curve.svg; `train` does this after every epoch.

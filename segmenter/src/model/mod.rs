@@ -4,6 +4,7 @@
 mod config;
 mod network;
 pub mod ops;
+pub mod torch_save;
 pub mod weights;
 
 pub use config::{EncoderKind, ModelConfig, DOWNSAMPLING, MAX_CONTEXT_SLICES};
