@@ -124,6 +124,31 @@ fn export_writes_upstreams_keys_and_values_back() {
     }
 }
 
+/// Copies the `torch.save` zip `from` to `to` with `old` replaced by `new` in its pickle.
+fn rewrite_pickle(from: &Path, to: &Path, old: &[u8], new: &[u8]) {
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(from).unwrap()).unwrap();
+    let mut out = zip::ZipWriter::new(std::fs::File::create(to).unwrap());
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut replaced = false;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if name.ends_with("data.pkl") {
+            let at = bytes.windows(old.len()).position(|w| w == old).unwrap();
+            bytes.splice(at..at + old.len(), new.iter().copied());
+            replaced = true;
+        }
+        out.start_file(name, options).unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    out.finish().unwrap();
+    assert!(replaced);
+}
+
 fn refusal(dict_path: &Path) -> String {
     let dict = match read_state_dict(dict_path) {
         Ok(d) => d,
@@ -154,6 +179,20 @@ fn bad_checkpoints_are_refused_with_a_message() {
     std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
     let message = refusal(&garbage);
     assert!(message.contains("garbage.pth"), "{message}");
+
+    // A pickle that would run code: the trainer's torch.device call made `os.system('cuda')`.
+    let hostile = dir.path().join("hostile.pth");
+    rewrite_pickle(
+        &fixture("checkpoint_final.pth"),
+        &hostile,
+        b"ctorch\ndevice\n",
+        b"cos\nsystem\n",
+    );
+    let message = refusal(&hostile);
+    assert!(
+        message.contains("hostile.pth") && message.contains("'os.system'"),
+        "{message}"
+    );
 
     // Another architecture: a VMamba classifier is not a Swin-UMamba network.
     let message = refusal(&fixture("vmamba_small_v0.pth"));

@@ -43,20 +43,27 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     let is_safetensors = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    let snapshots: Vec<(String, TensorSnapshot)> = if is_safetensors {
+    let dict = if is_safetensors {
         let mut store = SafetensorsStore::from_file(path);
-        store
+        let snapshots = store
             .get_all_snapshots()
-            .map_err(|e| anyhow!("{name}: not a readable safetensors file: {e}"))?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .map_err(|e| anyhow!("{name}: not a readable safetensors file: {e}"))?;
+        materialise(path, snapshots.iter())?
     } else {
-        read_pth(path)?.into_iter().collect()
+        read_pth(path)?
     };
-    if snapshots.is_empty() {
+    if dict.is_empty() {
         bail!("{name}: holds no tensors");
     }
+    Ok(dict)
+}
+
+/// Reads the values of lazily loaded tensors (while their file is still there).
+fn materialise<'a>(
+    path: &Path,
+    snapshots: impl Iterator<Item = (&'a String, &'a TensorSnapshot)>,
+) -> Result<StateDict> {
+    let name = path.display();
     let mut dict = StateDict::new();
     for (key, snapshot) in snapshots {
         let data = snapshot
@@ -67,13 +74,40 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
             .convert::<f32>()
             .into_vec::<f32>()
             .map_err(|e| anyhow!("{name}: tensor '{key}' is not a float tensor: {e:?}"))?;
-        dict.insert(key, NamedTensor { shape, values });
+        dict.insert(key.clone(), NamedTensor { shape, values });
     }
     Ok(dict)
 }
 
-fn read_pth(path: &Path) -> Result<HashMap<String, TensorSnapshot>> {
+fn read_pth(path: &Path) -> Result<StateDict> {
+    match read_pth_plain(path) {
+        Ok(tensors) => materialise(path, tensors.iter()),
+        // nnU-Net's checkpoint_final.pth keeps numpy scalars (its log) and a torch.device (its
+        // trainer's arguments) beside the weights, which burn-store's reader refuses; read a
+        // copy in which those few classes are inert.
+        Err(e) if e.contains("Unsupported Python type") => {
+            let copy = inert_copy(path)?;
+            let tensors = read_pth_plain(copy.path()).map_err(|e| refused(path, &e))?;
+            materialise(path, tensors.iter())
+        }
+        Err(e) => Err(refused(path, &e)),
+    }
+}
+
+fn refused(path: &Path, error: &str) -> anyhow::Error {
     let name = path.display();
+    match error.split("Unsupported Python type '").nth(1) {
+        Some(rest) => anyhow!(
+            "{name}: refers to the Python class '{}', which a checkpoint of weights does not hold (only tensors, numpy scalars and torch.device are read, and no pickle code is run)",
+            rest.split('\'').next().unwrap_or(rest)
+        ),
+        None => anyhow!("{name}: not a readable PyTorch checkpoint: {error}"),
+    }
+}
+
+/// Reads the state dict under `network_weights` (nnU-Net), `model` (VMamba), `state_dict`, or
+/// the top level.
+fn read_pth_plain(path: &Path) -> std::result::Result<HashMap<String, TensorSnapshot>, String> {
     let mut first_error = None;
     for key in ["network_weights", "model", "state_dict"] {
         match PytorchReader::with_top_level_key(path, key) {
@@ -85,12 +119,75 @@ fn read_pth(path: &Path) -> Result<HashMap<String, TensorSnapshot>> {
         }
     }
     match PytorchReader::new(path) {
-        Ok(reader) => Ok(reader.into_tensors()),
-        Err(e) => Err(anyhow!(
-            "{name}: not a readable PyTorch checkpoint: {}",
-            first_error.unwrap_or_else(|| e.to_string())
-        )),
+        Ok(reader) if !reader.is_empty() => Ok(reader.into_tensors()),
+        Ok(_) => Err(first_error.unwrap_or_else(|| "holds no tensors".into())),
+        Err(e) => Err(first_error.unwrap_or_else(|| e.to_string())),
     }
+}
+
+/// Python callables that nnU-Net checkpoints hold outside the weights, as protocol-2 `GLOBAL`
+/// opcodes (`c` module `\n` name `\n`): numpy scalars (whose bytes protocol 2 writes as a
+/// `_codecs.encode` call), their dtypes, and the trainer's device.
+const INERT_GLOBALS: [&[u8]; 5] = [
+    b"c_codecs\nencode\n",
+    b"cnumpy.core.multiarray\nscalar\n",
+    b"cnumpy._core.multiarray\nscalar\n",
+    b"cnumpy\ndtype\n",
+    b"ctorch\ndevice\n",
+];
+
+/// A temporary copy of the `torch.save` zip at `path` whose pickle calls `OrderedDict` where it
+/// called one of [`INERT_GLOBALS`]: burn-store turns such a call into an empty dict, so the
+/// numpy scalars and devices become empty dicts and the tensors are untouched. A byte
+/// substitution suffices because protocol 2 has no offsets, and the pickle holds no tensor data
+/// (that is in the zip's other entries), only names, so these byte strings can only be opcodes.
+fn inert_copy(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let name = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("{name}: cannot open"))?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| anyhow!("{name}: not a readable PyTorch checkpoint: {e}"))?;
+    let copy = tempfile::NamedTempFile::new().context("cannot create a temporary file")?;
+    let mut out = zip::ZipWriter::new(std::io::BufWriter::new(copy.reopen()?));
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| anyhow!("{name}: entry {i}: {e}"))?;
+        if !entry.name().ends_with("data.pkl") {
+            out.raw_copy_file(entry)
+                .map_err(|e| anyhow!("{name}: cannot copy entry {i}: {e}"))?;
+            continue;
+        }
+        drop(entry);
+        let mut entry = archive.by_index(i)?;
+        let entry_name = entry.name().to_string();
+        let mut pickle = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut pickle)
+            .with_context(|| format!("{name}: cannot read {entry_name}"))?;
+        for global in INERT_GLOBALS {
+            pickle = replace_all(&pickle, global, b"ccollections\nOrderedDict\n");
+        }
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        out.start_file(entry_name, options)?;
+        std::io::Write::write_all(&mut out, &pickle)?;
+    }
+    out.finish()?;
+    Ok(copy)
+}
+
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The upstream (PyTorch) key of the network's parameter at burn path `path` (enum variants
