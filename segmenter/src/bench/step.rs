@@ -8,6 +8,7 @@
 
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
 use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -42,6 +43,9 @@ pub struct StepBenchOptions {
     /// Also time N data-parallel replicas sharing the cores against one replica.
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// Also time the no-grad forward pass (inference) of the same batch.
+    #[arg(long)]
+    pub forward: bool,
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -77,6 +81,16 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
         drop(grads);
     };
     let mut results = vec![("fused", super::median_ms(options.runs, || step(&model)))];
+    let forward_ms = options.forward.then(|| {
+        let inference = model.valid();
+        let x = Tensor::<Flex, 4>::from_data(
+            TensorData::new(x_host.clone(), [batch, 1, side, side]),
+            &device,
+        );
+        super::median_ms(options.runs, || {
+            drop(inference.logits(x.clone()).into_data())
+        })
+    });
     if options.reference {
         // The same weights (drawn by the runs above) with the tensor-op loop in every VSS block.
         let reference = model.clone().with_scan_kernel(ScanKernel::TensorOps);
@@ -92,6 +106,18 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
                        "patch": side, "ms_median": ms, "runs": options.runs,
                        "threads": rayon::current_num_threads(), "speedup_of_fused": ms / fused})
             );
+        }
+    }
+    if let Some(ms) = forward_ms {
+        if options.json {
+            println!(
+                "{}",
+                json!({"bench": "forward", "preset": options.preset, "batch": batch,
+                       "patch": side, "ms_median": ms, "runs": options.runs,
+                       "threads": rayon::current_num_threads()})
+            );
+        } else {
+            println!("No-grad forward (full-resolution logits), batch {batch} of {side}x{side}: {ms:.1} ms");
         }
     }
     if let Some(n) = options.replicas {
