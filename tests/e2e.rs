@@ -312,3 +312,87 @@ fn a_run_with_neighbouring_slices_trains_and_predicts() {
     assert_eq!(pred.shape, header.shape());
     assert!(pred.data.iter().all(|&v| v == 0.0 || v == 1.0 || v == 2.0));
 }
+
+/// `--pretrained` loads a VMamba checkpoint (made by upstream's code, see
+/// tests/fixtures/swin-umamba) into the encoder and keeps it frozen through the first epochs, so
+/// the exported weights of the encoder's stages are still exactly the checkpoint's; a checkpoint
+/// of other widths is refused before a run folder is made.
+#[test]
+fn a_pretrained_encoder_is_loaded_frozen_and_exported_unchanged() {
+    use segmenter::model::weights::{read_state_dict, vmamba_to_upstream};
+    let dir = tempfile::tempdir().unwrap();
+    let data = root().join("sample-data/hippocampus");
+    let vmamba = root().join("tests/fixtures/swin-umamba/vmamba_small_v0.pth");
+    let config = dir.path().join("small.toml");
+    std::fs::write(
+        &config,
+        "[train]\nbatch_size = 4\nwarmup_steps = 1\nval_every = 1\n\
+         [model]\nstem_channels = 8\ndims = [8, 16, 32, 64]\ndepths = [2, 1, 2, 1]\nd_state = 8\n",
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let args = |run: &Path, config: Option<&Path>| {
+        let mut a = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--out",
+            s(run),
+            "--epochs",
+            "1",
+        ];
+        a.extend(["--steps-per-epoch", "2", "--pretrained", s(&vmamba)]);
+        if let Some(c) = config {
+            a.extend(["--config", s(c)]);
+        }
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let out = segmenter(
+        &args(&run, Some(&config))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let printed = text(&out);
+    assert!(out.status.success(), "train failed:\n{printed}");
+    assert!(
+        printed.contains("87 tensors loaded, 8 skipped"),
+        "{printed}"
+    );
+    assert!(printed.contains("VSS stages are frozen"), "{printed}");
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("freeze_encoder_epochs = 10"), "{saved}");
+
+    let exported = dir.path().join("run.pth");
+    let out = segmenter(&["export", "--model", s(&run), "--out", s(&exported)]);
+    assert!(out.status.success(), "export failed:\n{}", text(&out));
+    let ours = read_state_dict(&exported).unwrap();
+    let (theirs, _) = vmamba_to_upstream(read_state_dict(&vmamba).unwrap());
+    assert_eq!(theirs.len(), 87);
+    for (key, tensor) in &theirs {
+        assert_eq!(
+            ours[key].values, tensor.values,
+            "{key} changed while frozen"
+        );
+    }
+
+    // The tiny preset's widths are not the checkpoint's: refused, and no run folder is left.
+    let refused = dir.path().join("refused");
+    let out = segmenter(
+        &args(&refused, None)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let printed = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        printed.contains("vmamba_small_v0.pth") && printed.contains("has shape"),
+        "{printed}"
+    );
+    assert!(
+        !refused.exists(),
+        "a refused run left {}",
+        refused.display()
+    );
+}
