@@ -42,6 +42,19 @@ pub struct ModelConfig {
 pub const MAX_CONTEXT_SLICES: usize = 8;
 
 impl ModelConfig {
+    /// A network of VSS stages with these widths, depths and state size (expand 2, one slice).
+    pub fn vss(stem_channels: usize, dims: [usize; 4], depths: [usize; 4], d_state: usize) -> Self {
+        Self {
+            stem_channels,
+            dims,
+            depths,
+            d_state,
+            expand: 2,
+            encoder: EncoderKind::Vss,
+            context_slices: 0,
+        }
+    }
+
     /// Checks that the stage widths double (patch merging doubles the channels).
     pub fn validate(&self) -> Result<(), String> {
         for i in 1..4 {

@@ -392,15 +392,7 @@ mod tests {
         use burn_store::ModuleSnapshot;
         type A = Autodiff<Flex>;
         let device = Default::default();
-        let config = ModelConfig {
-            stem_channels: 4,
-            dims: [8, 16, 32, 64],
-            depths: [1, 1, 1, 1],
-            d_state: 4,
-            expand: 2,
-            encoder: EncoderKind::Vss,
-            context_slices: 0,
-        };
+        let config = ModelConfig::vss(4, [8, 16, 32, 64], [1, 1, 1, 1], 4);
         let snapshot = |m: &SwinUMamba<A>| -> Vec<(String, Vec<f32>)> {
             m.collect(None, None, true)
                 .into_iter()

@@ -17,7 +17,7 @@ use burn::tensor::TensorData;
 use burn_store::pytorch::PytorchReader;
 use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore, TensorSnapshot};
 
-use super::config::{EncoderKind, ModelConfig};
+use super::config::ModelConfig;
 use super::network::SwinUMamba;
 
 /// One tensor of a checkpoint: its shape and its values as `f32`.
@@ -515,13 +515,8 @@ pub fn infer_config(dict: &StateDict, source: &Path) -> Result<(ModelConfig, usi
     let a_logs = shape("vssm_encoder.layers.0.blocks.0.self_attention.A_logs")?;
     let in_proj = shape("vssm_encoder.layers.0.blocks.0.self_attention.in_proj.weight")?;
     let config = ModelConfig {
-        stem_channels,
-        dims,
-        depths,
-        d_state: a_logs[1],
         expand: in_proj[0] / (2 * dims[0]),
-        encoder: EncoderKind::Vss,
-        context_slices: 0,
+        ..ModelConfig::vss(stem_channels, dims, depths, a_logs[1])
     };
     config.validate().map_err(|e| anyhow!("{name}: {e}"))?;
     Ok((config, in_channels, classes))
@@ -533,15 +528,7 @@ mod tests {
     use burn::backend::Flex;
 
     fn small() -> ModelConfig {
-        ModelConfig {
-            stem_channels: 8,
-            dims: [16, 32, 64, 128],
-            depths: [2, 1, 2, 1],
-            d_state: 8,
-            expand: 2,
-            encoder: EncoderKind::Vss,
-            context_slices: 0,
-        }
+        ModelConfig::vss(8, [16, 32, 64, 128], [2, 1, 2, 1], 8)
     }
 
     #[test]
