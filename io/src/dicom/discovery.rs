@@ -10,6 +10,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use rayon::prelude::*;
 
+use super::guard::check_lengths;
 use super::naming::{unique_ids, SeriesName};
 use super::{integer, orientation, text, DicomSeries};
 use crate::error::{io_error, IoError, Result};
@@ -59,7 +60,7 @@ struct Header {
     name: SeriesName,
     image_type: Vec<String>,
     size: (i64, i64),
-    orientation: Option<[f64; 6]>,
+    orientation: [f64; 6],
     frames: i64,
 }
 
@@ -115,6 +116,9 @@ fn read_header(path: &Path) -> Found {
     if !is_dicom_file(path) {
         return Found::NotDicom;
     }
+    if let Err(why) = check_lengths(path) {
+        return Found::Skipped(format!("damaged DICOM: {why}"));
+    }
     let obj = match OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -143,6 +147,13 @@ fn read_header(path: &Path) -> Found {
     let Some(series_uid) = text(&obj, tags::SERIES_INSTANCE_UID) else {
         return Found::Skipped("image without a SeriesInstanceUID".into());
     };
+    if orientation(&obj).is_none() {
+        return Found::Skipped(
+            "no ImageOrientationPatient: not a slice of a cross-sectional scan (a projection \
+             image, or a damaged file)"
+                .into(),
+        );
+    }
     Found::Image(Box::new(header_of(&obj, path, series_uid, (rows, cols))))
 }
 
@@ -165,7 +176,7 @@ fn header_of(obj: &InMemDicomObject, path: &Path, series_uid: String, size: (i64
             })
             .unwrap_or_default(),
         size,
-        orientation: orientation(obj),
+        orientation: orientation(obj).unwrap_or_default(),
         frames: integer(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1),
     }
 }
@@ -178,14 +189,11 @@ fn split_stacks(images: Vec<Header>) -> Vec<Vec<Header>> {
         let same = |s: &&mut Vec<Header>| {
             let first = &s[0];
             first.size == image.size
-                && match (first.orientation, image.orientation) {
-                    (Some(a), Some(b)) => a
-                        .iter()
-                        .zip(&b)
-                        .all(|(x, y)| (x - y).abs() <= SPLIT_ORIENTATION),
-                    (None, None) => true,
-                    _ => false,
-                }
+                && first
+                    .orientation
+                    .iter()
+                    .zip(&image.orientation)
+                    .all(|(x, y)| (x - y).abs() <= SPLIT_ORIENTATION)
         };
         match stacks.iter_mut().find(same) {
             Some(stack) => stack.push(image),
@@ -233,6 +241,11 @@ pub fn find_dicom_series(dir: &Path) -> Result<DicomFolder> {
     let mut kept: Vec<(String, String, Vec<PathBuf>, String)> = Vec::new();
     for (uid, images) in by_series {
         let stacks = split_stacks(images);
+        let split = if stacks.len() > 1 {
+            "; split off its series by image size or orientation"
+        } else {
+            ""
+        };
         let volumes = stacks.iter().filter(|s| not_a_volume(s).is_none()).count();
         let mut part = 0;
         for stack in stacks {
@@ -240,7 +253,7 @@ pub fn find_dicom_series(dir: &Path) -> Result<DicomFolder> {
             if let Some(why) = not_a_volume(&stack) {
                 let what = if stack.len() == 1 { "file" } else { "files" };
                 notes.push(format!(
-                    "skipped series {base} ({} {what}, first {}): {why}",
+                    "skipped series {base} ({} {what}, first {}): {why}{split}",
                     stack.len(),
                     stack[0].path.display()
                 ));

@@ -12,6 +12,8 @@
 //!   ImageOrientationPatient, PixelSpacing and ImagePositionPatient, DICOM's LPS turned into RAS.
 //! - [`pixels`]: pixel data to intensities with RescaleSlope/Intercept applied.
 //! - [`naming`]: the case id of a series (PatientID, StudyDate, SeriesNumber, SeriesDescription).
+//! - `guard`: every element length checked against the file's size before dicom-rs parses it, so
+//!   that a damaged length cannot make the parser allocate gigabytes.
 //!
 //! Multi-frame (enhanced) CT and MR objects are read from their functional groups; each frame is a
 //! slice. A refused series is an error naming the series and the problem; the others go on.
@@ -19,6 +21,7 @@
 //! whose decoders need C libraries).
 
 pub mod discovery;
+mod guard;
 pub mod naming;
 pub mod pixels;
 pub mod series;

@@ -7,6 +7,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use rayon::prelude::*;
 
+use super::guard::check_lengths;
 use super::pixels::decode_frames;
 use super::{first_item, functional, integer, numbers, DicomSeries};
 use crate::error::{IoError, Result};
@@ -106,6 +107,7 @@ fn frame_attributes(
 
 /// The slices of one file: one for a classic image, one per frame for an enhanced multi-frame one.
 fn read_slices(path: &Path) -> Result<Vec<Slice>> {
+    check_lengths(path).map_err(|why| file_error(path, format!("damaged: {why}")))?;
     let obj: DefaultDicomObject = OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| file_error(path, format!("cannot parse ({e})")))?;
