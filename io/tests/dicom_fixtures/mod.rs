@@ -303,10 +303,23 @@ pub fn write_enhanced(path: &Path, spec: &SeriesSpec) {
             ds(&orientation),
         )],
     ));
-    shared.put(sequence(
-        tags::PIXEL_MEASURES_SEQUENCE,
-        vec![item(tags::PIXEL_SPACING, VR::DS, ds(&spec.pixel_spacing))],
-    ));
+    // Scanners give the slice spacing here too; dcm2niix takes the slice axis from it (1 mm when
+    // it is missing) rather than from the frames' positions.
+    let mut measures = item(tags::PIXEL_SPACING, VR::DS, ds(&spec.pixel_spacing));
+    let thickness = spec.step.iter().map(|v| v * v).sum::<f64>().sqrt();
+    put_str(
+        &mut measures,
+        tags::SLICE_THICKNESS,
+        VR::DS,
+        &ds(&[thickness]),
+    );
+    put_str(
+        &mut measures,
+        tags::SPACING_BETWEEN_SLICES,
+        VR::DS,
+        &ds(&[thickness]),
+    );
+    shared.put(sequence(tags::PIXEL_MEASURES_SEQUENCE, vec![measures]));
     let mut transform = item(tags::RESCALE_INTERCEPT, VR::DS, ds(&[spec.intercept]));
     put_str(
         &mut transform,

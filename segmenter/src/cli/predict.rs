@@ -18,7 +18,10 @@ pub struct PredictArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// A .nii/.nii.gz scan, a folder of them (CASE_0000.nii.gz channels are grouped), or a .txt
-    /// file listing scans or folders, one per line.
+    /// file listing scans or folders, one per line. A folder without such scans is searched at any
+    /// depth for DICOM series (files recognised by content, any name): each image series is one
+    /// case, written as PatientID_StudyDate_sSeriesNumber_Description.nii.gz; localizers,
+    /// non-image objects and other files are skipped with a note.
     #[arg(long)]
     pub input: PathBuf,
     /// Output folder: one label map per case, same name, header and affine as the input.
