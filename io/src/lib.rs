@@ -24,7 +24,10 @@ pub use dataset::{
     find_cases, find_dicom_cases, load_case, load_dataset, read_dataset_labels, Case, Dataset,
     DicomCases, LoadedCase,
 };
-pub use dicom::{find_dicom_series, is_dicom_file, read_dicom_series, DicomFolder, DicomSeries};
+pub use dicom::{
+    dicom_series_geometry, find_dicom_series, is_dicom_file, read_dicom_series, write_dicom_seg,
+    DicomFolder, DicomSeries, SeriesGeometry,
+};
 pub use error::{IoError, Result};
 pub use format::{case_id, has_volume_ending, read_volume, write_labels, Format};
 pub use fsutil::{write_atomic, write_bytes_atomic};

@@ -543,3 +543,136 @@ fn the_qform_says_what_the_sform_says() {
         assert_affine_close(&qform_only.affine(), &volume.affine(), 1e-4);
     }
 }
+
+#[test]
+fn a_dicom_seg_reads_back_with_its_segments_references_and_frames() {
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = oblique_ct();
+    write_series(dir.path(), &spec, &[]);
+    let series = series_with(dir.path(), "PAT001");
+    let volume = read_dicom_series(&series).unwrap();
+    let geometry = segmenter_io::dicom_series_geometry(&series).unwrap();
+    assert_eq!(geometry.instances.len(), spec.slices);
+    // The geometry's slices are the volume's: slice z lies at the affine's position of (0, 0, z).
+    let affine = volume.affine();
+    for (z, p) in geometry.positions.iter().enumerate() {
+        let ras = [0, 1, 2].map(|r| affine[r][2] * z as f64 + affine[r][3]);
+        let lps = [-ras[0], -ras[1], ras[2]];
+        for i in 0..3 {
+            assert!((p[i] - lps[i]).abs() < 1e-4, "slice {z}: {p:?} vs {lps:?}");
+        }
+    }
+    let plane = spec.rows * spec.cols;
+    let mut labels = vec![0u8; plane * spec.slices];
+    labels[plane + 3] = 1;
+    labels[2 * plane + 4] = 1;
+    labels[2 * plane + 5] = 2;
+    labels[4 * plane + plane - 1] = 2;
+    let names = std::collections::BTreeMap::from([
+        (0u8, "background".to_string()),
+        (1, "liver".to_string()),
+        (2, "spleen".to_string()),
+    ]);
+    let seg_path = dir.path().join("out/seg.dcm");
+    std::fs::create_dir_all(seg_path.parent().unwrap()).unwrap();
+    let frames = segmenter_io::write_dicom_seg(&seg_path, &geometry, &labels, &names).unwrap();
+    // liver on slices 1 and 2, spleen on slices 2 and 4.
+    assert_eq!(frames, 4);
+
+    let seg = dicom_object::open_file(&seg_path).unwrap();
+    let text = |obj: &dicom_object::InMemDicomObject, tag| {
+        obj.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    let source = dicom_object::open_file(&series.files[0]).unwrap();
+    assert_eq!(
+        text(&seg, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.66.4"
+    );
+    assert_eq!(text(&seg, tags::MODALITY), "SEG");
+    assert_eq!(text(&seg, tags::SEGMENTATION_TYPE), "BINARY");
+    for same in [
+        tags::FRAME_OF_REFERENCE_UID,
+        tags::STUDY_INSTANCE_UID,
+        tags::PATIENT_ID,
+        tags::PATIENT_NAME,
+    ] {
+        assert_eq!(text(&seg, same), text(&source, same));
+    }
+    assert_ne!(text(&seg, tags::SERIES_INSTANCE_UID), spec.series_uid);
+    assert!(text(&seg, tags::SOP_INSTANCE_UID).starts_with("2.25."));
+    assert_eq!(text(&seg, tags::NUMBER_OF_FRAMES), "4");
+    let segments = seg
+        .element(tags::SEGMENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let segment_labels: Vec<String> = segments
+        .iter()
+        .map(|s| text(s, tags::SEGMENT_LABEL))
+        .collect();
+    assert_eq!(segment_labels, ["liver", "spleen"]);
+    let referenced = seg
+        .element(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    assert_eq!(
+        text(&referenced[0], tags::SERIES_INSTANCE_UID),
+        spec.series_uid
+    );
+    let instances = referenced[0]
+        .element(tags::REFERENCED_INSTANCE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    assert_eq!(instances.len(), spec.slices);
+
+    let per_frame = seg
+        .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let bits = seg.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    let expected = [(1u16, 1usize), (1, 2), (2, 2), (2, 4)];
+    for (f, (group, (segment, z))) in per_frame.iter().zip(expected).enumerate() {
+        let item = |seq| group.element(seq).unwrap().items().unwrap()[0].clone();
+        let number = item(tags::SEGMENT_IDENTIFICATION_SEQUENCE)
+            .element(tags::REFERENCED_SEGMENT_NUMBER)
+            .unwrap()
+            .to_int::<u16>()
+            .unwrap();
+        assert_eq!(number, segment);
+        let position = item(tags::PLANE_POSITION_SEQUENCE)
+            .element(tags::IMAGE_POSITION_PATIENT)
+            .unwrap()
+            .to_multi_float64()
+            .unwrap();
+        for i in 0..3 {
+            assert!((position[i] - geometry.positions[z][i]).abs() < 1e-5);
+        }
+        let derivation = item(tags::DERIVATION_IMAGE_SEQUENCE);
+        let source_image = derivation
+            .element(tags::SOURCE_IMAGE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .clone();
+        assert_eq!(
+            text(&source_image, tags::REFERENCED_SOP_INSTANCE_UID),
+            geometry.instances[z].instance_uid
+        );
+        // The frame's pixels are the label map's slice z, segment's value set.
+        let value = segment as u8;
+        for i in 0..plane {
+            let bit = f * plane + i;
+            let set = bits[bit / 8] >> (bit % 8) & 1 == 1;
+            assert_eq!(set, labels[z * plane + i] == value, "frame {f} pixel {i}");
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //!   evenly spaced, no gaps, no gantry tilt, one image size) and builds the volume and its affine from
 //!   ImageOrientationPatient, PixelSpacing and ImagePositionPatient, DICOM's LPS turned into RAS.
 //! - [`pixels`]: pixel data to intensities with RescaleSlope/Intercept applied.
+//! - [`seg`]: a label map written back as a binary DICOM Segmentation object citing the series.
 //! - [`naming`]: the case id of a series (PatientID, StudyDate, SeriesNumber, SeriesDescription).
 //! - `guard`: every element length checked against the file's size before dicom-rs parses it, so
 //!   that a damaged length cannot make the parser allocate gigabytes.
@@ -24,6 +25,7 @@ pub mod discovery;
 mod guard;
 pub mod naming;
 pub mod pixels;
+pub mod seg;
 pub mod series;
 
 use std::path::PathBuf;
@@ -32,7 +34,8 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 pub use discovery::{find_dicom_series, is_dicom_file, DicomFolder};
-pub use series::read_dicom_series;
+pub use seg::write_dicom_seg;
+pub use series::{dicom_series_geometry, read_dicom_series, SeriesGeometry, SourceInstance};
 
 /// One image series found in a folder: what [`read_dicom_series`] reads, and what a prediction
 /// [`Case`](crate::Case) carries instead of a NIfTI file.

@@ -39,8 +39,42 @@ struct Slice {
     spacing: [f64; 2],
     /// Rows, columns.
     size: (usize, usize),
+    /// The DICOM instance (and frame) the slice came from.
+    instance: SourceInstance,
     /// Intensities with RescaleSlope/Intercept applied, column index fastest.
     values: Vec<f32>,
+}
+
+/// The DICOM instance a slice of a volume came from: what a derived object (a DICOM SEG) cites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInstance {
+    /// SOPClassUID.
+    pub class_uid: String,
+    /// SOPInstanceUID.
+    pub instance_uid: String,
+    /// Frame number (1-based) within a multi-frame instance; 1 for a classic image.
+    pub frame: usize,
+}
+
+/// Where each slice of a series' volume came from and lies, in the volume's slice order: what a
+/// DICOM SEG of a label map on that volume references.
+#[derive(Debug, Clone)]
+pub struct SeriesGeometry {
+    /// One per slice of the volume (z order).
+    pub instances: Vec<SourceInstance>,
+    /// ImagePositionPatient of each slice (LPS mm).
+    pub positions: Vec<[f64; 3]>,
+    /// ImageOrientationPatient shared by the slices.
+    pub orientation: [f64; 6],
+    /// PixelSpacing (between rows, between columns).
+    pub pixel_spacing: [f64; 2],
+    /// Distance between slice centres along the normal (mm).
+    pub slice_spacing: f64,
+    /// Rows, columns.
+    pub size: (usize, usize),
+    /// The series' first file, whose patient, study and frame-of-reference attributes a derived
+    /// object copies.
+    pub first_file: PathBuf,
 }
 
 impl Slice {
@@ -105,16 +139,36 @@ fn frame_attributes(
     }
 }
 
-/// The slices of one file: one for a classic image, one per frame for an enhanced multi-frame one.
-fn read_slices(path: &Path) -> Result<Vec<Slice>> {
+/// The slices of one file: one for a classic image, one per frame for an enhanced multi-frame one;
+/// with `pixels` false, only the header is read and the slices' values are left empty.
+fn read_slices(path: &Path, pixels: bool) -> Result<Vec<Slice>> {
     check_lengths(path).map_err(|why| file_error(path, format!("damaged: {why}")))?;
-    let obj: DefaultDicomObject = OpenFileOptions::new()
+    let options = if pixels {
+        OpenFileOptions::new()
+    } else {
+        OpenFileOptions::new().read_until(tags::PIXEL_DATA)
+    };
+    let obj: DefaultDicomObject = options
         .open_file(path)
         .map_err(|e| file_error(path, format!("cannot parse ({e})")))?;
-    let raw = decode_frames(&obj).map_err(|reason| file_error(path, reason))?;
-    let rows = integer(&obj, tags::ROWS).unwrap_or(0) as usize;
-    let cols = integer(&obj, tags::COLUMNS).unwrap_or(0) as usize;
-    let frames = raw.len() / (rows * cols).max(1);
+    let rows = integer(&obj, tags::ROWS).unwrap_or(0).max(0) as usize;
+    let cols = integer(&obj, tags::COLUMNS).unwrap_or(0).max(0) as usize;
+    let plane = (rows * cols).max(1);
+    let (raw, frames) = if pixels {
+        let raw = decode_frames(&obj).map_err(|reason| file_error(path, reason))?;
+        let frames = raw.len() / plane;
+        (raw, frames)
+    } else {
+        let frames = integer(&obj, tags::NUMBER_OF_FRAMES)
+            .unwrap_or(1)
+            .clamp(1, 1 << 20);
+        (Vec::new(), frames as usize)
+    };
+    let instance = SourceInstance {
+        class_uid: super::text(&obj, tags::SOP_CLASS_UID).unwrap_or_default(),
+        instance_uid: super::text(&obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
+        frame: 0,
+    };
     let shared = first_item(&obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
     let per_frame = obj
         .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
@@ -128,9 +182,9 @@ fn read_slices(path: &Path) -> Result<Vec<Slice>> {
             ),
         ));
     }
-    raw.chunks_exact((rows * cols).max(1))
-        .enumerate()
-        .map(|(frame, samples)| {
+    (0..frames)
+        .map(|frame| {
+            let samples = raw.get(frame * plane..(frame + 1) * plane).unwrap_or(&[]);
             let group = per_frame.and_then(|items| items.get(frame));
             let attributes = frame_attributes(&obj, group, shared);
             let missing =
@@ -159,6 +213,10 @@ fn read_slices(path: &Path) -> Result<Vec<Slice>> {
                 orientation: std::array::from_fn(|i| orientation[i]),
                 spacing: [spacing[0], spacing[1]],
                 size: (rows, cols),
+                instance: SourceInstance {
+                    frame: frame + 1,
+                    ..instance.clone()
+                },
                 values: samples
                     .iter()
                     .map(|v| (v * slope + intercept) as f32)
@@ -352,26 +410,17 @@ fn check_tilt(slices: &[Slice], normal: [f64; 3]) -> std::result::Result<(), Str
 /// order of increasing position; intensities with RescaleSlope/Intercept applied. A series that is
 /// not one regular stack is refused naming the series and what is wrong.
 pub fn read_dicom_series(series: &DicomSeries) -> Result<Volume> {
-    let first = series.files.first().cloned().unwrap_or_default();
-    let refuse = |reason: String| IoError::DicomSeries {
-        path: first.clone(),
-        series: series.id.clone(),
-        reason,
-    };
-    let per_file = series
-        .files
-        .par_iter()
-        .map(|p| read_slices(p))
-        .collect::<Result<Vec<_>>>()?;
-    let mut slices: Vec<Slice> = per_file.into_iter().flatten().collect();
-    let affine = stack_affine(&mut slices).map_err(&refuse)?;
+    let (slices, affine) = sorted_stack(series, true)?;
     let (rows, cols) = slices[0].size;
     let shape = [cols, rows, slices.len()];
     let header = NiftiHeader::with_affine(shape, &affine).ok_or_else(|| {
-        refuse(format!(
-            "{cols}x{rows}x{} voxels do not fit a NIfTI-1 header (at most 32767 per axis)",
-            slices.len()
-        ))
+        series_error(
+            series,
+            format!(
+                "{cols}x{rows}x{} voxels do not fit a NIfTI-1 header (at most 32767 per axis)",
+                slices.len()
+            ),
+        )
     })?;
     let mut data = Vec::with_capacity(shape.iter().product());
     for slice in &slices {
@@ -382,4 +431,44 @@ pub fn read_dicom_series(series: &DicomSeries) -> Result<Volume> {
         shape,
         data,
     })
+}
+
+/// Where each slice of [`read_dicom_series`]'s volume came from, from the files' headers only
+/// (the same checks and the same slice order).
+pub fn dicom_series_geometry(series: &DicomSeries) -> Result<SeriesGeometry> {
+    let (slices, affine) = sorted_stack(series, false)?;
+    let slice_spacing = (0..3)
+        .map(|r| affine[r][2] * affine[r][2])
+        .sum::<f64>()
+        .sqrt();
+    Ok(SeriesGeometry {
+        instances: slices.iter().map(|s| s.instance.clone()).collect(),
+        positions: slices.iter().map(|s| s.position).collect(),
+        orientation: slices[0].orientation,
+        pixel_spacing: slices[0].spacing,
+        slice_spacing,
+        size: slices[0].size,
+        first_file: series.files.first().cloned().unwrap_or_default(),
+    })
+}
+
+/// A refusal of a whole series, named by its id.
+fn series_error(series: &DicomSeries, reason: String) -> IoError {
+    IoError::DicomSeries {
+        path: series.files.first().cloned().unwrap_or_default(),
+        series: series.id.clone(),
+        reason,
+    }
+}
+
+/// The series' slices, checked and sorted along the normal, and the volume's affine.
+fn sorted_stack(series: &DicomSeries, pixels: bool) -> Result<(Vec<Slice>, [[f64; 4]; 4])> {
+    let per_file = series
+        .files
+        .par_iter()
+        .map(|p| read_slices(p, pixels))
+        .collect::<Result<Vec<_>>>()?;
+    let mut slices: Vec<Slice> = per_file.into_iter().flatten().collect();
+    let affine = stack_affine(&mut slices).map_err(|reason| series_error(series, reason))?;
+    Ok((slices, affine))
 }

@@ -37,6 +37,8 @@ pub struct SeriesSpec {
     /// Signed 16-bit samples (PixelRepresentation 1), else unsigned.
     pub signed: bool,
     pub image_type: String,
+    /// Stored samples, slice after slice, row after row, column fastest; None: a made-up pattern.
+    pub pixels: Option<Vec<i32>>,
 }
 
 impl SeriesSpec {
@@ -61,11 +63,15 @@ impl SeriesSpec {
             intercept: -1024.0,
             signed: true,
             image_type: "ORIGINAL\\PRIMARY\\AXIAL".into(),
+            pixels: None,
         }
     }
 
     /// The stored (raw) sample of pixel (column x, row y) of slice k: distinct, signed or not.
     pub fn stored(&self, x: usize, y: usize, k: usize) -> i32 {
+        if let Some(pixels) = &self.pixels {
+            return pixels[(k * self.rows + y) * self.cols + x];
+        }
         let v = (x * 7 + y * 13 + k * 31) as i32 % 251;
         if self.signed {
             v - 100
