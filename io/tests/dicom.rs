@@ -653,9 +653,8 @@ fn a_dicom_seg_reads_back_with_its_segments_references_and_frames() {
             .unwrap()
             .to_multi_float64()
             .unwrap();
-        for i in 0..3 {
-            assert!((position[i] - geometry.positions[z][i]).abs() < 1e-5);
-        }
+        let close = position.iter().zip(&geometry.positions[z]);
+        assert!(close.into_iter().all(|(a, b)| (a - b).abs() < 1e-5));
         let derivation = item(tags::DERIVATION_IMAGE_SEQUENCE);
         let source_image = derivation
             .element(tags::SOURCE_IMAGE_SEQUENCE)
