@@ -579,6 +579,27 @@ fn a_dicom_seg_reads_back_with_its_segments_references_and_frames() {
     let frames = segmenter_io::write_dicom_seg(&seg_path, &geometry, &labels, &names).unwrap();
     // liver on slices 1 and 2, spleen on slices 2 and 4.
     assert_eq!(frames, 4);
+    // benchmarks/dicom-seg-highdicom.sh reads the same files with highdicom.
+    if let Some(export) = std::env::var_os("DICOM_SEG_EXPORT") {
+        let export = std::path::PathBuf::from(export);
+        std::fs::create_dir_all(export.join("series")).unwrap();
+        for (k, file) in series.files.iter().enumerate() {
+            std::fs::copy(file, export.join("series").join(format!("{k:02}"))).unwrap();
+        }
+        std::fs::copy(&seg_path, export.join("seg.dcm")).unwrap();
+        // The label map, slice z = the z-th source instance in geometry order, with that order.
+        std::fs::write(export.join("labels.u8"), &labels).unwrap();
+        let order: Vec<String> = geometry
+            .instances
+            .iter()
+            .map(|i| i.instance_uid.clone())
+            .collect();
+        std::fs::write(
+            export.join("order.txt"),
+            format!("{} {}\n{}\n", spec.rows, spec.cols, order.join("\n")),
+        )
+        .unwrap();
+    }
 
     let seg = dicom_object::open_file(&seg_path).unwrap();
     let text = |obj: &dicom_object::InMemDicomObject, tag| {

@@ -462,6 +462,14 @@ fn frame_group(geometry: &SeriesGeometry, segment: u16, z: usize) -> InMemDicomO
             &instance.frame.to_string(),
         );
     }
+    // The SEG's frames lie exactly on the source's pixels: readers (highdicom) index by source
+    // image only when this says so.
+    put_str(
+        &mut source_image,
+        tags::SPATIAL_LOCATIONS_PRESERVED,
+        VR::CS,
+        "YES",
+    );
     sequence(
         &mut source_image,
         tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
