@@ -91,7 +91,7 @@ fn a_dicom_folder_predicts_like_its_nifti_twin() {
     let (nifti_out, dicom_out) = (dir.path().join("pred-nifti"), dir.path().join("pred-dicom"));
     let out = predict(&run, &nifti_in, &nifti_out, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = predict(&run, &dicom_in, &dicom_out, &[]);
+    let out = predict(&run, &dicom_in, &dicom_out, &["--dicom-seg"]);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("README.TXT: not DICOM"), "{said}");
@@ -115,7 +115,27 @@ fn a_dicom_folder_predicts_like_its_nifti_twin() {
         }
     }
 
-    // Run again: the series' label map exists, so it is skipped.
-    let out = predict(&run, &dicom_in, &dicom_out, &[]);
+    // The DICOM SEG cites the series' instances, one frame per segment and slice it covers.
+    let seg_path = dicom_out.join("dicom-seg/PSEUDO-7_20240131_s004_T1_hippocampus.dcm");
+    let seg = dicom_object::open_file(&seg_path).unwrap();
+    let frames = seg
+        .element(dicom_dictionary_std::tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()
+        .len();
+    // In its file the label map is in the series' order: slice z is the z-th source instance.
+    let dicom_map = read_nifti(&from_dicom).unwrap();
+    let plane = dicom_map.shape[0] * dicom_map.shape[1];
+    let labelled_slices: usize = (1..=2u8)
+        .map(|value| {
+            let slices = dicom_map.data.chunks(plane);
+            slices.filter(|s| s.contains(&f32::from(value))).count()
+        })
+        .sum();
+    assert_eq!(frames, labelled_slices);
+
+    // Run again: the series' label map and SEG exist, so it is skipped.
+    let out = predict(&run, &dicom_in, &dicom_out, &["--dicom-seg"]);
     assert!(text(&out).contains("1 skipped"), "{}", text(&out));
 }
