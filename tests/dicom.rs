@@ -115,6 +115,33 @@ fn a_dicom_folder_predicts_like_its_nifti_twin() {
         }
     }
 
+    // dcm2niix's NIfTI of the same folder predicts the same labels (when dcm2niix is installed).
+    let converted_dir = dir.path().join("dcm2niix");
+    std::fs::create_dir_all(&converted_dir).unwrap();
+    match std::process::Command::new("dcm2niix")
+        .args(["-b", "n", "-z", "y", "-f", "%s", "-o"])
+        .arg(&converted_dir)
+        .arg(&dicom_in)
+        .output()
+    {
+        Ok(converted) if converted.status.success() => {
+            let out_dir = dir.path().join("pred-dcm2niix");
+            let out = predict(&run, &converted_dir, &out_dir, &[]);
+            assert!(out.status.success(), "{}", text(&out));
+            let (labels, affine) = canonical(&read_nifti(&out_dir.join("4.nii.gz")).unwrap());
+            assert_eq!(
+                labels, nifti_labels,
+                "dcm2niix's NIfTI predicts other labels"
+            );
+            let worst = (0..3)
+                .flat_map(|r| (0..4).map(move |c| (r, c)))
+                .map(|(r, c)| (affine[r][c] - nifti_affine[r][c]).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-3, "{affine:?} vs {nifti_affine:?}");
+        }
+        _ => eprintln!("skipping the dcm2niix comparison: dcm2niix is not installed"),
+    }
+
     // The DICOM SEG cites the series' instances, one frame per segment and slice it covers.
     let seg_path = dicom_out.join("dicom-seg/PSEUDO-7_20240131_s004_T1_hippocampus.dcm");
     let seg = dicom_object::open_file(&seg_path).unwrap();
