@@ -696,3 +696,99 @@ fn a_dicom_seg_reads_back_with_its_segments_references_and_frames() {
         }
     }
 }
+
+#[test]
+fn a_deflated_series_reads_like_a_plain_one() {
+    // Deflated Explicit VR Little Endian: the whole data set is zlib-compressed.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = oblique_ct();
+    for k in 0..spec.slices {
+        let obj = slice_object(&spec, k);
+        let file = obj
+            .with_meta(
+                dicom_object::FileMetaTableBuilder::new()
+                    .transfer_syntax("1.2.840.10008.1.2.1.99")
+                    .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
+                    .media_storage_sop_instance_uid(format!("{}.{}", spec.series_uid, k + 1)),
+            )
+            .unwrap();
+        file.write_to_file(dir.path().join(format!("Z{k}")))
+            .unwrap();
+    }
+    let plain = dir.path().join("plain/P0");
+    write_object(slice_object(&spec, 0), &plain);
+    let (deflated, plain) = (
+        fs::metadata(dir.path().join("Z0")).unwrap().len(),
+        fs::metadata(&plain).unwrap().len(),
+    );
+    assert!(
+        deflated < plain,
+        "not deflated: {deflated} vs {plain} bytes"
+    );
+    fs::remove_dir_all(dir.path().join("plain")).unwrap();
+    assert_volume(
+        &read_dicom_series(&series_with(dir.path(), "PAT001")).unwrap(),
+        &spec,
+    );
+}
+
+/// One frame of 16-bit samples as DICOM RLE Lossless (PS3.5 G): two byte planes (high bytes,
+/// then low bytes), each PackBits-coded as literal runs, behind a 64-byte header of offsets.
+fn rle_frame(words: &[u16]) -> Vec<u8> {
+    let mut segments = Vec::new();
+    for plane in [0usize, 1] {
+        let bytes: Vec<u8> = words.iter().map(|w| w.to_be_bytes()[plane]).collect();
+        let mut segment = Vec::new();
+        for run in bytes.chunks(128) {
+            segment.push((run.len() - 1) as u8);
+            segment.extend_from_slice(run);
+        }
+        if segment.len() % 2 == 1 {
+            segment.push(0);
+        }
+        segments.push(segment);
+    }
+    let mut frame = vec![0u8; 64];
+    frame[..4].copy_from_slice(&2u32.to_le_bytes());
+    let mut offset = 64u32;
+    for (i, segment) in segments.iter().enumerate() {
+        frame[4 + 4 * i..8 + 4 * i].copy_from_slice(&offset.to_le_bytes());
+        offset += segment.len() as u32;
+    }
+    for segment in segments {
+        frame.extend(segment);
+    }
+    frame
+}
+
+#[test]
+fn an_rle_compressed_series_reads_like_a_plain_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = oblique_ct();
+    for k in 0..spec.slices {
+        let mut obj = slice_object(&spec, k);
+        let fragments = dicom_core::value::PixelFragmentSequence::new(
+            Vec::<u32>::new(),
+            vec![rle_frame(&pixel_words(&spec, k))],
+        );
+        obj.put(dicom_core::DataElement::new(
+            dicom_dictionary_std::tags::PIXEL_DATA,
+            dicom_core::VR::OB,
+            fragments,
+        ));
+        let file = obj
+            .with_meta(
+                dicom_object::FileMetaTableBuilder::new()
+                    .transfer_syntax("1.2.840.10008.1.2.5")
+                    .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
+                    .media_storage_sop_instance_uid(format!("{}.{}", spec.series_uid, k + 1)),
+            )
+            .unwrap();
+        file.write_to_file(dir.path().join(format!("R{k}")))
+            .unwrap();
+    }
+    assert_volume(
+        &read_dicom_series(&series_with(dir.path(), "PAT001")).unwrap(),
+        &spec,
+    );
+}
