@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
+use crate::dicom::{find_dicom_series, read_dicom_series, DicomSeries};
 use crate::error::{io_error, IoError, Result};
 use crate::format::{read_volume, strip_format_ending, Format};
 use crate::fsutil::file_name;
@@ -40,6 +41,9 @@ pub struct Case {
     pub images: Vec<PathBuf>,
     /// Label map, if any.
     pub label: Option<PathBuf>,
+    /// A DICOM series read as the case's one channel instead of `images` (which then holds the
+    /// series' first file, for messages).
+    pub dicom: Option<DicomSeries>,
 }
 
 /// An image with its label, checked against each other.
@@ -280,6 +284,7 @@ fn decathlon_cases(
             id: id.to_string(),
             images: vec![resolve(image)?],
             label,
+            dicom: None,
         });
     }
     let ending = match obj.get("file_ending").and_then(Value::as_str) {
@@ -392,6 +397,7 @@ fn nnunet_cases(root: &Path, json_path: &Path, channels: usize, ending: &str) ->
             id,
             images,
             label: Some(label),
+            dicom: None,
         });
     }
     Ok(cases)
@@ -402,11 +408,14 @@ pub fn load_case(case: &Case, labels: &BTreeMap<u8, String>) -> Result<LoadedCas
     let Some(first) = case.images.first() else {
         return Err(dataset_err(Path::new(&case.id), "case has no image files"));
     };
-    let channels = case
-        .images
-        .par_iter()
-        .map(|p| read_volume(p))
-        .collect::<Result<Vec<Volume>>>()?;
+    let channels = match &case.dicom {
+        Some(series) => vec![read_dicom_series(series)?],
+        None => case
+            .images
+            .par_iter()
+            .map(|p| read_volume(p))
+            .collect::<Result<Vec<Volume>>>()?,
+    };
     let shape = channels[0].shape;
     let grid = channels[0].header.affine();
     for (ch, (vol, path)) in channels.iter().zip(&case.images).enumerate() {
@@ -581,6 +590,7 @@ pub fn find_cases(input: &Path, file_ending_hint: Option<&str>) -> Result<Vec<Ca
             id: prefix,
             images: chans.into_values().collect(),
             label: None,
+            dicom: None,
         });
     }
     for (id, path) in plain {
@@ -588,6 +598,7 @@ pub fn find_cases(input: &Path, file_ending_hint: Option<&str>) -> Result<Vec<Ca
             id,
             images: vec![path],
             label: None,
+            dicom: None,
         });
     }
     sort_unique(&mut cases, input)?;
@@ -607,4 +618,33 @@ pub fn find_cases(input: &Path, file_ending_hint: Option<&str>) -> Result<Vec<Ca
         ));
     }
     Ok(cases)
+}
+
+/// The DICOM series under a folder as prediction cases, with the notes on what was skipped.
+#[derive(Debug, Clone, Default)]
+pub struct DicomCases {
+    /// One single-channel case per image series, named by the series' id, sorted.
+    pub cases: Vec<Case>,
+    /// One line per skipped file or series.
+    pub notes: Vec<String>,
+}
+
+/// Cases for prediction from the DICOM series under `dir` at any depth (see
+/// [`find_dicom_series`]): each series is one single-channel case.
+pub fn find_dicom_cases(dir: &Path) -> Result<DicomCases> {
+    let folder = find_dicom_series(dir)?;
+    let cases = folder
+        .series
+        .into_iter()
+        .map(|series| Case {
+            id: series.id.clone(),
+            images: series.files.first().cloned().into_iter().collect(),
+            label: None,
+            dicom: Some(series),
+        })
+        .collect();
+    Ok(DicomCases {
+        cases,
+        notes: folder.notes,
+    })
 }

@@ -148,6 +148,24 @@ pub enum IoError {
         /// What the decoder or encoder reported.
         reason: String,
     },
+    /// A DICOM file that cannot be parsed or used (truncated, no pixel data, undecodable pixels, ...).
+    #[error("{}: DICOM: {reason}", .path.display())]
+    Dicom {
+        /// File concerned.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A DICOM series refused as a whole (missing slices, gantry tilt, ...); the others go on.
+    #[error("{}: DICOM series {series}: {reason}", .path.display())]
+    DicomSeries {
+        /// The series' first file, sorted by name.
+        path: PathBuf,
+        /// The series' case id (never the patient's name).
+        series: String,
+        /// What is wrong and what was found.
+        reason: String,
+    },
     /// A dataset description or folder is valid JSON/filesystem-wise but not a usable dataset.
     #[error("{}: {reason}", .path.display())]
     Dataset {

@@ -184,6 +184,29 @@ impl NiftiHeader {
         })
     }
 
+    /// A float32 header for a volume on the grid of `affine` (voxel -> RAS+ mm): sform and qform both
+    /// set (scanner coordinates, code 1), as dcm2niix writes them, so that tools reading either agree;
+    /// None if an axis is 0 or too long for NIfTI-1.
+    pub fn with_affine(shape: [usize; 3], affine: &[[f64; 4]; 4]) -> Option<Self> {
+        let column = |j: usize| [affine[0][j], affine[1][j], affine[2][j]];
+        let norm = |v: [f64; 3]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let spacing = [0, 1, 2].map(|j| norm(column(j)));
+        if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return None;
+        }
+        let mut header = Self::new(shape, spacing)?;
+        for (row, src) in header.srow.iter_mut().zip(affine) {
+            *row = src.map(|v| v as f32);
+        }
+        let unit = [0, 1, 2].map(|j| column(j).map(|v| v / spacing[j]));
+        let (quatern, qfac) = quaternion_of(unit);
+        header.quatern = quatern.map(|v| v as f32);
+        header.pixdim[0] = qfac as f32;
+        header.qoffset = [affine[0][3], affine[1][3], affine[2][3]].map(|v| v as f32);
+        header.raw = header.to_bytes();
+        Some(header)
+    }
+
     /// Spatial dims [x, y, z] (1 for axes beyond `dim[0]`).
     pub fn shape(&self) -> [usize; 3] {
         let ndim = self.dim[0].clamp(0, 7) as usize;
@@ -414,6 +437,69 @@ impl NiftiHeader {
         }
         Ok(v as u64)
     }
+}
+
+/// The qform quaternion (b, c, d) and qfac of a rotation given by its unit columns, as nifti1_io's
+/// `nifti_mat44_to_quatern` computes it: a left-handed frame flips its third column and sets qfac -1.
+fn quaternion_of(columns: [[f64; 3]; 3]) -> ([f64; 3], f64) {
+    let mut r = [[0.0; 3]; 3];
+    for (j, col) in columns.iter().enumerate() {
+        for i in 0..3 {
+            r[i][j] = col[i];
+        }
+    }
+    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
+    let qfac = if det < 0.0 { -1.0 } else { 1.0 };
+    for row in &mut r {
+        row[2] *= qfac;
+    }
+    let trace = r[0][0] + r[1][1] + r[2][2] + 1.0;
+    // The branch on the largest diagonal term keeps the square roots away from zero.
+    let (a, b, c, d) = if trace > 0.5 {
+        let a = 0.5 * trace.sqrt();
+        (
+            a,
+            0.25 * (r[2][1] - r[1][2]) / a,
+            0.25 * (r[0][2] - r[2][0]) / a,
+            0.25 * (r[1][0] - r[0][1]) / a,
+        )
+    } else {
+        let (xd, yd, zd) = (
+            1.0 + r[0][0] - (r[1][1] + r[2][2]),
+            1.0 + r[1][1] - (r[0][0] + r[2][2]),
+            1.0 + r[2][2] - (r[0][0] + r[1][1]),
+        );
+        if xd > 1.0 {
+            let b = 0.5 * xd.sqrt();
+            (
+                0.25 * (r[2][1] - r[1][2]) / b,
+                b,
+                0.25 * (r[0][1] + r[1][0]) / b,
+                0.25 * (r[0][2] + r[2][0]) / b,
+            )
+        } else if yd > 1.0 {
+            let c = 0.5 * yd.sqrt();
+            (
+                0.25 * (r[0][2] - r[2][0]) / c,
+                0.25 * (r[0][1] + r[1][0]) / c,
+                c,
+                0.25 * (r[1][2] + r[2][1]) / c,
+            )
+        } else {
+            let d = 0.5 * zd.max(0.0).sqrt().max(f64::MIN_POSITIVE);
+            (
+                0.25 * (r[1][0] - r[0][1]) / d,
+                0.25 * (r[0][2] + r[2][0]) / d,
+                0.25 * (r[1][2] + r[2][1]) / d,
+                d,
+            )
+        }
+    };
+    // NIfTI stores b, c, d with a >= 0 implied.
+    let sign = if a < 0.0 { -1.0 } else { 1.0 };
+    ([b * sign, c * sign, d * sign], qfac)
 }
 
 fn invalid(path: &Path, reason: String) -> IoError {

@@ -1,14 +1,16 @@
 //! Medical scans in and out: a NIfTI-1 reader/writer that checks header sizes before allocating, and
 //! datasets in the Medical Segmentation Decathlon and nnU-Net v2 layouts, and 2D PNG/TIFF images as
-//! one-slice volumes.
+//! one-slice volumes, and DICOM series found in patient folders.
 //!
 //! Layers, each using only those below it: `error`, `fsutil`, `header` and `volume` (shared by every
-//! format); the format modules `nifti` and `image2d`, which never call each other; `format`, which
-//! picks a reader or writer by file name; `dataset` on top.
+//! format); the format modules `nifti`, `image2d` and `dicom`, which never call each other; `format`,
+//! which picks a reader or writer by file name; `dataset` on top (a DICOM series, being many files,
+//! enters as a [`Case`] carrying a [`DicomSeries`] rather than through `format`).
 
 #![warn(missing_docs)]
 
 mod dataset;
+pub mod dicom;
 mod error;
 mod format;
 mod fsutil;
@@ -19,7 +21,12 @@ mod nifti;
 mod volume;
 
 pub use dataset::{
-    find_cases, load_case, load_dataset, read_dataset_labels, Case, Dataset, LoadedCase,
+    find_cases, find_dicom_cases, load_case, load_dataset, read_dataset_labels, Case, Dataset,
+    DicomCases, LoadedCase,
+};
+pub use dicom::{
+    dicom_series_geometry, find_dicom_series, is_dicom_file, read_dicom_series, write_dicom_seg,
+    DicomFolder, DicomSeries, SeriesGeometry,
 };
 pub use error::{IoError, Result};
 pub use format::{case_id, has_volume_ending, read_volume, write_labels, Format};

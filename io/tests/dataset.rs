@@ -186,6 +186,7 @@ fn a_label_map_off_its_image_grid_is_refused_naming_both_grids() {
         id: "c".into(),
         images: vec![image.clone()],
         label: Some(label.to_path_buf()),
+        dicom: None,
     };
     let with_header = |name: &str, edit: &dyn Fn(&mut segmenter_io::NiftiHeader)| {
         let mut header = rotated_header(shape);

@@ -176,6 +176,7 @@ fn shape_mismatch_through_load_case() {
         id: "c".into(),
         images: vec![image.clone()],
         label: Some(label.clone()),
+        dicom: None,
     };
     let msg = err_naming(load_case(&case, &hippocampus_labels()), &label);
     assert!(
@@ -189,6 +190,7 @@ fn shape_mismatch_through_load_case() {
         id: "c".into(),
         images: vec![image, second.clone()],
         label: None,
+        dicom: None,
     };
     let msg = err_naming(load_case(&case, &hippocampus_labels()), &second);
     assert!(msg.contains("channel 1 shape"), "{msg}");
@@ -205,6 +207,7 @@ fn label_values_checked() {
         id: "c".into(),
         images: vec![image.clone()],
         label: Some(label.clone()),
+        dicom: None,
     };
     let msg = err_naming(load_case(&case, &hippocampus_labels()), &label);
     assert!(msg.contains("label value 7 at voxel (1, 2, 1)"), "{msg}");
@@ -218,6 +221,7 @@ fn label_values_checked() {
         id: "c".into(),
         images: vec![image],
         label: Some(flabel.clone()),
+        dicom: None,
     };
     let msg = err_naming(load_case(&case, &hippocampus_labels()), &flabel);
     assert!(msg.contains("label value 1.5"), "{msg}");
@@ -234,6 +238,7 @@ fn nan_and_inf_intensities() {
             id: "c".into(),
             images: vec![image.clone()],
             label: None,
+            dicom: None,
         };
         let msg = err_naming(load_case(&case, &hippocampus_labels()), &image);
         assert!(

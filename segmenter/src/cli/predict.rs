@@ -18,7 +18,10 @@ pub struct PredictArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// A .nii/.nii.gz scan, a folder of them (CASE_0000.nii.gz channels are grouped), or a .txt
-    /// file listing scans or folders, one per line.
+    /// file listing scans or folders, one per line. A folder without such scans is searched at any
+    /// depth for DICOM series (files recognised by content, any name): each image series is one
+    /// case, written as PatientID_StudyDate_sSeriesNumber_Description.nii.gz; localizers,
+    /// non-image objects and other files are skipped with a note.
     #[arg(long)]
     pub input: PathBuf,
     /// Output folder: one label map per case, same name, header and affine as the input.
@@ -45,6 +48,12 @@ pub struct PredictArgs {
     /// memory and disk (37 GB for 118 classes on a 512 x 512 x 300 CT).
     #[arg(long)]
     pub save_probabilities: bool,
+    /// Also write a binary DICOM Segmentation object for each DICOM series, to
+    /// OUTPUT/dicom-seg/NAME.dcm: one segment per foreground label (named from the model's
+    /// labels), one frame per segment and slice that holds it, each citing its source image, in
+    /// the series' Frame of Reference, with the source's patient and study attributes.
+    #[arg(long)]
+    pub dicom_seg: bool,
 }
 
 /// Predicts every case; fails (exit code 1) when any case failed, after listing them.
@@ -68,6 +77,7 @@ pub fn run(device: DeviceKind, args: PredictArgs) -> Result<ExitCode> {
         window,
         postprocessing: args.postprocess,
         save_probabilities: args.save_probabilities,
+        dicom_seg: args.dicom_seg,
     };
     let report = backend::predict(device, &options)?;
     eprintln!("{}", describe(&report, &args.output));

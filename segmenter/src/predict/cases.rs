@@ -1,16 +1,36 @@
 //! Which cases a prediction run takes: a scan, a folder or a list of them, one shard of them, and
-//! the file name each one's label map gets.
+//! the file name each one's label map gets. A folder without scans of the model's file ending is
+//! searched for DICOM series (at any depth), each series one case.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use segmenter_io::{find_cases, Case};
+use segmenter_io::{find_cases, find_dicom_cases, Case};
 
-/// The cases of a scan, a folder, or a text file listing scans or folders (one per line, `#` comments).
+/// The cases of a scan or a folder: its scans of `file_ending`, or else its DICOM series, whose
+/// skipped files and series are listed on stderr, one line each.
+fn cases_of(input: &Path, file_ending: &str) -> Result<Vec<Case>> {
+    let error = match find_cases(input, Some(file_ending)) {
+        Ok(cases) => return Ok(cases),
+        Err(e) if input.is_dir() => e,
+        Err(e) => return Err(e.into()),
+    };
+    let found = find_dicom_cases(input)?;
+    if found.cases.is_empty() {
+        bail!("{error}, nor DICOM image series");
+    }
+    for note in &found.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(found.cases)
+}
+
+/// The cases of a scan, a folder (scans, or DICOM series), or a text file listing scans or folders
+/// (one per line, `#` comments).
 pub fn gather_cases(input: &Path, file_ending: &str) -> Result<Vec<Case>> {
     let is_list = input.is_file() && input.extension().is_some_and(|e| e == "txt" || e == "lst");
     if !is_list {
-        return Ok(find_cases(input, Some(file_ending))?);
+        return cases_of(input, file_ending);
     }
     let text = std::fs::read_to_string(input)
         .with_context(|| format!("{}: cannot read list", input.display()))?;
@@ -22,7 +42,7 @@ pub fn gather_cases(input: &Path, file_ending: &str) -> Result<Vec<Case>> {
             continue;
         }
         let path = base.join(line);
-        let found = find_cases(&path, Some(file_ending))
+        let found = cases_of(&path, file_ending)
             .with_context(|| format!("{}:{}: {}", input.display(), n + 1, line))?;
         cases.extend(found);
     }
@@ -64,8 +84,12 @@ pub fn parse_shard(text: &str) -> std::result::Result<(usize, usize), String> {
     Ok((i, n))
 }
 
-/// The label map's file name: the case id with the input's kind of ending.
+/// The label map's file name: the case id with the input's kind of ending (`.nii.gz` for a DICOM
+/// series).
 pub fn output_name(case: &Case) -> String {
+    if case.dicom.is_some() {
+        return format!("{}.nii.gz", case.id);
+    }
     let first = case.images[0]
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

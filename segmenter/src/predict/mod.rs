@@ -14,7 +14,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use segmenter_io::{
-    load_case, write_bytes_atomic, write_labels, write_nifti, Case, LoadedCase, NiftiData,
+    dicom_series_geometry, load_case, write_bytes_atomic, write_dicom_seg, write_labels,
+    write_nifti, Case, LoadedCase, NiftiData,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,9 @@ pub struct PredictOptions {
     pub postprocessing: PostProcessing,
     /// Also write the class probabilities, as 4D float32 NIfTI files in `<output>/probabilities/`.
     pub save_probabilities: bool,
+    /// Also write a binary DICOM SEG for each DICOM series, in `<output>/dicom-seg/` (an output
+    /// format, not a setting of the label maps, so not in `prediction.json`).
+    pub dicom_seg: bool,
 }
 
 /// The settings a prediction folder was made with, kept in `<output>/prediction.json` so that
@@ -153,9 +157,15 @@ struct Predictor<'a, B: ModelBackend> {
 }
 
 impl<B: ModelBackend> Predictor<'_, B> {
-    /// Predicts one case into `target` (and its probabilities into `prob_target`); returns the
-    /// number of voxels written.
-    fn case(&self, case: &Case, target: &Path, prob_target: &Path) -> Result<usize> {
+    /// Predicts one case into `target` (its probabilities into `prob_target`, its DICOM SEG into
+    /// `seg_target`, when asked for); returns the number of voxels written.
+    fn case(
+        &self,
+        case: &Case,
+        target: &Path,
+        prob_target: &Path,
+        seg_target: &Path,
+    ) -> Result<usize> {
         let plan = &self.plan;
         if case.images.len() != plan.channel_names.len() {
             bail!(
@@ -185,6 +195,12 @@ impl<B: ModelBackend> Predictor<'_, B> {
             write_probabilities(prob_target, &loaded.header, loaded.shape, &probabilities)?;
         }
         self.options.postprocessing.apply(&mut labels, loaded.shape);
+        if let (true, Some(series)) = (self.options.dicom_seg, &case.dicom) {
+            // The volume's voxel order is the series' (column, row, slice along the normal), so
+            // the label map's slices map one to one onto the series' instances.
+            let geometry = dicom_series_geometry(series)?;
+            write_dicom_seg(seg_target, &geometry, &labels, &plan.labels)?;
+        }
         write_labels(target, &loaded.header, &labels)?;
         Ok(labels.len())
     }
@@ -226,6 +242,12 @@ pub fn predict<B: ModelBackend>(
         std::fs::create_dir_all(&prob_dir)
             .with_context(|| format!("{}: cannot create folder", prob_dir.display()))?;
     }
+    let seg_dir = options.output.join("dicom-seg");
+    let wants_seg = |case: &Case| options.dicom_seg && case.dicom.is_some();
+    if cases.iter().any(wants_seg) {
+        std::fs::create_dir_all(&seg_dir)
+            .with_context(|| format!("{}: cannot create folder", seg_dir.display()))?;
+    }
     let predictor = Predictor {
         model,
         plan,
@@ -239,8 +261,12 @@ pub fn predict<B: ModelBackend>(
         let name = output_name(case);
         let target = options.output.join(&name);
         let prob_target = prob_dir.join(&name);
+        let seg_name = format!("{}.dcm", case.id);
+        let seg_target = seg_dir.join(&seg_name);
         // A case is finished when everything asked for exists; the label map is written last.
-        let finished = target.exists() && (!options.save_probabilities || prob_target.exists());
+        let finished = target.exists()
+            && (!options.save_probabilities || prob_target.exists())
+            && (!wants_seg(case) || seg_target.exists());
         if finished && !options.overwrite {
             report.skipped.push(case.id.clone());
             bar.inc(1);
@@ -250,7 +276,10 @@ pub fn predict<B: ModelBackend>(
         if options.save_probabilities {
             remove_stale_temporaries(&prob_dir, &name);
         }
-        match predictor.case(case, &target, &prob_target) {
+        if wants_seg(case) {
+            remove_stale_temporaries(&seg_dir, &seg_name);
+        }
+        match predictor.case(case, &target, &prob_target, &seg_target) {
             Ok(n) => {
                 voxels += n;
                 report.written.push(target);
