@@ -6,13 +6,15 @@
 //! - [`model`]: the network and the CPU ops it runs on;
 //! - [`train`]: split, sampler, loss, schedule and loop, writing a run folder ([`run`]);
 //! - [`predict`]: the sliding window and batch prediction from a run folder;
-//! - [`evaluate`]: metrics against reference label maps, `summary.json` and the HTML report.
+//! - [`evaluate`]: metrics against reference label maps, `summary.json` and the HTML report;
+//! - [`import`]: networks trained elsewhere (nnU-Net's Swin-UMamba) as run folders.
 //!
 //! The command line and the benchmarks live in the binary (`src/main.rs`, `src/cli/`,
 //! `src/bench/`); `docs/ARCHITECTURE.md` maps the whole repository.
 
 pub mod config;
 pub mod evaluate;
+pub mod import;
 pub mod model;
 pub mod plan;
 pub mod predict;

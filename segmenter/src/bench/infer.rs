@@ -136,6 +136,7 @@ fn plan_for(group: &Group, max_patch_side: usize, spacing: Option<f64>) -> Plan 
         // Without --spacing, the scans as they are: the network's work on their own voxels.
         target_spacing,
         context_slices: 0,
+        nnunet: None,
     }
 }
 

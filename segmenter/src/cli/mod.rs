@@ -6,6 +6,7 @@ mod bench;
 mod curve;
 mod evaluate;
 mod export;
+mod import;
 mod plan;
 mod predict;
 mod train;
@@ -50,6 +51,11 @@ enum Command {
     /// Write a run's weights under upstream Swin-UMamba's PyTorch names (.pth or .safetensors),
     /// for `load_state_dict(strict=True)` into its `SwinUMamba`.
     Export(export::ExportArgs),
+    /// Turn a network trained elsewhere into a run folder for predict and evaluate.
+    Import {
+        #[command(subcommand)]
+        what: import::ImportKind,
+    },
     /// Draw a run's learning curve (training loss, validation Dice) from its log.jsonl into
     /// RUN/learning_curve.svg; `train` does this after every epoch.
     Curve(curve::CurveArgs),
@@ -81,6 +87,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Evaluate(args) => done(evaluate::run(args)),
         Command::Curve(args) => done(curve::run(args)),
         Command::Export(args) => done(export::run(args)),
+        Command::Import { what } => done(import::run(what)),
         Command::Bench { what } => bench::run(what),
     }
 }

@@ -3,6 +3,7 @@
 //! by `segmenter plan`), read by `predict`.
 
 mod fingerprint;
+mod nnunet;
 mod normalization;
 mod slicing;
 
@@ -15,6 +16,7 @@ use segmenter_io::{write_bytes_atomic, Dataset, LoadedCase};
 use serde::{Deserialize, Serialize};
 
 pub use fingerprint::{Fingerprint, ForegroundIntensities};
+pub use nnunet::NnUnetFrame;
 pub use normalization::Normalization;
 pub use slicing::{in_plane_axes, network_shape, patch_size_for, slicing, Slicing};
 
@@ -51,6 +53,12 @@ pub struct Plan {
     /// channels (2.5D); 0: the slice alone.
     #[serde(default)]
     pub context_slices: usize,
+    /// For runs imported from nnU-Net v2: feed the network exactly as its predictor does (its
+    /// axis order, crop to non-zero, normalisation before resampling, its window positions and
+    /// Gaussian, window logits averaged before the softmax). None for runs trained here, whose
+    /// `plan.json` then does not mention it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nnunet: Option<NnUnetFrame>,
 }
 
 impl Plan {
@@ -115,6 +123,7 @@ impl Plan {
             reorient: true,
             target_spacing: Some(target_spacing),
             context_slices: 0,
+            nnunet: None,
         }
     }
 

@@ -45,13 +45,23 @@ pub fn windows_per_batch(batch_windows: usize, classes: usize, [rows, cols]: [us
         .max(1)
 }
 
-/// Softmax probabilities `[n, classes, rows, cols]`, averaged over mirrored copies when asked.
+/// Softmax probabilities `[n, classes, rows, cols]` (or, with `logits`, the logits),
+/// averaged over mirrored copies when asked.
 fn window_probabilities<B: ModelBackend>(
     model: &SwinUMamba<B>,
     x: Tensor<B, 4>,
     mirror: bool,
+    logits: bool,
 ) -> Tensor<B, 4> {
-    let probs = activation::softmax(model.logits(x.clone()), 1);
+    let output = |x: Tensor<B, 4>| {
+        let y = model.logits(x);
+        if logits {
+            y
+        } else {
+            activation::softmax(y, 1)
+        }
+    };
+    let probs = output(x.clone());
     if !mirror {
         return probs;
     }
@@ -63,7 +73,7 @@ fn window_probabilities<B: ModelBackend>(
             1 => t.flip([3]),
             _ => t.flip([2, 3]),
         };
-        sum = sum + flip(activation::softmax(model.logits(flip(x.clone())), 1));
+        sum = sum + flip(output(flip(x.clone())));
     }
     sum / 4.0
 }
@@ -79,6 +89,64 @@ pub fn window_starts(len: usize, patch: usize, step_fraction: f64) -> Vec<usize>
     (0..steps)
         .map(|i| (span * i as f64 / (steps - 1) as f64).round() as usize)
         .collect()
+}
+
+/// Window start positions exactly as nnU-Net v2's `compute_steps_for_sliding_window` places them
+/// (its step, then numpy's rounding, halves to even), for runs imported from nnU-Net.
+pub fn nnunet_window_starts(len: usize, patch: usize, step_fraction: f64) -> Vec<usize> {
+    if len <= patch {
+        return vec![0];
+    }
+    let target_step = patch as f64 * step_fraction;
+    let steps = ((len - patch) as f64 / target_step).ceil() as usize + 1;
+    let actual_step = (len - patch) as f64 / (steps - 1) as f64;
+    (0..steps)
+        .map(|i| (actual_step * i as f64).round_ties_even() as usize)
+        .collect()
+}
+
+/// nnU-Net v2's importance map (`compute_gaussian`): a unit impulse at `side // 2` through
+/// scipy's `gaussian_filter` (sigma side/8, truncated at 4 sigma, kernel normalised), scaled to
+/// a peak of 10 and stored as float16 (so the weights are float16 values), zeros replaced by the
+/// smallest non-zero weight.
+pub fn nnunet_gaussian_weights([rows, cols]: [usize; 2]) -> Vec<f32> {
+    let axis = |n: usize| -> Vec<f64> {
+        let sigma = n as f64 / 8.0;
+        let radius = (4.0 * sigma + 0.5) as i64;
+        let kernel = |d: i64| (-0.5 * (d * d) as f64 / (sigma * sigma)).exp();
+        let total: f64 = (-radius..=radius).map(kernel).sum();
+        let centre = (n / 2) as i64;
+        (0..n as i64)
+            .map(|i| {
+                let d = i - centre;
+                if d.abs() <= radius {
+                    kernel(d) / total
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
+    let (r, c) = (axis(rows), axis(cols));
+    let peak = r[rows / 2] * c[cols / 2];
+    let mut w: Vec<f32> = r
+        .iter()
+        .flat_map(|&a| {
+            c.iter()
+                .map(move |&b| half::f16::from_f64(a * b / peak * 10.0).to_f32())
+        })
+        .collect();
+    let smallest = w
+        .iter()
+        .copied()
+        .filter(|&v| v > 0.0)
+        .fold(f32::INFINITY, f32::min);
+    for v in &mut w {
+        if *v == 0.0 {
+            *v = smallest;
+        }
+    }
+    w
 }
 
 /// Gaussian importance map over a patch, sigma = side/8, peak 1 (nnU-Net's weighting).
@@ -237,9 +305,11 @@ fn network_runner<'a, B: ModelBackend>(
     device: &'a B::Device,
 ) -> impl FnMut(Vec<f32>, usize) -> Vec<f32> + 'a {
     let ([pr, pc], in_channels) = (plan.patch_size, plan.input_channels());
+    // nnU-Net averages the windows' logits and takes the softmax afterwards.
+    let logits = plan.nnunet.is_some();
     move |input: Vec<f32>, n: usize| {
         let x = Tensor::<B, 4>::from_data(TensorData::new(input, [n, in_channels, pr, pc]), device);
-        window_probabilities(model, x, settings.mirror)
+        window_probabilities(model, x, settings.mirror, logits)
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
@@ -255,6 +325,9 @@ struct SlidingWindows<'a> {
     classes: usize,
     context: usize,
     settings: &'a WindowSettings,
+    /// nnU-Net's window positions and Gaussian; `run` returns logits, which are averaged and
+    /// resampled before the softmax (runs imported from nnU-Net).
+    nnunet: bool,
 }
 
 impl<'a> SlidingWindows<'a> {
@@ -266,6 +339,7 @@ impl<'a> SlidingWindows<'a> {
             classes: plan.num_classes(),
             context: plan.context_slices,
             settings,
+            nnunet: plan.nnunet.is_some(),
         }
     }
 
@@ -289,9 +363,13 @@ impl<'a> SlidingWindows<'a> {
         let [pr, pc] = self.patch;
         let canvases = Canvases::new(channels, geometry, self.patch);
         let ([canvas_r, canvas_c], [off_r, off_c]) = (canvases.shape, canvases.offset);
-        let weights = gaussian_weights(self.patch);
-        let starts_r = window_starts(canvas_r, pr, self.settings.step_fraction);
-        let starts_c = window_starts(canvas_c, pc, self.settings.step_fraction);
+        let (weights, starts): (_, fn(usize, usize, f64) -> Vec<usize>) = if self.nnunet {
+            (nnunet_gaussian_weights(self.patch), nnunet_window_starts)
+        } else {
+            (gaussian_weights(self.patch), window_starts)
+        };
+        let starts_r = starts(canvas_r, pr, self.settings.step_fraction);
+        let starts_c = starts(canvas_c, pc, self.settings.step_fraction);
 
         // Slice-major, so a slice's windows are consecutive and every slice has at least one.
         let mut windows = Vec::new();
@@ -302,12 +380,21 @@ impl<'a> SlidingWindows<'a> {
                 }
             }
         }
+        // nnU-Net keeps its sums of weighted logits, its sum of weights and their quotient in
+        // float16; an imported run rounds where it rounds, so the two agree to float16's last bit
+        // rather than differ by its rounding.
+        let round: fn(f32) -> f32 = if self.nnunet {
+            |v| half::f16::from_f32(v).to_f32()
+        } else {
+            |v| v
+        };
         let mut norm = vec![0.0f32; canvas_r * canvas_c];
         for &row in &starts_r {
             for &col in &starts_c {
                 for i in 0..pr {
                     for j in 0..pc {
-                        norm[(row + i) * canvas_c + col + j] += weights[i * pc + j];
+                        let n = &mut norm[(row + i) * canvas_c + col + j];
+                        *n = round(*n + weights[i * pc + j]);
                     }
                 }
             }
@@ -321,7 +408,7 @@ impl<'a> SlidingWindows<'a> {
                 for r in 0..rows {
                     for c in 0..cols {
                         let p = (r + off_r) * canvas_c + c + off_c;
-                        probs[r * cols + c] = class[p] / norm[p];
+                        probs[r * cols + c] = round(class[p] / norm[p]);
                     }
                 }
             }
@@ -366,7 +453,7 @@ impl<'a> SlidingWindows<'a> {
                         let dst = &mut scores[base + i * canvas_c..][..pc];
                         let (src, wts) = (&src[i * pc..][..pc], &weights[i * pc..][..pc]);
                         for ((d, &p), &wt) in dst.iter_mut().zip(src).zip(wts) {
-                            *d += p * wt;
+                            *d = round(*d + p * wt);
                         }
                     }
                 }
@@ -409,8 +496,17 @@ impl<'a> SlidingWindows<'a> {
         let mut to_out = SliceResampler::new(self.geometry, &out_geometry);
         let [out_rows, out_cols] = out_geometry.slice_shape();
         let mut slice_labels = vec![0u8; out_rows * out_cols];
+        let mut softmax_buffer = Vec::new();
+        let nnunet = self.nnunet;
         self.predict(channels, run, |s, probs| {
-            let probs = to_out.resample(probs);
+            let mut probs = to_out.resample(probs);
+            if nnunet {
+                // The averaged (and resampled) logits become probabilities only now.
+                softmax_buffer.clear();
+                softmax_buffer.extend_from_slice(probs);
+                softmax_classes(&mut softmax_buffer);
+                probs = &softmax_buffer;
+            }
             argmax_into(probs, &mut slice_labels);
             out_geometry.insert(&mut labels, s, &slice_labels);
             if let Some(volumes) = probabilities.as_mut() {
@@ -482,6 +578,25 @@ impl SliceResampler {
             }
         }
         &self.out
+    }
+}
+
+/// Softmax over classes, per pixel, in place; `scores` is `[classes][pixels]`.
+fn softmax_classes(scores: &mut [Vec<f32>]) {
+    let pixels = scores.first().map_or(0, Vec::len);
+    for p in 0..pixels {
+        let top = scores
+            .iter()
+            .map(|c| c[p])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0f32;
+        for class in scores.iter_mut() {
+            class[p] = (class[p] - top).exp();
+            total += class[p];
+        }
+        for class in scores.iter_mut() {
+            class[p] /= total;
+        }
     }
 }
 
@@ -682,6 +797,7 @@ mod tests {
                 classes,
                 context,
                 settings: &settings,
+                nnunet: false,
             };
             let (want_labels, want_probs) = whole_volume_reference(&job, &channels, &run);
             // The labels are not all one class, or the comparison would prove little.
@@ -733,6 +849,7 @@ mod tests {
                 classes,
                 context: 0,
                 settings: &settings,
+                nnunet: false,
             };
             // What predict did before: whole-volume probabilities, resampled, then the argmax.
             let probs = job.resolve(&channels, shape, true, &run).probabilities;

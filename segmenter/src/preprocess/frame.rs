@@ -4,6 +4,7 @@
 use segmenter_io::geometry::Orientation;
 use segmenter_io::LoadedCase;
 
+use super::nnunet::uncrop;
 use crate::plan::{network_shape, Plan};
 
 /// A case's channels and label in the frame the network sees: reoriented when the plan says so.
@@ -22,6 +23,18 @@ pub struct NetworkCase {
     pub channels: Vec<Vec<f32>>,
     /// Label map in the network's frame, if the case has one.
     pub label: Option<Vec<u8>>,
+    /// Where `canonical_shape` lies in the reoriented volume when the case was cropped to its
+    /// non-zero region (runs imported from nnU-Net); None when it was not cropped.
+    pub crop: Option<Crop>,
+}
+
+/// The box a case was cropped to, in the reoriented volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crop {
+    /// First voxel of the box.
+    pub start: [usize; 3],
+    /// Shape of the reoriented volume before cropping.
+    pub full_shape: [usize; 3],
 }
 
 impl NetworkCase {
@@ -49,6 +62,7 @@ impl NetworkCase {
                 .label
                 .as_ref()
                 .map(|l| orientation.to_canonical(l, file_shape)),
+            crop: None,
         }
     }
 
@@ -86,16 +100,31 @@ impl NetworkCase {
 
     /// Maps a prediction on the canonical grid (`canonical_shape`: the network's slices at their
     /// own in-plane size, see [`crate::predict::window::VolumeJob::out_shape`]) back to the file's
-    /// voxel order: the labels and, when given, each class's probabilities.
+    /// voxel order: the labels and, when given, each class's probabilities. Outside a crop the
+    /// label is background, with probability 1 (nnU-Net's rule).
     pub fn to_file(
         &self,
         labels: &[u8],
         probabilities: Option<Vec<Vec<f32>>>,
     ) -> (Vec<u8>, Option<Vec<Vec<f32>>>) {
         let back = |v: &[f32]| self.orientation.from_canonical(v, self.file_shape);
+        let Some(crop) = &self.crop else {
+            return (
+                self.orientation.from_canonical(labels, self.file_shape),
+                probabilities.map(|p| p.iter().map(|c| back(c)).collect()),
+            );
+        };
+        let shape = self.canonical_shape;
+        let labels = uncrop(labels, shape, crop, 0u8);
+        let probabilities = probabilities.map(|p| {
+            p.iter()
+                .enumerate()
+                .map(|(k, c)| back(&uncrop(c, shape, crop, if k == 0 { 1.0 } else { 0.0 })))
+                .collect()
+        });
         (
-            self.orientation.from_canonical(labels, self.file_shape),
-            probabilities.map(|p| p.iter().map(|c| back(c)).collect()),
+            self.orientation.from_canonical(&labels, self.file_shape),
+            probabilities,
         )
     }
 }
@@ -147,6 +176,7 @@ mod tests {
             reorient: true,
             target_spacing: Some([1.0, 1.0]),
             context_slices: 0,
+            nnunet: None,
         };
         let frame = NetworkCase::for_plan(&case, &plan);
         assert!(frame.is_resampled());

@@ -2,6 +2,7 @@
 //! (reorientation, in-plane resampling, normalisation), and slicing volumes into 2D planes.
 
 mod frame;
+mod nnunet;
 mod slices;
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
 use segmenter_io::{load_case, Case, Dataset, LoadedCase};
 
-pub use frame::NetworkCase;
+pub use frame::{Crop, NetworkCase};
 pub use slices::SliceGeometry;
 
 use crate::plan::Plan;
@@ -40,8 +41,12 @@ pub fn labelled_cases(dataset: &Dataset, purpose: &str) -> Result<Vec<Case>> {
     Ok(labelled)
 }
 
-/// A case in the network's frame with its channels normalised as the plan says.
+/// A case in the network's frame with its channels normalised as the plan says (for a run
+/// imported from nnU-Net, as nnU-Net's predictor prepares it).
 pub fn network_case(plan: &Plan, case: &LoadedCase) -> NetworkCase {
+    if let Some(nnunet) = &plan.nnunet {
+        return nnunet::nnunet_case(plan, nnunet, case);
+    }
     let mut frame = NetworkCase::for_plan(case, plan);
     plan.normalize(&mut frame.channels);
     frame

@@ -1,0 +1,126 @@
+//! What an nnU-Net checkpoint says about itself beside its weights: the trainer class and the
+//! configuration it was trained with, read from the pickle's bytes without running it.
+
+use std::io::Read;
+use std::path::Path;
+
+/// The trainer and configuration an nnU-Net `checkpoint_final.pth` records (`trainer_name`,
+/// `init_args['configuration']`); None for what it does not record (a plain state dict, a
+/// `.safetensors` file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// `trainer_name`, e.g. `nnUNetTrainerSwinUMamba`.
+    pub trainer_name: Option<String>,
+    /// `init_args['configuration']`, e.g. `2d`.
+    pub configuration: Option<String>,
+}
+
+/// Reads the trainer and configuration from a `torch.save` zip; a file that is not one (or has
+/// neither) gives an empty [`CheckpointInfo`], and the weights' own checks decide.
+pub fn checkpoint_info(path: &Path) -> CheckpointInfo {
+    let Some(pickle) = read_pickle_bytes(path) else {
+        return CheckpointInfo::default();
+    };
+    CheckpointInfo {
+        trainer_name: string_after_key(&pickle, "trainer_name"),
+        configuration: string_after_key(&pickle, "configuration"),
+    }
+}
+
+fn read_pickle_bytes(path: &Path) -> Option<Vec<u8>> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).ok()?;
+    let index = (0..archive.len()).find(|&i| {
+        archive
+            .by_index_raw(i)
+            .is_ok_and(|e| e.name().ends_with("data.pkl"))
+    })?;
+    let mut entry = archive.by_index(index).ok()?;
+    let mut bytes = Vec::new();
+    entry.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// The string value that follows the string key `key` in a pickle (protocols 2 to 5: a dict's
+/// key and value are pushed one after the other, with at most a memo opcode between them).
+fn string_after_key(pickle: &[u8], key: &str) -> Option<String> {
+    let mut at = 0;
+    while at < pickle.len() {
+        let (end, text) = match read_string(pickle, at) {
+            Some(found) => found,
+            None => {
+                at += 1;
+                continue;
+            }
+        };
+        if text == key {
+            let value_at = skip_memo(pickle, end);
+            if let Some((_, value)) = read_string(pickle, value_at) {
+                return Some(value);
+            }
+        }
+        at += 1;
+    }
+    None
+}
+
+/// A `BINUNICODE` (`X`, 4-byte length) or `SHORT_BINUNICODE` (0x8c, 1-byte length) string at
+/// `at`: where it ends and its text.
+fn read_string(pickle: &[u8], at: usize) -> Option<(usize, String)> {
+    let (start, len) = match *pickle.get(at)? {
+        b'X' => {
+            let len = u32::from_le_bytes(pickle.get(at + 1..at + 5)?.try_into().ok()?) as usize;
+            (at + 5, len)
+        }
+        0x8c => (at + 2, *pickle.get(at + 1)? as usize),
+        _ => return None,
+    };
+    let bytes = pickle.get(start..start.checked_add(len)?)?;
+    let text = std::str::from_utf8(bytes).ok()?;
+    Some((start + len, text.to_string()))
+}
+
+/// Skips the memo opcodes that may follow a pushed value: `BINPUT` (q), `LONG_BINPUT` (r),
+/// `MEMOIZE` (0x94).
+fn skip_memo(pickle: &[u8], at: usize) -> usize {
+    match pickle.get(at) {
+        Some(b'q') => at + 2,
+        Some(b'r') => at + 5,
+        Some(0x94) => at + 1,
+        _ => at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_are_found_in_protocol_2_and_4_pickles() {
+        // Protocol 2: X <len> key, BINPUT, X <len> value.
+        let mut p2 = vec![b'}', b'q', 0];
+        for (i, s) in ["trainer_name", "nnUNetTrainerSwinUMamba"]
+            .iter()
+            .enumerate()
+        {
+            p2.push(b'X');
+            p2.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            p2.extend_from_slice(s.as_bytes());
+            p2.extend_from_slice(&[b'q', 1 + i as u8]);
+        }
+        assert_eq!(
+            string_after_key(&p2, "trainer_name").as_deref(),
+            Some("nnUNetTrainerSwinUMamba")
+        );
+        // Protocol 4: SHORT_BINUNICODE key, MEMOIZE, SHORT_BINUNICODE value.
+        let mut p4 = vec![0x8c, 13];
+        p4.extend_from_slice(b"configuration");
+        p4.extend_from_slice(&[0x94, 0x8c, 2]);
+        p4.extend_from_slice(b"2d");
+        assert_eq!(
+            string_after_key(&p4, "configuration").as_deref(),
+            Some("2d")
+        );
+        assert_eq!(string_after_key(&p4, "trainer_name"), None);
+    }
+}
