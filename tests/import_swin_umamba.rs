@@ -70,40 +70,50 @@ fn an_imported_run_predicts_what_nnunets_predictor_predicts() {
     let note = std::fs::read_to_string(run.join("import.json")).unwrap();
     assert!(note.contains("nnUNetTrainerSwinUMamba"), "{note}");
 
-    // nnU-Net v2's predictor (benchmarks/import-vs-nnunet.py) on an 84 x 76 x 3 case with a zero
-    // border, at the plan's spacing: 2 x 2 windows a slice, cropped, no mirroring.
+    // nnU-Net v2's predictor (benchmarks/import-vs-nnunet.py, nnunetv2 2.8.1) on two cases:
+    // `same`, 84 x 76 x 3 with a zero border, at the plan's spacing (cropped, 2 x 2 windows a
+    // slice); `resampled`, 70 x 64 x 2 at 0.8 x 0.9 mm, which nnU-Net resamples to 56 x 58
+    // (cubic splines, per slice), pads to the patch, and whose logits it resamples back.
     let cases = fixture("nnunet-case");
     let (model, plan) = RunDir::open(&run)
         .unwrap()
         .load_model::<Flex>(&Default::default())
         .unwrap();
     let found = segmenter_io::find_cases(&cases, Some(".nii.gz")).unwrap();
-    assert_eq!(found.len(), 1);
-    let loaded = segmenter_io::load_case(&found[0], &plan.labels).unwrap();
-    let settings = WindowSettings::default();
-    let (labels, probs) =
-        predict_case(&model, &plan, &loaded, &settings, true, &Default::default());
-    let theirs = &read_state_dict(&cases.join("same_nnunet_probabilities.safetensors")).unwrap()
-        ["probabilities"];
-    assert_eq!(theirs.shape, vec![3, 3, 76, 84]);
-    let probs = probs.unwrap();
-    let voxels = labels.len();
-    let mut worst = 0.0f32;
-    for (k, class) in probs.iter().enumerate() {
-        // Ours: x fastest; nnU-Net's [class, z, y, x]: the same order within a class.
-        for (v, &p) in class.iter().enumerate() {
-            worst = worst.max((p - theirs.values[k * voxels + v]).abs());
+    assert_eq!(found.len(), 2);
+    for (case, shape) in found.iter().zip([[3, 2, 64, 70], [3, 3, 76, 84]]) {
+        let loaded = segmenter_io::load_case(case, &plan.labels).unwrap();
+        let settings = WindowSettings::default();
+        let (labels, probs) =
+            predict_case(&model, &plan, &loaded, &settings, true, &Default::default());
+        let name = format!("{}_nnunet_probabilities.safetensors", case.id);
+        let theirs = &read_state_dict(&cases.join(name)).unwrap()["probabilities"];
+        assert_eq!(theirs.shape, shape.to_vec(), "{}", case.id);
+        let probs = probs.unwrap();
+        let voxels = labels.len();
+        let mut worst = 0.0f32;
+        for (k, class) in probs.iter().enumerate() {
+            // Ours: x fastest; nnU-Net's [class, z, y, x]: the same order within a class.
+            for (v, &p) in class.iter().enumerate() {
+                worst = worst.max((p - theirs.values[k * voxels + v]).abs());
+            }
         }
+        eprintln!("{}: max |ours - nnU-Net| probability: {worst:.2e}", case.id);
+        assert!(
+            worst <= 1e-3,
+            "{}: probabilities differ by {worst}",
+            case.id
+        );
     }
-    eprintln!("max |ours - nnU-Net| probability: {worst:.2e}");
-    assert!(worst <= 1e-3, "probabilities differ by {worst}");
 
     // The binary predicts the case from the run folder like any other.
     let preds = dir.path().join("preds");
     let out = predict(&run, &cases, &preds, &["--save-probabilities"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(preds.join("same.nii.gz").exists());
-    assert!(preds.join("probabilities/same.nii.gz").exists());
+    for name in ["same", "resampled"] {
+        assert!(preds.join(format!("{name}.nii.gz")).exists());
+        assert!(preds.join(format!("probabilities/{name}.nii.gz")).exists());
+    }
 }
 
 #[test]
@@ -128,7 +138,7 @@ fn what_cannot_be_reproduced_is_refused_with_a_message() {
     });
     let plans3 = edited(dir.path(), "nnUNetPlans.json", |j| {
         let c = &mut j["configurations"]["2d"];
-        c["normalization_schemes"] = serde_json::json!(["ZScoreNormalization"; 3]);
+        c["normalization_schemes"] = serde_json::json!(vec!["ZScoreNormalization"; 3]);
     });
     refused(
         import(&run, &plans3, &three_channels, &[]),

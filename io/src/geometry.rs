@@ -435,6 +435,104 @@ pub fn resample_cubic(data: &[f32], shape: [usize; 3], new_shape: [usize; 3]) ->
     resample_separable(data, shape, new_shape, cubic_taps)
 }
 
+/// Cubic B-spline interpolation as SciPy computes it for scikit-image's
+/// `resize(order=3, mode="edge", anti_aliasing=False)` (which nnU-Net resamples images with):
+/// `scipy.ndimage.zoom(order=3, mode="nearest", grid_mode=True)`, the input padded by 12 edge
+/// samples, prefiltered to spline coefficients, evaluated at `(o + 0.5) * n / m - 0.5`. Unlike
+/// [`resample_cubic`] it is not a local filter and overshoots more at edges; skimage's clip to
+/// the input's range is left to the caller, because nnU-Net clips per slice or per volume.
+/// Computed in float64, one axis at a time; axes whose length does not change are untouched.
+pub fn resample_bspline3(data: &[f32], shape: [usize; 3], new_shape: [usize; 3]) -> Vec<f32> {
+    check_shapes(data.len(), shape, new_shape);
+    let mut cur: Vec<f64> = data.iter().map(|&v| v as f64).collect();
+    let mut cur_shape = shape;
+    for axis in 0..3 {
+        let (n, m) = (cur_shape[axis], new_shape[axis]);
+        if n == m {
+            continue;
+        }
+        let mut out_shape = cur_shape;
+        out_shape[axis] = m;
+        let stride: usize = cur_shape[..axis].iter().product();
+        let out_stride = stride;
+        let outer: usize = cur_shape[axis + 1..].iter().product();
+        let mut out = vec![0.0f64; out_shape.iter().product()];
+        let taps = bspline3_taps(n, m);
+        let mut line = Vec::with_capacity(n + 2 * BSPLINE_PAD);
+        for o in 0..outer {
+            for i in 0..stride {
+                let at = |k: usize| i + stride * (k + n * o);
+                line.clear();
+                line.extend(std::iter::repeat_n(cur[at(0)], BSPLINE_PAD));
+                line.extend((0..n).map(|k| cur[at(k)]));
+                line.extend(std::iter::repeat_n(cur[at(n - 1)], BSPLINE_PAD));
+                bspline3_coefficients(&mut line);
+                for (k, (start, w)) in taps.iter().enumerate() {
+                    let c = &line[*start..*start + 4];
+                    out[i + out_stride * (k + m * o)] =
+                        c[0] * w[0] + c[1] * w[1] + c[2] * w[2] + c[3] * w[3];
+                }
+            }
+        }
+        cur = out;
+        cur_shape = out_shape;
+    }
+    cur.into_iter().map(|v| v as f32).collect()
+}
+
+/// Edge samples SciPy pads a signal with before prefiltering it for `mode="nearest"`.
+const BSPLINE_PAD: usize = 12;
+
+/// For each output sample: the first of its four coefficients in the padded line, and their
+/// cubic B-spline weights.
+fn bspline3_taps(n: usize, m: usize) -> Vec<(usize, [f64; 4])> {
+    (0..m)
+        .map(|o| {
+            let x = (o as f64 + 0.5) * n as f64 / m as f64 - 0.5 + BSPLINE_PAD as f64;
+            let f = x.floor();
+            let t = x - f;
+            let u = 1.0 - t;
+            let w = [
+                u * u * u / 6.0,
+                (3.0 * t * t * t - 6.0 * t * t + 4.0) / 6.0,
+                (-3.0 * t * t * t + 3.0 * t * t + 3.0 * t + 1.0) / 6.0,
+                t * t * t / 6.0,
+            ];
+            (f as usize - 1, w)
+        })
+        .collect()
+}
+
+/// Turns samples into cubic B-spline coefficients in place (the recursive prefilter of Unser,
+/// pole sqrt(3) - 2, mirror boundaries, as `scipy.ndimage.spline_filter1d` applies it).
+fn bspline3_coefficients(c: &mut [f64]) {
+    let n = c.len();
+    if n < 2 {
+        return;
+    }
+    let z = 3f64.sqrt() - 2.0;
+    for v in c.iter_mut() {
+        *v *= 6.0; // (1 - z)(1 - 1/z)
+    }
+    // Causal initial value for a mirror-symmetric extension.
+    let zn = z.powi(n as i32 - 1);
+    let mut sum = c[0] + zn * c[n - 1];
+    let (mut z1, mut z2) = (z, zn * zn / z);
+    for v in &c[1..n - 1] {
+        sum += (z1 + z2) * v;
+        z1 *= z;
+        z2 /= z;
+    }
+    c[0] = sum / (1.0 - zn * zn);
+    for k in 1..n {
+        c[k] += z * c[k - 1];
+    }
+    c[n - 1] = z / (z * z - 1.0) * (z * c[n - 2] + c[n - 1]);
+    for k in (0..n - 1).rev() {
+        c[k] = z * (c[k + 1] - c[k]);
+    }
+}
+
 /// Label-map resampling that never invents a class: the result equals linearly resampling every label's
 /// one-hot mask and taking the argmax (nnU-Net's approach), computed directly from the 8 trilinear
 /// neighbours so the cost does not grow with the number of labels. Ties go to the smaller label value.

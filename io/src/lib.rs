@@ -32,8 +32,8 @@ pub use error::{IoError, Result};
 pub use format::{case_id, has_volume_ending, read_volume, write_labels, Format};
 pub use fsutil::{write_atomic, write_bytes_atomic};
 pub use geometry::{
-    grid_difference, resample_cubic, resample_labels, resample_linear, resampled_affine,
-    shape_for_spacing, Orientation,
+    grid_difference, resample_bspline3, resample_cubic, resample_labels, resample_linear,
+    resampled_affine, shape_for_spacing, Orientation,
 };
 pub use header::{NiftiHeader, MAX_VOXELS};
 pub use image2d::{is_image2d, read_image2d, write_labels_image2d, IMAGE_ENDINGS};

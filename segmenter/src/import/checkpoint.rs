@@ -41,27 +41,56 @@ fn read_pickle_bytes(path: &Path) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// The string value that follows the string key `key` in a pickle (protocols 2 to 5: a dict's
-/// key and value are pushed one after the other, with at most a memo opcode between them).
+/// The string value that follows the string key `key` in a pickle (torch.save's protocol 2: a
+/// dict's key and value are pushed one after the other, each maybe memoised with `BINPUT`). A
+/// value that already appeared earlier (say `2d`, a key of the plans' configurations) is a memo
+/// reference (`BINGET`), resolved from the strings memoised so far.
 fn string_after_key(pickle: &[u8], key: &str) -> Option<String> {
+    let mut memo = std::collections::HashMap::new();
     let mut at = 0;
     while at < pickle.len() {
-        let (end, text) = match read_string(pickle, at) {
-            Some(found) => found,
-            None => {
-                at += 1;
-                continue;
-            }
+        let Some((end, text)) = read_string(pickle, at) else {
+            at += 1;
+            continue;
         };
+        let after = skip_memo(pickle, end);
+        if let Some(index) = memo_index(pickle, end) {
+            memo.insert(index, text.clone());
+        }
         if text == key {
-            let value_at = skip_memo(pickle, end);
-            if let Some((_, value)) = read_string(pickle, value_at) {
+            if let Some((_, value)) = read_string(pickle, after) {
                 return Some(value);
             }
+            if let Some(value) = memo_get(pickle, after).and_then(|i| memo.get(&i)) {
+                return Some(value.clone());
+            }
         }
-        at += 1;
+        // Strings are skipped whole, so their text is never read as opcodes.
+        at = end;
     }
     None
+}
+
+/// The index a `BINPUT` (q, 1 byte) or `LONG_BINPUT` (r, 4 bytes) at `at` stores to.
+fn memo_index(pickle: &[u8], at: usize) -> Option<u32> {
+    match *pickle.get(at)? {
+        b'q' => pickle.get(at + 1).map(|&i| u32::from(i)),
+        b'r' => Some(u32::from_le_bytes(
+            pickle.get(at + 1..at + 5)?.try_into().ok()?,
+        )),
+        _ => None,
+    }
+}
+
+/// The index a `BINGET` (h, 1 byte) or `LONG_BINGET` (j, 4 bytes) at `at` reads.
+fn memo_get(pickle: &[u8], at: usize) -> Option<u32> {
+    match *pickle.get(at)? {
+        b'h' => pickle.get(at + 1).map(|&i| u32::from(i)),
+        b'j' => Some(u32::from_le_bytes(
+            pickle.get(at + 1..at + 5)?.try_into().ok()?,
+        )),
+        _ => None,
+    }
 }
 
 /// A `BINUNICODE` (`X`, 4-byte length) or `SHORT_BINUNICODE` (0x8c, 1-byte length) string at
@@ -122,5 +151,15 @@ mod tests {
             Some("2d")
         );
         assert_eq!(string_after_key(&p4, "trainer_name"), None);
+        // A value pushed before as something else comes back as a memo reference.
+        let mut p = Vec::new();
+        for (s, put) in [("2d", 7u8), ("configuration", 8)] {
+            p.push(b'X');
+            p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            p.extend_from_slice(s.as_bytes());
+            p.extend_from_slice(&[b'q', put]);
+        }
+        p.extend_from_slice(&[b'h', 7]);
+        assert_eq!(string_after_key(&p, "configuration").as_deref(), Some("2d"));
     }
 }

@@ -245,6 +245,7 @@ pub fn plan_from_nnunet(
         Some(Value::Array(a)) => a.iter().map(|v| v.as_bool().unwrap_or(false)).collect(),
         _ => vec![false; channels],
     };
+    let force_separate_z = resampling(&config, plans_path)?;
     let intensities = plans.get("foreground_intensity_properties_per_channel");
     let normalization = schemes
         .iter()
@@ -273,8 +274,54 @@ pub fn plan_from_nnunet(
             transpose_forward,
             crop_to_nonzero: true,
             use_mask_for_norm,
+            force_separate_z,
         }),
     })
+}
+
+/// The plans' resampling, which predict reproduces only for nnU-Net's default: images with
+/// cubic splines and logits linearly (`resample_data_or_seg_to_shape`, order 3 and 1, order_z 0,
+/// anisotropy threshold 3). Returns the shared `force_separate_z`.
+fn resampling(config: &Map<String, Value>, path: &Path) -> Result<Option<bool>> {
+    let name = path.display();
+    let mut separate = Vec::new();
+    for (what, order) in [("data", 3), ("probabilities", 1)] {
+        let function = format!("resampling_fn_{what}");
+        match config.get(&function).and_then(Value::as_str) {
+            None | Some("resample_data_or_seg_to_shape") => {}
+            Some(other) => bail!(
+                "{name}: {function} is '{other}'; only nnU-Net's default \
+                 'resample_data_or_seg_to_shape' can be imported"
+            ),
+        }
+        let kwargs = config.get(&format!("{function}_kwargs"));
+        let get = |key: &str| kwargs.and_then(|k| k.get(key)).filter(|v| !v.is_null());
+        let int = |key: &str, default: u64| get(key).map_or(Some(default), Value::as_u64);
+        if int("order", order) != Some(order) || int("order_z", 0) != Some(0) {
+            bail!(
+                "{name}: {function}_kwargs {}: only order {order} with order_z 0 (nnU-Net's \
+                 default) can be imported",
+                kwargs.map_or("{}".to_string(), Value::to_string)
+            );
+        }
+        if get("separate_z_anisotropy_threshold").is_some_and(|v| v.as_f64() != Some(3.0)) {
+            bail!(
+                "{name}: {function}_kwargs sets separate_z_anisotropy_threshold; only nnU-Net's \
+                 default 3 can be imported"
+            );
+        }
+        separate.push(get("force_separate_z").map(|v| v.as_bool()));
+    }
+    match separate[..] {
+        [Some(None), _] | [_, Some(None)] => {
+            bail!("{name}: force_separate_z is not true, false or null")
+        }
+        [a, b] if a == b => Ok(a.flatten()),
+        _ => bail!(
+            "{name}: force_separate_z differs between images and probabilities; this cannot be \
+             imported"
+        ),
+    }
 }
 
 /// Our normalisation for nnU-Net's scheme `scheme` of channel `ch`.

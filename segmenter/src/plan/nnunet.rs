@@ -23,6 +23,10 @@ pub struct NnUnetFrame {
     /// Per channel: z-score over the non-zero region only (holes filled) and leave the rest as it
     /// is (the plans' `use_mask_for_norm`).
     pub use_mask_for_norm: Vec<bool>,
+    /// The plans' `force_separate_z` for resampling images and logits: `None` lets the spacing
+    /// decide (anisotropy over 3), as nnU-Net's `resample_data_or_seg_to_shape` does.
+    #[serde(default)]
+    pub force_separate_z: Option<bool>,
 }
 
 impl NnUnetFrame {
@@ -47,6 +51,7 @@ mod tests {
             transpose_forward: t,
             crop_to_nonzero: true,
             use_mask_for_norm: vec![false],
+            force_separate_z: None,
         };
         // No transpose: slices along z (file axis 2), rows along y (file axis 1), columns x.
         assert_eq!(frame([0, 1, 2]).orientation().perm, [1, 0, 2]);

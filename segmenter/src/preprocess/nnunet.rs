@@ -5,7 +5,7 @@
 use segmenter_io::LoadedCase;
 
 use super::frame::{Crop, NetworkCase};
-use crate::plan::{network_shape, NnUnetFrame, Normalization, Plan};
+use crate::plan::{NnUnetFrame, Normalization, Plan};
 
 /// The case in the network's frame as nnU-Net's predictor feeds it, normalised.
 pub fn nnunet_case(plan: &Plan, nnunet: &NnUnetFrame, case: &LoadedCase) -> NetworkCase {
@@ -52,18 +52,22 @@ pub fn nnunet_case(plan: &Plan, nnunet: &NnUnetFrame, case: &LoadedCase) -> Netw
         }
     }
 
-    let target = network_shape(shape, spacing, plan.slice_axis, plan.target_spacing);
+    let target = match plan.target_spacing {
+        Some(t) => nnunet_shape(shape, spacing, t),
+        None => shape,
+    };
     let mut out_spacing = spacing;
     if target != shape {
+        let target_spacing =
+            std::array::from_fn(|a| spacing[a] * shape[a] as f64 / target[a] as f64);
+        let separate = separate_axis(nnunet.force_separate_z, spacing, target_spacing);
         for values in &mut channels {
-            *values = segmenter_io::resample_cubic(values, shape, target);
+            *values = resize_like_nnunet(values, shape, target, separate);
         }
         if let Some(l) = &mut label {
             *l = segmenter_io::resample_labels(l, shape, target);
         }
-        for a in 0..3 {
-            out_spacing[a] *= shape[a] as f64 / target[a] as f64;
-        }
+        out_spacing = target_spacing;
     }
     NetworkCase {
         orientation,
@@ -75,6 +79,106 @@ pub fn nnunet_case(plan: &Plan, nnunet: &NnUnetFrame, case: &LoadedCase) -> Netw
         label,
         crop: (shape != full_shape).then_some(Crop { start, full_shape }),
     }
+}
+
+/// nnU-Net's `compute_new_shape` for a 2D configuration in the network frame (rows, columns,
+/// slices): each in-plane axis becomes `round(spacing / target * n)` with Python's rounding (ties
+/// to even), the slices keep their number.
+fn nnunet_shape(shape: [usize; 3], spacing: [f64; 3], [tr, tc]: [f64; 2]) -> [usize; 3] {
+    let scaled =
+        |n: usize, sp: f64, t: f64| ((sp / t * n as f64).round_ties_even() as usize).max(1);
+    [
+        scaled(shape[0], spacing[0], tr),
+        scaled(shape[1], spacing[1], tc),
+        shape[2],
+    ]
+}
+
+/// The frame axis nnU-Net resamples separately (with `order_z` 0), or none: its
+/// `determine_do_sep_z_and_axis` on spacings in the network frame. An axis is separate when the
+/// spacing's anisotropy exceeds 3 and exactly one axis has the coarsest spacing.
+fn separate_axis(force: Option<bool>, current: [f64; 3], new: [f64; 3]) -> Option<usize> {
+    let anisotropic = |s: [f64; 3]| {
+        let (max, min) = (
+            s.iter().copied().fold(f64::MIN, f64::max),
+            s.iter().copied().fold(f64::MAX, f64::min),
+        );
+        max / min > 3.0
+    };
+    let lowres = |s: [f64; 3]| {
+        let max = s.iter().copied().fold(f64::MIN, f64::max);
+        let axes: Vec<usize> = (0..3).filter(|&a| max / s[a] == 1.0).collect();
+        (axes.len() == 1).then(|| axes[0])
+    };
+    match force {
+        Some(true) => lowres(current),
+        Some(false) => None,
+        None if anisotropic(current) => lowres(current),
+        None if anisotropic(new) => lowres(new),
+        None => None,
+    }
+}
+
+/// One channel resampled from `shape` to `target` as nnU-Net's `resample_data_or_seg` does for
+/// images (scikit-image's `resize`, order 3, edge mode, clipped to the input's range): the whole
+/// channel at once, or slab by slab across the `separate` axis, which then takes the nearest
+/// slab.
+fn resize_like_nnunet(
+    values: &[f32],
+    shape: [usize; 3],
+    target: [usize; 3],
+    separate: Option<usize>,
+) -> Vec<f32> {
+    let Some(axis) = separate else {
+        let mut out = segmenter_io::resample_bspline3(values, shape, target);
+        let (lo, hi) = range(values.iter());
+        out.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+        return out;
+    };
+    // Along `axis` the spline sees each slab alone: resample the other axes, keeping this one.
+    let mut within = target;
+    within[axis] = shape[axis];
+    let mut out = segmenter_io::resample_bspline3(values, shape, within);
+    for slab in 0..shape[axis] {
+        let (lo, hi) = range(slab_indices(shape, axis, slab).map(|v| &values[v]));
+        for v in slab_indices(within, axis, slab) {
+            out[v] = out[v].clamp(lo, hi);
+        }
+    }
+    if target[axis] == shape[axis] {
+        return out;
+    }
+    // order_z 0: SciPy's nearest sample, floor(x + 0.5) of the same grid mapping, edges clamped.
+    let (n, m) = (shape[axis], target[axis]);
+    let mut result = vec![0.0f32; target.iter().product()];
+    for o in 0..m {
+        let x = (o as f64 + 0.5) * n as f64 / m as f64 - 0.5;
+        let from = ((x + 0.5).floor().max(0.0) as usize).min(n - 1);
+        for (dst, src) in slab_indices(target, axis, o).zip(slab_indices(within, axis, from)) {
+            result[dst] = out[src];
+        }
+    }
+    result
+}
+
+/// Smallest and largest value.
+fn range<'a>(values: impl Iterator<Item = &'a f32>) -> (f32, f32) {
+    values.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    })
+}
+
+/// Indices (x fastest) of the voxels of an x-fastest volume with `axis` fixed at `at`, in the
+/// same order for any length of `axis`.
+fn slab_indices(shape: [usize; 3], axis: usize, at: usize) -> impl Iterator<Item = usize> {
+    let [nx, ny, nz] = shape;
+    let mut ranges = [0..nx, 0..ny, 0..nz];
+    ranges[axis] = at..at + 1;
+    let [rx, ry, rz] = ranges;
+    rz.flat_map(move |z| {
+        let (rx, ry) = (rx.clone(), ry.clone());
+        ry.flat_map(move |y| rx.clone().map(move |x| x + nx * (y + ny * z)))
+    })
 }
 
 /// Voxels where any channel is non-zero (x-fastest, like the channels).
