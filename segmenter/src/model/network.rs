@@ -411,7 +411,13 @@ mod tests {
                 .with_weight_decay(0.05)
                 .init::<A, SwinUMamba<A>>();
             let x = Tensor::<A, 4>::random([1, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-            let loss = model.logits(x).powi_scalar(2).mean();
+            // Every head in the loss, so that every parameter has a gradient.
+            let loss = model
+                .forward_heads(x, 4)
+                .into_iter()
+                .map(|y| y.powi_scalar(2).mean())
+                .reduce(|a, b| a + b)
+                .expect("four heads");
             let mut grads = GradientsParams::from_grads(loss.backward(), &model);
             if freeze {
                 model.freeze_encoder(&mut grads);
