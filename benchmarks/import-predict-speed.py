@@ -100,7 +100,7 @@ def run_nnunet(out, upstream, scan_dir, threads):
         del sys.modules[key]
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    import nnunetv2
+    import importlib.metadata
 
     checkpoint = torch.load(os.path.join(out, "checkpoint_final.pth"), map_location="cpu",
                             weights_only=False)
@@ -127,7 +127,7 @@ def run_nnunet(out, upstream, scan_dir, threads):
     print(json.dumps({"suite": "nnunet", "predict_s": round(seconds, 2),
                       "peak_rss_mib": round(peak_mib), "threads": threads,
                       "torch": torch.__version__,
-                      "nnunetv2": getattr(nnunetv2, "__version__", None)}), flush=True)
+                      "nnunetv2": importlib.metadata.version("nnunetv2")}), flush=True)
 
 
 def compare(out):

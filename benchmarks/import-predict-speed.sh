@@ -30,7 +30,9 @@ RAYON_NUM_THREADS=$threads /usr/bin/time -f '%e %M' -o "$dir/time" \
   "$bin" predict --model "$dir/run" --input "$dir/cases" --output "$dir/ours" >&2
 read -r seconds kib < "$dir/time"
 echo "{\"suite\":\"ours\",\"predict_s\":$seconds,\"peak_rss_mib\":$((kib / 1024)),\"threads\":$threads,\"version\":\"$("$bin" --version | cut -d' ' -f2)\"}"
+# nnU-Net prints its progress on stdout: only the JSON line goes to ours.
 "$python" benchmarks/import-predict-speed.py --stage nnunet --out "$dir" --upstream "$upstream" \
-  --threads "$threads"
+  --threads "$threads" | tee /dev/stderr | grep '^{'
+
 "$python" benchmarks/import-predict-speed.py --stage compare --out "$dir"
 echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores" >&2

@@ -363,7 +363,8 @@ impl<'a> SlidingWindows<'a> {
         let [pr, pc] = self.patch;
         let canvases = Canvases::new(channels, geometry, self.patch);
         let ([canvas_r, canvas_c], [off_r, off_c]) = (canvases.shape, canvases.offset);
-        let (weights, starts): (_, fn(usize, usize, f64) -> Vec<usize>) = if self.nnunet {
+        type Starts = fn(usize, usize, f64) -> Vec<usize>;
+        let (weights, starts): (_, Starts) = if self.nnunet {
             (nnunet_gaussian_weights(self.patch), nnunet_window_starts)
         } else {
             (gaussian_weights(self.patch), window_starts)
