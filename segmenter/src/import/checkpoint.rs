@@ -54,14 +54,16 @@ fn string_after_key(pickle: &[u8], key: &str) -> Option<String> {
             continue;
         };
         let after = skip_memo(pickle, end);
-        if let Some(index) = memo_index(pickle, end) {
+        if let Some(index) = memo_operand(pickle, end, [b'q', b'r']) {
             memo.insert(index, text.clone());
         }
         if text == key {
             if let Some((_, value)) = read_string(pickle, after) {
                 return Some(value);
             }
-            if let Some(value) = memo_get(pickle, after).and_then(|i| memo.get(&i)) {
+            if let Some(value) =
+                memo_operand(pickle, after, [b'h', b'j']).and_then(|i| memo.get(&i))
+            {
                 return Some(value.clone());
             }
         }
@@ -71,22 +73,12 @@ fn string_after_key(pickle: &[u8], key: &str) -> Option<String> {
     None
 }
 
-/// The index a `BINPUT` (q, 1 byte) or `LONG_BINPUT` (r, 4 bytes) at `at` stores to.
-fn memo_index(pickle: &[u8], at: usize) -> Option<u32> {
+/// The memo index of the opcode at `at` if it is `short` (1-byte index) or `long` (4-byte index):
+/// `BINPUT`/`LONG_BINPUT` (q, r) store there, `BINGET`/`LONG_BINGET` (h, j) read from there.
+fn memo_operand(pickle: &[u8], at: usize, [short, long]: [u8; 2]) -> Option<u32> {
     match *pickle.get(at)? {
-        b'q' => pickle.get(at + 1).map(|&i| u32::from(i)),
-        b'r' => Some(u32::from_le_bytes(
-            pickle.get(at + 1..at + 5)?.try_into().ok()?,
-        )),
-        _ => None,
-    }
-}
-
-/// The index a `BINGET` (h, 1 byte) or `LONG_BINGET` (j, 4 bytes) at `at` reads.
-fn memo_get(pickle: &[u8], at: usize) -> Option<u32> {
-    match *pickle.get(at)? {
-        b'h' => pickle.get(at + 1).map(|&i| u32::from(i)),
-        b'j' => Some(u32::from_le_bytes(
+        op if op == short => pickle.get(at + 1).map(|&i| u32::from(i)),
+        op if op == long => Some(u32::from_le_bytes(
             pickle.get(at + 1..at + 5)?.try_into().ok()?,
         )),
         _ => None,

@@ -204,9 +204,9 @@ mod tests {
         impl ModuleVisitor<Ad> for Collect<'_> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Ad, D>>) {
                 let g = self.grads.get::<Flex, D>(param.id);
-                self.out.push(g.map_or_else(Vec::new, |g| {
-                    g.into_data().into_vec::<f32>().expect("f32")
-                }));
+                self.out.push(
+                    g.map_or_else(Vec::new, |g| g.into_data().into_vec::<f32>().expect("f32")),
+                );
             }
         }
         let mut c = Collect {
@@ -268,9 +268,8 @@ mod tests {
         // Training runs three of the four deep-supervision heads (nnU-Net gives the fourth
         // weight 0); only the fourth head's parameters have no gradient, in every computation.
         // That head (a 1x1 convolution: weight and bias) is the model's last module.
-        let missing = |g: &[Vec<f32>]| -> Vec<usize> {
-            (0..g.len()).filter(|&i| g[i].is_empty()).collect()
-        };
+        let missing =
+            |g: &[Vec<f32>]| -> Vec<usize> { (0..g.len()).filter(|&i| g[i].is_empty()).collect() };
         let last_two = vec![got.len() - 2, got.len() - 1];
         assert_eq!(missing(&got), last_two);
         assert_eq!(missing(&g0), last_two);
