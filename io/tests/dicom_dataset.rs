@@ -282,3 +282,86 @@ fn missing_or_doubled_labels_and_odd_folders_are_refused() {
         "{msg}"
     );
 }
+
+/// Rewrites every per-frame functional group of a SEG with `change`.
+fn rewrite_frames(path: &Path, change: impl Fn(usize, &mut dicom_object::InMemDicomObject)) {
+    use dicom_core::value::DataSetSequence;
+    rewrite(path, |obj| {
+        let mut groups = obj
+            .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
+            .to_vec();
+        for (f, group) in groups.iter_mut().enumerate() {
+            change(f, group);
+        }
+        obj.put(DataElement::new(
+            tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(groups),
+        ));
+    });
+}
+
+#[test]
+fn seg_frames_without_source_references_are_placed_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (_, labels_b) = two_case_dataset(root);
+    let seg = seg_file(&root.join("labelsTr/ct_b"));
+    rewrite_frames(&seg, |_, group| {
+        group.remove_element(tags::DERIVATION_IMAGE_SEQUENCE);
+    });
+    let dataset = load_dataset(root).unwrap();
+    let loaded = load_case(&dataset.cases[1], &dataset.labels).unwrap();
+    assert_eq!(loaded.label.unwrap(), labels_b);
+
+    // A frame moved 3 mm along the rows lies on no slice.
+    rewrite_frames(&seg, |f, group| {
+        if f == 1 {
+            let position = DataElement::new(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                PrimitiveValue::from("-7\\-20\\28"),
+            );
+            let mut item = dicom_object::InMemDicomObject::new_empty();
+            item.put(position);
+            group.put(DataElement::new(
+                tags::PLANE_POSITION_SEQUENCE,
+                VR::SQ,
+                dicom_core::value::DataSetSequence::from(vec![item]),
+            ));
+        }
+    });
+    let err = case_error(root, "ct_b");
+    assert!(
+        err.contains("7F3A09") && err.contains("frame 2") && err.contains("none of the series"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_seg_frame_off_the_image_it_cites_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    two_case_dataset(root);
+    let seg = seg_file(&root.join("labelsTr/ct_b"));
+    rewrite_frames(&seg, |f, group| {
+        if f == 0 {
+            let mut item = dicom_object::InMemDicomObject::new_empty();
+            item.put(DataElement::new(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                PrimitiveValue::from("-10\\-20\\100"),
+            ));
+            group.put(DataElement::new(
+                tags::PLANE_POSITION_SEQUENCE,
+                VR::SQ,
+                dicom_core::value::DataSetSequence::from(vec![item]),
+            ));
+        }
+    });
+    let err = case_error(root, "ct_b");
+    assert!(err.contains("frame 1 cites"), "{err}");
+}
