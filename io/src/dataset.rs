@@ -410,7 +410,8 @@ fn series_folders(
                 return Err(dataset_err(
                     &path,
                     format!(
-                        "a DICOM series folder is read as the one channel of a single-channel                          dataset (CASE_0000/), but {} declares {channels} channel(s)",
+                        "a DICOM series folder is read as the one channel of a single-channel \
+                         dataset (CASE_0000/), but {} declares {channels} channel(s)",
                         json_path.display()
                     ),
                 ))
