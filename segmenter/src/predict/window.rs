@@ -8,6 +8,9 @@ use crate::model::{ModelBackend, SwinUMamba};
 use crate::plan::Plan;
 use crate::preprocess::SliceGeometry;
 
+/// Window start positions along one axis: (canvas length, patch length, step fraction) -> starts.
+type WindowStarts = fn(usize, usize, f64) -> Vec<usize>;
+
 /// Sliding-window settings.
 #[derive(Clone, Debug)]
 pub struct WindowSettings {
@@ -363,7 +366,7 @@ impl<'a> SlidingWindows<'a> {
         let [pr, pc] = self.patch;
         let canvases = Canvases::new(channels, geometry, self.patch);
         let ([canvas_r, canvas_c], [off_r, off_c]) = (canvases.shape, canvases.offset);
-        let (weights, starts): (_, fn(usize, usize, f64) -> Vec<usize>) = if self.nnunet {
+        let (weights, starts): (_, WindowStarts) = if self.nnunet {
             (nnunet_gaussian_weights(self.patch), nnunet_window_starts)
         } else {
             (gaussian_weights(self.patch), window_starts)

@@ -317,7 +317,7 @@ mod tests {
     fn the_nonzero_box_crops_and_uncrops_exactly() {
         let shape = [5, 4, 3];
         let mut values = vec![0.0f32; 60];
-        values[1 + 5 * (1 + 4 * 1)] = 2.0;
+        values[1 + 5 * (1 + 4)] = 2.0;
         values[3 + 5 * (2 + 4 * 2)] = -1.0;
         let (start, cropped) = nonzero_box(std::slice::from_ref(&values), shape);
         assert_eq!((start, cropped), ([1, 1, 1], [3, 2, 2]));
