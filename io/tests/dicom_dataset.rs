@@ -365,3 +365,57 @@ fn a_seg_frame_off_the_image_it_cites_is_refused() {
     let err = case_error(root, "ct_b");
     assert!(err.contains("frame 1 cites"), "{err}");
 }
+
+#[test]
+fn series_folders_and_image_files_mix_in_one_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    two_case_dataset(root);
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample-data/hippocampus");
+    fs::copy(
+        sample.join("imagesTr/hippocampus_001.nii.gz"),
+        root.join("imagesTr/ct_c_0000.nii.gz"),
+    )
+    .unwrap();
+    fs::copy(
+        sample.join("labelsTr/hippocampus_001.nii.gz"),
+        root.join("labelsTr/ct_c.nii.gz"),
+    )
+    .unwrap();
+    let dataset = load_dataset(root).unwrap();
+    let kinds: Vec<(&str, bool)> = dataset
+        .cases
+        .iter()
+        .map(|c| (c.id.as_str(), c.dicom.is_some()))
+        .collect();
+    assert_eq!(kinds, [("ct_a", true), ("ct_b", true), ("ct_c", false)]);
+    for case in &dataset.cases {
+        assert!(load_case(case, &dataset.labels).unwrap().label.is_some());
+    }
+    // A series folder beside a file of the same case is ambiguous.
+    fs::copy(
+        sample.join("imagesTr/hippocampus_001.nii.gz"),
+        root.join("imagesTr/ct_a_0000.nii.gz"),
+    )
+    .unwrap();
+    let msg = load_dataset(root).unwrap_err().to_string();
+    assert!(
+        msg.contains("ct_a_0000") && msg.contains("keep one"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_series_folder_in_a_multi_channel_dataset_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    two_case_dataset(root);
+    let json = r#"{"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0,
+        "liver": 1, "spleen": 2}, "file_ending": ".nii.gz"}"#;
+    fs::write(root.join("dataset.json"), json).unwrap();
+    let msg = load_dataset(root).unwrap_err().to_string();
+    assert!(
+        msg.contains("single-channel") && msg.contains("2 channel(s)"),
+        "{msg}"
+    );
+}
