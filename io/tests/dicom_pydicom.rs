@@ -1,12 +1,15 @@
 //! Series written by pydicom (io/tests/dicom_fixtures/make_series.py, from crops of the
 //! TotalSegmentator example scans) read by our reader: voxels exactly and affines to 1e-3 mm
 //! against the crops the generator wrote beside them, the scout and the stray text file skipped,
-//! and, where dcm2niix is installed, the same volumes as dcm2niix's.
+//! and, where dcm2niix is installed, the same volumes as dcm2niix's. The CT with pydicom's DICOM
+//! SEG of four organs trains as a dataset case, the SEG read back as the generator's label crop.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use segmenter_io::{find_dicom_series, read_dicom_series, read_nifti, Orientation, Volume};
+use segmenter_io::{
+    find_dicom_series, load_case, load_dataset, read_dicom_series, read_nifti, Orientation, Volume,
+};
 
 /// The committed output of make_series.py.
 fn fixtures() -> PathBuf {
@@ -116,4 +119,50 @@ fn pydicom_series_read_as_dcm2niix_converts_them() {
         let diff = max_affine_difference(&our_affine, &their_affine);
         assert!(diff < 1e-3, "{id}: {our_affine:?} vs {their_affine:?}");
     }
+}
+
+/// Copies a folder and everything under it.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_pydicom_seg_labels_the_ct_as_a_dataset_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // The CT's folder as exported, scout included (skipped), as the case's series folder.
+    copy_tree(
+        &fixtures().join("export/CT"),
+        &root.join("imagesTr/abdomen_0000"),
+    );
+    std::fs::create_dir_all(root.join("labelsTr")).unwrap();
+    std::fs::copy(
+        fixtures().join("ct_oblique_seg.dcm"),
+        root.join("labelsTr/abdomen.dcm"),
+    )
+    .unwrap();
+    // Label values in another order than the SEG's segment numbers: matched by name.
+    let json = r#"{"channel_names": {"0": "CT"}, "labels": {"background": 0, "kidney_right": 1,
+        "kidney_left": 2, "gallbladder": 3, "liver": 4}, "file_ending": ".nii.gz"}"#;
+    std::fs::write(root.join("dataset.json"), json).unwrap();
+    let dataset = load_dataset(root).unwrap();
+    let loaded = load_case(&dataset.cases[0], &dataset.labels).unwrap();
+    assert!(loaded.notes.is_empty(), "{:?}", loaded.notes);
+    let want = read_nifti(&fixtures().join("ct_oblique_labels.nii.gz")).unwrap();
+    let want: Vec<u8> = want.data.iter().map(|v| *v as u8).collect();
+    assert_eq!(loaded.label.as_deref(), Some(&want[..]));
+    for value in 1..=4 {
+        assert!(want.contains(&value), "label {value} absent from the crop");
+    }
+    let ct = read_nifti(&fixtures().join("ct_oblique.nii.gz")).unwrap();
+    assert_eq!(loaded.channels[0].data, ct.data);
 }

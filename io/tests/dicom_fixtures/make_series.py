@@ -16,6 +16,9 @@ script):
   - INFO, a stray text file.
 - ct_oblique.nii.gz, mr_lps.nii.gz: what a reader must make of series 2 and 5, the cropped
   intensities (float32) with the voxel-to-RAS affine the DICOM geometry describes.
+- ct_oblique_seg.dcm: a binary DICOM SEG of four organs on the CT (TotalSegmentator's
+  example_seg.nii.gz, same crop), and ct_oblique_labels.nii.gz, the label map it stands for under
+  the label values of SEG_DATASET_LABELS.
 
 Run: python3 make_series.py [--source DIR] [--out DIR]
 (DIR defaults: /work/shared/data/totalseg-example, or $SEGMENTER_SHARED_DATA/totalseg-example.)
@@ -147,6 +150,93 @@ def write_slices(out_dir, series_uid, sop_class, stack, lps, *, number, descript
         ds.save_as(sub / opaque_name(series_uid, k), enforce_file_format=True)
 
 
+# The SEG's segments in their SegmentNumber order (1, 2, ...), with TotalSegmentator's label
+# value for each; the dataset.json of the test numbers them otherwise (SEG_DATASET_LABELS).
+SEG_SEGMENTS = [("liver", 5), ("kidney_left", 3), ("kidney_right", 2), ("gallbladder", 4)]
+SEG_DATASET_LABELS = [("kidney_right", 2), ("kidney_left", 3), ("gallbladder", 4), ("liver", 5)]
+
+
+def code_item(value, scheme, meaning):
+    """A code sequence item."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def write_seg(path, series_uid, organs, lps, slices):
+    """A binary DICOM SEG of SEG_SEGMENTS on the CT series: one frame per segment and slice that
+    holds it, slices in decreasing order, each citing its CT instance and position."""
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    row_dir, col_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+    uid = generate_uid(entropy_srcs=["segmenter pydicom fixture SEG"])
+    ds = base(generate_uid(entropy_srcs=["segmenter pydicom fixture SEG series"]),
+              "1.2.840.10008.5.1.4.1.1.66.4", uid, 300, "TotalSegmentator organs", "SEG")
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.InstanceNumber = 1
+    ds.ContentLabel = "ORGANS"
+    ds.SegmentationType = "BINARY"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.Rows, ds.Columns = organs.shape[1], organs.shape[0]
+    ds.LossyImageCompression = "00"
+    shared = Dataset()
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = ds_text(list(row_dir) + list(col_dir), 10)
+    shared.PlaneOrientationSequence = [orientation]
+    measures = Dataset()
+    measures.PixelSpacing = ds_text([spacing[1], spacing[0]], 6)
+    measures.SliceThickness = ds_text([spacing[2]], 6)[0]
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    segments, frames, masks = [], [], []
+    for number, (name, value) in enumerate(SEG_SEGMENTS, start=1):
+        item = Dataset()
+        item.SegmentNumber = number
+        item.SegmentLabel = name
+        item.SegmentAlgorithmType = "AUTOMATIC"
+        item.SegmentAlgorithmName = "TotalSegmentator"
+        item.SegmentedPropertyCategoryCodeSequence = [code_item("91723000", "SCT", "Anatomical Structure")]
+        item.SegmentedPropertyTypeCodeSequence = [code_item("91723000", "SCT", "Anatomical Structure")]
+        segments.append(item)
+        for k in reversed(range(slices)):
+            mask = organs[:, :, k] == value
+            if not mask.any():
+                continue
+            source = Dataset()
+            source.ReferencedSOPClassUID = CTImageStorage
+            source.ReferencedSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(k)])
+            derivation = Dataset()
+            derivation.SourceImageSequence = [source]
+            derivation.DerivationCodeSequence = [code_item("113076", "DCM", "Segmentation")]
+            position = Dataset()
+            position.ImagePositionPatient = ds_text((lps @ [0, 0, k, 1])[:3], 6)
+            identification = Dataset()
+            identification.ReferencedSegmentNumber = number
+            group = Dataset()
+            group.DerivationImageSequence = [derivation]
+            group.PlanePositionSequence = [position]
+            group.SegmentIdentificationSequence = [identification]
+            frames.append(group)
+            masks.append(mask.T)
+    ds.SegmentSequence = segments
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.NumberOfFrames = len(frames)
+    referenced = Dataset()
+    referenced.SeriesInstanceUID = series_uid
+    instances = []
+    for k in range(slices):
+        item = Dataset()
+        item.ReferencedSOPClassUID = CTImageStorage
+        item.ReferencedSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(k)])
+        instances.append(item)
+    referenced.ReferencedInstanceSequence = instances
+    ds.ReferencedSeriesSequence = [referenced]
+    # Frames back to back, 8 pixels a byte with the first in the lowest bit, padded to even length.
+    bits = np.packbits(np.stack(masks).astype(np.uint8).ravel(), bitorder="little").tobytes()
+    ds.PixelData = bits + b"\0" * (len(bits) % 2)
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+
+
 def crop(path, ranges):
     """The cropped integer voxels and the crop's own affine."""
     image = nib.load(path)
@@ -228,6 +318,15 @@ def main():
     up[:, 3] = up @ np.array([0, 0, mr.shape[2] - 1, 1])
     up[:3, 2] = -up[:3, 2]
     reference(out / "mr_lps.nii.gz", mr, up)
+
+    # A DICOM SEG of four organs on the CT, from TotalSegmentator's own segmentation of the scan,
+    # written by hand with pydicom (not by our writer): a second, independent SEG for the reader.
+    organs, _ = crop(args.source / "example_seg.nii.gz", CT_CROP)
+    write_seg(out / "ct_oblique_seg.dcm", ct_uid, organs, lps, n)
+    dataset_values = np.zeros(256, np.uint8)
+    for value, (_, totalseg) in enumerate(SEG_DATASET_LABELS, start=1):
+        dataset_values[totalseg] = value
+    reference(out / "ct_oblique_labels.nii.gz", dataset_values[organs], FLIP @ lps)
 
     (export / "INFO").write_text("Exported by a PACS for the segmenter tests. Not DICOM.\n")
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
