@@ -402,9 +402,21 @@ fn series_folders(
         if name.starts_with('.') || !path.is_dir() {
             continue;
         }
+        // Other folders are left alone, as files of other endings are: datasets made before
+        // series folders were read may keep backups or notes in subfolders.
         match split_channel(&name) {
             Some((id, 0)) if channels == 1 => {
                 folders.insert(id.to_string(), path);
+            }
+            Some((_, ch)) if channels == 1 => {
+                return Err(dataset_err(
+                    &path,
+                    format!(
+                        "channel {ch} but {} declares 1 channel; a DICOM series folder is \
+                         named CASE_0000",
+                        json_path.display()
+                    ),
+                ))
             }
             Some(_) => {
                 return Err(dataset_err(
@@ -416,12 +428,7 @@ fn series_folders(
                     ),
                 ))
             }
-            None => {
-                return Err(dataset_err(
-                    &path,
-                    "folder not named CASE_0000 (a DICOM series folder of an nnU-Net v2 dataset)",
-                ))
-            }
+            None => {}
         }
     }
     Ok(folders)

@@ -254,7 +254,7 @@ fn a_nifti_label_off_the_series_grid_is_refused() {
 }
 
 #[test]
-fn missing_or_doubled_labels_and_odd_folders_are_refused() {
+fn missing_or_doubled_labels_and_other_channels_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     two_case_dataset(root);
@@ -274,13 +274,19 @@ fn missing_or_doubled_labels_and_odd_folders_are_refused() {
         msg.contains("labelsTr/ct_b.nii.gz") && msg.contains("DICOM SEG"),
         "{msg}"
     );
-    // A folder that is not CASE_0000.
-    fs::create_dir_all(root.join("imagesTr/patient7")).unwrap();
+    // A series folder of another channel than 0.
+    write_series(&root.join("imagesTr/ct_b_0001"), &spec(2, 4), &[]);
     let msg = load_dataset(root).unwrap_err().to_string();
     assert!(
-        msg.contains("patient7") && msg.contains("CASE_0000"),
+        msg.contains("ct_b_0001") && msg.contains("CASE_0000"),
         "{msg}"
     );
+    fs::remove_dir_all(root.join("imagesTr/ct_b_0001")).unwrap();
+    // Folders of other names are left alone, as files of other endings are.
+    fs::create_dir_all(root.join("imagesTr/backup")).unwrap();
+    let folder = root.join("imagesTr/ct_b_0000");
+    write_seg(&folder, &root.join("labelsTr/ct_b/SEG"), &names());
+    assert_eq!(load_dataset(root).unwrap().cases.len(), 2);
 }
 
 /// Rewrites every per-frame functional group of a SEG with `change`.
