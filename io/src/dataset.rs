@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::dicom::{find_dicom_series, read_dicom_series, DicomSeries};
+use crate::dicom::{
+    find_dicom_series, is_dicom_file, read_dicom_seg_labels, read_dicom_series_with_geometry,
+    DicomSeries,
+};
 use crate::error::{io_error, IoError, Result};
 use crate::format::{read_volume, strip_format_ending, Format};
 use crate::fsutil::file_name;
@@ -41,8 +44,8 @@ pub struct Case {
     pub images: Vec<PathBuf>,
     /// Label map, if any.
     pub label: Option<PathBuf>,
-    /// A DICOM series read as the case's one channel instead of `images` (which then holds the
-    /// series' first file, for messages).
+    /// A DICOM series read as the case's one channel instead of `images` (which then holds, for
+    /// messages, the series' folder in a dataset or its first file in a prediction folder).
     pub dicom: Option<DicomSeries>,
 }
 
@@ -59,6 +62,9 @@ pub struct LoadedCase {
     pub header: NiftiHeader,
     /// Spatial shape [x, y, z].
     pub shape: [usize; 3],
+    /// What loading decided on its own and a user should hear of (e.g. DICOM SEG segments
+    /// mapped to label values by number), one line each.
+    pub notes: Vec<String>,
 }
 
 const JSON_NAME: &str = "dataset.json";
@@ -332,7 +338,9 @@ fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Cases of an nnU-Net v2 folder: imagesTr/CASE_XXXX<ending> per channel, labelsTr/CASE<ending>.
+/// Cases of an nnU-Net v2 folder: imagesTr/CASE_XXXX<ending> per channel, or a DICOM series
+/// folder imagesTr/CASE_0000/ (single-channel datasets); labelsTr/CASE<ending>, or for a series
+/// folder also a DICOM SEG as labelsTr/CASE/ or labelsTr/CASE.dcm.
 fn nnunet_cases(root: &Path, json_path: &Path, channels: usize, ending: &str) -> Result<Vec<Case>> {
     let images_dir = root.join("imagesTr");
     let labels_dir = root.join("labelsTr");
@@ -362,45 +370,202 @@ fn nnunet_cases(root: &Path, json_path: &Path, channels: usize, ending: &str) ->
             }
         }
     }
+    let folders = series_folders(&images_dir, json_path, channels)?;
+    ids.extend(folders.keys().cloned());
     if ids.is_empty() {
         return Err(dataset_err(
             &images_dir,
-            format!("no images named CASE_0000{ending}"),
+            format!("no images named CASE_0000{ending} and no DICOM series folders CASE_0000/"),
         ));
     }
-    let mut cases = Vec::with_capacity(ids.len());
-    for id in ids {
-        let images = (0..channels)
-            .map(|ch| {
-                let p = images_dir.join(format!("{id}_{ch:04}{ending}"));
-                if p.is_file() {
-                    Ok(p)
-                } else {
-                    Err(IoError::MissingFile {
-                        path: p,
-                        context: format!(
-                            "channel {ch} of case {id}; {} declares {channels} channel(s)",
-                            json_path.display()
-                        ),
-                    })
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let label = labels_dir.join(format!("{id}{ending}"));
-        if !label.is_file() {
-            return Err(IoError::MissingFile {
-                path: label,
-                context: format!("label of training case {id}"),
-            });
+    // DICOM cases read every file's header to find their series: in parallel.
+    let ids: Vec<String> = ids.into_iter().collect();
+    ids.par_iter()
+        .map(|id| match folders.get(id) {
+            Some(folder) => dicom_case(id, folder, &labels_dir, ending),
+            None => file_case(id, &images_dir, &labels_dir, json_path, channels, ending),
+        })
+        .collect()
+}
+
+/// The DICOM series folders of imagesTr (CASE_0000/), by case id.
+fn series_folders(
+    images_dir: &Path,
+    json_path: &Path,
+    channels: usize,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let mut folders = BTreeMap::new();
+    for entry in fs::read_dir(images_dir).map_err(|e| io_error(images_dir, e))? {
+        let entry = entry.map_err(|e| io_error(images_dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with('.') || !path.is_dir() {
+            continue;
         }
-        cases.push(Case {
-            id,
-            images,
-            label: Some(label),
-            dicom: None,
+        // Other folders are left alone, as files of other endings are: datasets made before
+        // series folders were read may keep backups or notes in subfolders.
+        match split_channel(&name) {
+            Some((id, 0)) if channels == 1 => {
+                folders.insert(id.to_string(), path);
+            }
+            Some((_, ch)) if channels == 1 => {
+                return Err(dataset_err(
+                    &path,
+                    format!(
+                        "channel {ch} but {} declares 1 channel; a DICOM series folder is \
+                         named CASE_0000",
+                        json_path.display()
+                    ),
+                ))
+            }
+            Some(_) => {
+                return Err(dataset_err(
+                    &path,
+                    format!(
+                        "a DICOM series folder is read as the one channel of a single-channel \
+                         dataset (CASE_0000/), but {} declares {channels} channel(s)",
+                        json_path.display()
+                    ),
+                ))
+            }
+            None => {}
+        }
+    }
+    Ok(folders)
+}
+
+/// A case of image files, one per channel, and its label file.
+fn file_case(
+    id: &str,
+    images_dir: &Path,
+    labels_dir: &Path,
+    json_path: &Path,
+    channels: usize,
+    ending: &str,
+) -> Result<Case> {
+    let images = (0..channels)
+        .map(|ch| {
+            let p = images_dir.join(format!("{id}_{ch:04}{ending}"));
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(IoError::MissingFile {
+                    path: p,
+                    context: format!(
+                        "channel {ch} of case {id}; {} declares {channels} channel(s)",
+                        json_path.display()
+                    ),
+                })
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let label = labels_dir.join(format!("{id}{ending}"));
+    if !label.is_file() {
+        return Err(IoError::MissingFile {
+            path: label,
+            context: format!("label of training case {id}"),
         });
     }
-    Ok(cases)
+    Ok(Case {
+        id: id.to_string(),
+        images,
+        label: Some(label),
+        dicom: None,
+    })
+}
+
+/// A case whose image is the one DICOM image series under `folder`, and its label: NIfTI (or the
+/// dataset's file ending) or a DICOM SEG, as a folder or a `.dcm` file.
+fn dicom_case(id: &str, folder: &Path, labels_dir: &Path, ending: &str) -> Result<Case> {
+    if let Some(file) = folder
+        .parent()
+        .map(|dir| dir.join(format!("{id}_0000{ending}")))
+        .filter(|f| f.is_file())
+    {
+        return Err(dataset_err(
+            folder,
+            format!(
+                "case {id} has both this series folder and {}; keep one",
+                file.display()
+            ),
+        ));
+    }
+    let found = find_dicom_series(folder)?;
+    let series = match <[DicomSeries; 1]>::try_from(found.series) {
+        Ok([series]) => series,
+        Err(series) if series.is_empty() => {
+            let why = match found.notes.first() {
+                Some(note) => format!(" ({} note(s), first: {note})", found.notes.len()),
+                None => String::new(),
+            };
+            return Err(dataset_err(
+                folder,
+                format!("no DICOM image series in this case folder{why}"),
+            ));
+        }
+        Err(series) => {
+            let ids: Vec<&str> = series.iter().map(|s| s.id.as_str()).collect();
+            return Err(dataset_err(
+                folder,
+                format!(
+                    "{} image series in one case folder ({}); put each series in a case folder \
+                     of its own",
+                    series.len(),
+                    ids.join(", ")
+                ),
+            ));
+        }
+    };
+    let candidates = [
+        labels_dir.join(format!("{id}{ending}")),
+        labels_dir.join(id),
+        labels_dir.join(format!("{id}.dcm")),
+    ];
+    let mut present: Vec<&PathBuf> = candidates
+        .iter()
+        .filter(|p| p.is_file() || (p.is_dir() && p.file_name() == Some(id.as_ref())))
+        .collect();
+    // A ".dcm" file ending makes the first and last candidates one file.
+    present.sort();
+    present.dedup();
+    let label = match present.as_slice() {
+        [one] => (*one).clone(),
+        [] => {
+            return Err(IoError::MissingFile {
+                path: candidates[0].clone(),
+                context: format!(
+                    "label of training case {id}, or a DICOM SEG as {} or {}",
+                    candidates[1].display(),
+                    candidates[2].display()
+                ),
+            })
+        }
+        [first, second, ..] => {
+            return Err(dataset_err(
+                first,
+                format!(
+                    "case {id} has two labels, this and {}; keep one",
+                    second.display()
+                ),
+            ))
+        }
+    };
+    Ok(Case {
+        id: id.to_string(),
+        images: vec![folder.to_path_buf()],
+        label: Some(label),
+        dicom: Some(series),
+    })
+}
+
+/// Whether a label path holds a DICOM SEG rather than a volume file: a folder, a DICOM file by
+/// content, or a `.dcm` name (so that a damaged one is refused as DICOM, not as an unknown format).
+fn is_seg_label(path: &Path) -> bool {
+    path.is_dir()
+        || is_dicom_file(path)
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
 }
 
 /// Reads a case's channels and label, checking shapes agree, intensities are finite and label values are declared.
@@ -408,13 +573,19 @@ pub fn load_case(case: &Case, labels: &BTreeMap<u8, String>) -> Result<LoadedCas
     let Some(first) = case.images.first() else {
         return Err(dataset_err(Path::new(&case.id), "case has no image files"));
     };
-    let channels = match &case.dicom {
-        Some(series) => vec![read_dicom_series(series)?],
-        None => case
-            .images
-            .par_iter()
-            .map(|p| read_volume(p))
-            .collect::<Result<Vec<Volume>>>()?,
+    let (channels, geometry) = match &case.dicom {
+        Some(series) => {
+            let (volume, geometry) = read_dicom_series_with_geometry(series)?;
+            (vec![volume], Some(geometry))
+        }
+        None => {
+            let volumes = case
+                .images
+                .par_iter()
+                .map(|p| read_volume(p))
+                .collect::<Result<Vec<Volume>>>()?;
+            (volumes, None)
+        }
     };
     let shape = channels[0].shape;
     let grid = channels[0].header.affine();
@@ -428,8 +599,25 @@ pub fn load_case(case: &Case, labels: &BTreeMap<u8, String>) -> Result<LoadedCas
             });
         }
     }
+    let mut notes = Vec::new();
     let label = match &case.label {
         None => None,
+        Some(path) if is_seg_label(path) => {
+            let Some(geometry) = &geometry else {
+                return Err(dataset_err(
+                    path,
+                    format!(
+                        "a DICOM SEG label needs its image as a DICOM series folder, not {}",
+                        first.display()
+                    ),
+                ));
+            };
+            // The SEG is placed on the series' own slices, so it lies on the image's grid by
+            // construction; its frame of reference, orientation and positions are checked there.
+            let seg = read_dicom_seg_labels(path, geometry, labels)?;
+            notes.extend(seg.notes);
+            Some(seg.labels)
+        }
         Some(path) => {
             let vol = read_volume(path)?;
             same_grid(&vol, path, "label", (shape, &grid), first)?;
@@ -442,6 +630,7 @@ pub fn load_case(case: &Case, labels: &BTreeMap<u8, String>) -> Result<LoadedCas
         channels,
         label,
         shape,
+        notes,
     })
 }
 

@@ -90,7 +90,7 @@ pub fn is_dicom_file(path: &Path) -> bool {
 
 /// Every regular file under `dir` (at most [`MAX_DEPTH`] folders deep), sorted by path; links to
 /// folders are not followed, so a loop cannot trap the walk.
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+pub(super) fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
     if depth > MAX_DEPTH {
         return Ok(());
     }

@@ -12,6 +12,7 @@
 //!   ImageOrientationPatient, PixelSpacing and ImagePositionPatient, DICOM's LPS turned into RAS.
 //! - [`pixels`]: pixel data to intensities with RescaleSlope/Intercept applied.
 //! - [`seg`]: a label map written back as a binary DICOM Segmentation object citing the series.
+//! - [`seg_read`]: a binary DICOM SEG read back as a label map on its series' grid (training labels).
 //! - [`naming`]: the case id of a series (PatientID, StudyDate, SeriesNumber, SeriesDescription).
 //! - `guard`: every element length checked against the file's size before dicom-rs parses it, so
 //!   that a damaged length cannot make the parser allocate gigabytes.
@@ -26,6 +27,7 @@ mod guard;
 pub mod naming;
 pub mod pixels;
 pub mod seg;
+pub mod seg_read;
 pub mod series;
 
 use std::path::PathBuf;
@@ -35,7 +37,11 @@ use dicom_object::InMemDicomObject;
 
 pub use discovery::{find_dicom_series, is_dicom_file, DicomFolder};
 pub use seg::write_dicom_seg;
-pub use series::{dicom_series_geometry, read_dicom_series, SeriesGeometry, SourceInstance};
+pub use seg_read::{find_dicom_seg, read_dicom_seg_labels, SegLabels};
+pub use series::{
+    dicom_series_geometry, read_dicom_series, read_dicom_series_with_geometry, SeriesGeometry,
+    SourceInstance,
+};
 
 /// One image series found in a folder: what [`read_dicom_series`] reads, and what a prediction
 /// [`Case`](crate::Case) carries instead of a NIfTI file.

@@ -41,6 +41,8 @@ struct Slice {
     size: (usize, usize),
     /// The DICOM instance (and frame) the slice came from.
     instance: SourceInstance,
+    /// FrameOfReferenceUID of the slice's file.
+    frame_of_reference: Option<String>,
     /// Intensities with RescaleSlope/Intercept applied, column index fastest.
     values: Vec<f32>,
 }
@@ -75,6 +77,8 @@ pub struct SeriesGeometry {
     /// The series' first file, whose patient, study and frame-of-reference attributes a derived
     /// object copies.
     pub first_file: PathBuf,
+    /// FrameOfReferenceUID of the first slice (along the normal), which a derived object must share.
+    pub frame_of_reference: Option<String>,
 }
 
 impl Slice {
@@ -164,6 +168,7 @@ fn read_slices(path: &Path, pixels: bool) -> Result<Vec<Slice>> {
             .clamp(1, 1 << 20);
         (Vec::new(), frames as usize)
     };
+    let frame_of_reference = super::text(&obj, tags::FRAME_OF_REFERENCE_UID);
     let instance = SourceInstance {
         class_uid: super::text(&obj, tags::SOP_CLASS_UID).unwrap_or_default(),
         instance_uid: super::text(&obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
@@ -217,6 +222,7 @@ fn read_slices(path: &Path, pixels: bool) -> Result<Vec<Slice>> {
                     frame: frame + 1,
                     ..instance.clone()
                 },
+                frame_of_reference: frame_of_reference.clone(),
                 values: samples
                     .iter()
                     .map(|v| (v * slope + intercept) as f32)
@@ -410,6 +416,12 @@ fn check_tilt(slices: &[Slice], normal: [f64; 3]) -> std::result::Result<(), Str
 /// order of increasing position; intensities with RescaleSlope/Intercept applied. A series that is
 /// not one regular stack is refused naming the series and what is wrong.
 pub fn read_dicom_series(series: &DicomSeries) -> Result<Volume> {
+    Ok(read_dicom_series_with_geometry(series)?.0)
+}
+
+/// [`read_dicom_series`] and [`dicom_series_geometry`] in one pass over the files: the volume and
+/// where each of its slices came from (what a DICOM SEG label on the series is placed by).
+pub fn read_dicom_series_with_geometry(series: &DicomSeries) -> Result<(Volume, SeriesGeometry)> {
     let (slices, affine) = sorted_stack(series, true)?;
     let (rows, cols) = slices[0].size;
     let shape = [cols, rows, slices.len()];
@@ -426,22 +438,29 @@ pub fn read_dicom_series(series: &DicomSeries) -> Result<Volume> {
     for slice in &slices {
         data.extend_from_slice(&slice.values);
     }
-    Ok(Volume {
+    let geometry = geometry_of(series, &slices, &affine);
+    let volume = Volume {
         header,
         shape,
         data,
-    })
+    };
+    Ok((volume, geometry))
 }
 
 /// Where each slice of [`read_dicom_series`]'s volume came from, from the files' headers only
 /// (the same checks and the same slice order).
 pub fn dicom_series_geometry(series: &DicomSeries) -> Result<SeriesGeometry> {
     let (slices, affine) = sorted_stack(series, false)?;
+    Ok(geometry_of(series, &slices, &affine))
+}
+
+/// The geometry of checked, sorted slices.
+fn geometry_of(series: &DicomSeries, slices: &[Slice], affine: &[[f64; 4]; 4]) -> SeriesGeometry {
     let slice_spacing = (0..3)
         .map(|r| affine[r][2] * affine[r][2])
         .sum::<f64>()
         .sqrt();
-    Ok(SeriesGeometry {
+    SeriesGeometry {
         instances: slices.iter().map(|s| s.instance.clone()).collect(),
         positions: slices.iter().map(|s| s.position).collect(),
         orientation: slices[0].orientation,
@@ -449,7 +468,8 @@ pub fn dicom_series_geometry(series: &DicomSeries) -> Result<SeriesGeometry> {
         slice_spacing,
         size: slices[0].size,
         first_file: series.files.first().cloned().unwrap_or_default(),
-    })
+        frame_of_reference: slices[0].frame_of_reference.clone(),
+    }
 }
 
 /// A refusal of a whole series, named by its id.

@@ -163,6 +163,7 @@ mod tests {
             label: Some(label.clone()),
             shape,
             header,
+            notes: Vec::new(),
         };
         let plan = Plan {
             dataset_name: "t".into(),

@@ -16,12 +16,19 @@ pub use slices::SliceGeometry;
 
 use crate::plan::Plan;
 
-/// Loads and checks every case of a dataset in parallel, naming the case that fails.
+/// Loads and checks every case of a dataset in parallel, naming the case that fails; what the
+/// loader decided on its own (e.g. DICOM SEG segments taken by number) is printed as `note:` lines.
 pub fn load_cases(cases: &[Case], labels: &BTreeMap<u8, String>) -> Result<Vec<LoadedCase>> {
-    cases
+    let loaded: Vec<LoadedCase> = cases
         .par_iter()
         .map(|case| load_case(case, labels).with_context(|| format!("case '{}'", case.id)))
-        .collect()
+        .collect::<Result<_>>()?;
+    for case in &loaded {
+        for note in &case.notes {
+            eprintln!("note: case '{}': {note}", case.id);
+        }
+    }
+    Ok(loaded)
 }
 
 /// The labelled cases of a dataset; an error naming its folder when it has none, since planning
