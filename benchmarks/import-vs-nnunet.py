@@ -67,8 +67,9 @@ def write_cases(folder: str) -> None:
             sitk.WriteImage(image, os.path.join(folder, f"{name}_{ch:04d}.nii.gz"))
 
 
-def run_nnunet(out: str, upstream: str) -> None:
-    """nnU-Net v2's predictor on the cases, probabilities saved."""
+def run_nnunet(out: str, upstream: str, mirroring: bool = False) -> None:
+    """nnU-Net v2's predictor on the cases, probabilities saved; with `mirroring`, its test-time
+    mirroring over the checkpoint's allowed axes (0, 1), into OUT/nnunet-mirrored."""
     import torch
     from safetensors.torch import save_file
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -93,14 +94,15 @@ def run_nnunet(out: str, upstream: str) -> None:
         dataset_json = json.load(f)
     plans_manager = PlansManager(plans)
     configuration = plans_manager.get_configuration("2d")
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=False, device=torch.device("cpu"),
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, configuration,
                                     [checkpoint["network_weights"]], dataset_json,
-                                    checkpoint["trainer_name"], None)
+                                    checkpoint["trainer_name"],
+                                    checkpoint["inference_allowed_mirroring_axes"])
     cases = os.path.join(out, "cases")
-    results = os.path.join(out, "nnunet")
+    results = os.path.join(out, "nnunet-mirrored" if mirroring else "nnunet")
     os.makedirs(results, exist_ok=True)
     names = sorted(CASES)
     inputs = [[os.path.join(cases, f"{n}_{ch:04d}.nii.gz") for ch in range(2)] for n in names]
@@ -140,10 +142,14 @@ def main() -> int:
     parser.add_argument("--stage", choices=["nnunet", "compare"], required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--upstream", default="/tmp/upstream/SwinUMamba.py")
+    parser.add_argument("--mirroring", action="store_true",
+                        help="also run nnU-Net's test-time mirroring (OUT/nnunet-mirrored)")
     args = parser.parse_args()
     if args.stage == "nnunet":
         write_cases(os.path.join(args.out, "cases"))
         run_nnunet(args.out, args.upstream)
+        if args.mirroring:
+            run_nnunet(args.out, args.upstream, mirroring=True)
         return 0
     return compare(args.out)
 

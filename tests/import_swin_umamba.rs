@@ -81,29 +81,33 @@ fn an_imported_run_predicts_what_nnunets_predictor_predicts() {
         .unwrap();
     let found = segmenter_io::find_cases(&cases, Some(".nii.gz")).unwrap();
     assert_eq!(found.len(), 2);
-    for (case, shape) in found.iter().zip([[3, 2, 64, 70], [3, 3, 76, 84]]) {
-        let loaded = segmenter_io::load_case(case, &plan.labels).unwrap();
-        let settings = WindowSettings::default();
-        let (labels, probs) =
-            predict_case(&model, &plan, &loaded, &settings, true, &Default::default());
-        let name = format!("{}_nnunet_probabilities.safetensors", case.id);
-        let theirs = &read_state_dict(&cases.join(name)).unwrap()["probabilities"];
-        assert_eq!(theirs.shape, shape.to_vec(), "{}", case.id);
-        let probs = probs.unwrap();
-        let voxels = labels.len();
-        let mut worst = 0.0f32;
-        for (k, class) in probs.iter().enumerate() {
-            // Ours: x fastest; nnU-Net's [class, z, y, x]: the same order within a class.
-            for (v, &p) in class.iter().enumerate() {
-                worst = worst.max((p - theirs.values[k * voxels + v]).abs());
+    // Without and with test-time mirroring: nnU-Net averages the logits of the window and its
+    // flips over the checkpoint's allowed axes (0, 1); ours does with `--tta`.
+    for (mirror, suffix) in [(false, ""), (true, "_mirrored")] {
+        for (case, shape) in found.iter().zip([[3, 2, 64, 70], [3, 3, 76, 84]]) {
+            let loaded = segmenter_io::load_case(case, &plan.labels).unwrap();
+            let settings = WindowSettings {
+                mirror,
+                ..WindowSettings::default()
+            };
+            let (labels, probs) =
+                predict_case(&model, &plan, &loaded, &settings, true, &Default::default());
+            let name = format!("{}_nnunet{suffix}_probabilities.safetensors", case.id);
+            let theirs = &read_state_dict(&cases.join(name)).unwrap()["probabilities"];
+            assert_eq!(theirs.shape, shape.to_vec(), "{}", case.id);
+            let probs = probs.unwrap();
+            let voxels = labels.len();
+            let mut worst = 0.0f32;
+            for (k, class) in probs.iter().enumerate() {
+                // Ours: x fastest; nnU-Net's [class, z, y, x]: the same order within a class.
+                for (v, &p) in class.iter().enumerate() {
+                    worst = worst.max((p - theirs.values[k * voxels + v]).abs());
+                }
             }
+            let what = format!("{}{suffix}", case.id);
+            eprintln!("{what}: max |ours - nnU-Net| probability: {worst:.2e}");
+            assert!(worst <= 1e-3, "{what}: probabilities differ by {worst}");
         }
-        eprintln!("{}: max |ours - nnU-Net| probability: {worst:.2e}", case.id);
-        assert!(
-            worst <= 1e-3,
-            "{}: probabilities differ by {worst}",
-            case.id
-        );
     }
 
     // The binary predicts the case from the run folder like any other.
