@@ -4,7 +4,6 @@
 use segmenter_io::geometry::Orientation;
 use segmenter_io::LoadedCase;
 
-use super::nnunet::uncrop;
 use crate::plan::{network_shape, Plan};
 
 /// A case's channels and label in the frame the network sees: reoriented when the plan says so.
@@ -127,6 +126,21 @@ impl NetworkCase {
             probabilities,
         )
     }
+}
+
+/// Writes a cropped volume back into a volume of shape `full` filled with `outside`.
+pub fn uncrop<T: Copy>(values: &[T], shape: [usize; 3], crop: &Crop, outside: T) -> Vec<T> {
+    let full = crop.full_shape;
+    let start = crop.start;
+    let mut out = vec![outside; full.iter().product()];
+    for z in 0..shape[2] {
+        for y in 0..shape[1] {
+            let row = start[0] + full[0] * (start[1] + y + full[1] * (start[2] + z));
+            let src = shape[0] * (y + shape[1] * z);
+            out[row..row + shape[0]].copy_from_slice(&values[src..src + shape[0]]);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -222,21 +222,6 @@ fn crop<T: Copy>(values: &[T], full: [usize; 3], start: [usize; 3], shape: [usiz
     out
 }
 
-/// Writes a cropped volume back into a volume of shape `full` filled with `outside`.
-pub fn uncrop<T: Copy>(values: &[T], shape: [usize; 3], crop: &Crop, outside: T) -> Vec<T> {
-    let full = crop.full_shape;
-    let start = crop.start;
-    let mut out = vec![outside; full.iter().product()];
-    for z in 0..shape[2] {
-        for y in 0..shape[1] {
-            let row = start[0] + full[0] * (start[1] + y + full[1] * (start[2] + z));
-            let src = shape[0] * (y + shape[1] * z);
-            out[row..row + shape[0]].copy_from_slice(&values[src..src + shape[0]]);
-        }
-    }
-    out
-}
-
 /// The mask with its holes filled: background not connected (6-neighbourhood) to the volume's
 /// border becomes foreground, as `scipy.ndimage.binary_fill_holes` does.
 fn fill_holes(mask: &[bool], shape: [usize; 3]) -> Vec<bool> {
@@ -311,6 +296,7 @@ fn zscore_inside(values: &mut [f32], mask: &[bool]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::frame::uncrop;
     use super::*;
 
     #[test]
