@@ -12,7 +12,7 @@ use segmenter_io::write_bytes_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ExperimentConfig;
-use crate::model::SwinUMamba;
+use crate::model::{Network, SwinUMamba};
 use crate::plan::Plan;
 
 /// What a run needs to be resumed, beyond config and plan: written to `run.json`.
@@ -210,7 +210,7 @@ impl RunDir {
     }
 
     /// Saves weights as `<name>.mpk` (atomically).
-    pub fn save_model<B: Backend>(&self, name: &str, model: &SwinUMamba<B>) -> Result<()> {
+    pub fn save_model<B: Backend, M: Module<B>>(&self, name: &str, model: &M) -> Result<()> {
         let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
             .record(model.clone().into_record(), ())
             .context("cannot serialise the model")?;
@@ -220,8 +220,21 @@ impl RunDir {
         )?)
     }
 
-    /// Builds the network of this run and loads its weights from `model.mpk`.
+    /// Builds the 2D network of this run and loads its weights from `model.mpk`; a 3D run is
+    /// refused.
     pub fn load_model<B: Backend>(&self, device: &B::Device) -> Result<(SwinUMamba<B>, Plan)> {
+        match self.load_network(device)? {
+            (Network::Planar(model), plan) => Ok((model, plan)),
+            (Network::Volumetric(_), _) => bail!(
+                "{}: a 3D run; export and the 2D benchmarks take 2D runs only",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// Builds the network of this run (2D or 3D, as its plan says) and loads its weights from
+    /// `model.mpk`.
+    pub fn load_network<B: Backend>(&self, device: &B::Device) -> Result<(Network<B>, Plan)> {
         let plan = self.plan()?;
         let config = self.config()?;
         let path = self.path.join("model.mpk");
@@ -230,24 +243,30 @@ impl RunDir {
         // Runs trained before the network became upstream Swin-UMamba's (which has no
         // `stem_norm` module) cannot be mapped onto it; say so rather than a decoder error.
         let legacy = bytes.windows(9).any(|w| w == b"stem_norm");
-        let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
-            .load(bytes, device)
-            .with_context(|| {
-                if legacy {
-                    format!(
-                        "{}: trained with the network of segmenter before 0.2 (LayerNorm stem, \
-                         two deep-supervision heads), which this version no longer builds; \
-                         retrain it, or predict with the version that trained it",
-                        path.display()
-                    )
-                } else {
-                    format!("{}: not a model of this run's architecture", path.display())
-                }
-            })?;
-        let model = config
-            .model
-            .init::<B>(plan.input_channels(), plan.num_classes(), device)
-            .load_record(record);
-        Ok((model, plan))
+        let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+        let context = || {
+            if legacy {
+                format!(
+                    "{}: trained with the network of segmenter before 0.2 (LayerNorm stem, \
+                     two deep-supervision heads), which this version no longer builds; \
+                     retrain it, or predict with the version that trained it",
+                    path.display()
+                )
+            } else {
+                format!("{}: not a model of this run's architecture", path.display())
+            }
+        };
+        let (channels, classes) = (plan.input_channels(), plan.num_classes());
+        let network = if plan.is_3d() {
+            let strides = plan.volumetric()?.strides;
+            let model = config.model.init_3d::<B>(channels, classes, strides, device);
+            let record = recorder.load(bytes, device).with_context(context)?;
+            Network::Volumetric(model.load_record(record))
+        } else {
+            let model = config.model.init::<B>(channels, classes, device);
+            let record = recorder.load(bytes, device).with_context(context)?;
+            Network::Planar(model.load_record(record))
+        };
+        Ok((network, plan))
     }
 }

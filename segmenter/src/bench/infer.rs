@@ -137,6 +137,8 @@ fn plan_for(group: &Group, max_patch_side: usize, spacing: Option<f64>) -> Plan 
         target_spacing,
         context_slices: 0,
         nnunet: None,
+        configuration: Default::default(),
+        volumetric: None,
     }
 }
 

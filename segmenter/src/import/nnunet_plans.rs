@@ -276,6 +276,8 @@ pub fn plan_from_nnunet(
             use_mask_for_norm,
             force_separate_z,
         }),
+        configuration: crate::plan::Configuration::Planar,
+        volumetric: None,
     })
 }
 

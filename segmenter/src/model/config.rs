@@ -36,6 +36,21 @@ pub struct ModelConfig {
     /// channels (2.5D); 0 (default): the slice alone. Recorded in the run's plan for inference.
     #[serde(default)]
     pub context_slices: usize,
+    /// 2 (default): a 2D network over slices; 3: a volumetric network over 3D patches.
+    #[serde(default = "default_spatial_dims")]
+    pub spatial_dims: usize,
+    /// Scan directions of each VSS3D block (3D only): 6 (the three axis orders, each forward and
+    /// reversed; default), 4 or 2 (the first two orders, or the first).
+    #[serde(default = "default_directions")]
+    pub directions: usize,
+}
+
+fn default_spatial_dims() -> usize {
+    2
+}
+
+fn default_directions() -> usize {
+    6
 }
 
 /// Most neighbouring slices a side `context_slices` may ask for: more is a 3D problem.
@@ -52,7 +67,14 @@ impl ModelConfig {
             expand: 2,
             encoder: EncoderKind::Vss,
             context_slices: 0,
+            spatial_dims: 2,
+            directions: 6,
         }
+    }
+
+    /// Whether this is the volumetric network.
+    pub fn is_3d(&self) -> bool {
+        self.spatial_dims == 3
     }
 
     /// Checks that the stage widths double (patch merging doubles the channels).
@@ -67,6 +89,24 @@ impl ModelConfig {
         }
         if self.depths.contains(&0) || self.stem_channels == 0 || self.d_state == 0 {
             return Err("model depths, stem_channels and d_state must be positive".into());
+        }
+        if self.spatial_dims != 2 && self.spatial_dims != 3 {
+            return Err(format!(
+                "model.spatial_dims must be 2 or 3, got {}",
+                self.spatial_dims
+            ));
+        }
+        if ![2, 4, 6].contains(&self.directions) {
+            return Err(format!(
+                "model.directions must be 2, 4 or 6, got {}",
+                self.directions
+            ));
+        }
+        if self.is_3d() && self.context_slices > 0 {
+            return Err(
+                "model.context_slices (2.5D) is for 2D networks; a 3D network sees the neighbouring slices itself"
+                    .into(),
+            );
         }
         if self.context_slices > MAX_CONTEXT_SLICES {
             return Err(format!(

@@ -3,6 +3,7 @@
 
 mod config;
 mod network;
+mod network3d;
 pub mod ops;
 pub mod torch_save;
 pub mod weights;
@@ -12,3 +13,17 @@ pub use network::{
     ChannelsLastRes, ModelBackend, ResBlock, Stage, StageBlock, Stem, SwinUMamba, UpBlock,
     VssmEncoder, DEEP_SUPERVISION_HEADS,
 };
+pub use network3d::{
+    check_strides, ChannelsLastRes3d, ResBlock3d, Stage3d, StageBlock3d, Stem3d, Strides3d,
+    SwinUMamba3d, UpBlock3d, VssmEncoder3d, ISOTROPIC_STRIDES,
+};
+
+/// A trained network of either configuration, as a run folder holds it (inference only: training
+/// keeps the concrete type).
+#[derive(Debug)]
+pub enum Network<B: burn::prelude::Backend> {
+    /// The 2D network over slices.
+    Planar(SwinUMamba<B>),
+    /// The volumetric network over 3D patches.
+    Volumetric(SwinUMamba3d<B>),
+}

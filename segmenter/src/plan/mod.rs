@@ -6,6 +6,7 @@ mod fingerprint;
 mod nnunet;
 mod normalization;
 mod slicing;
+mod volumetric;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +20,10 @@ pub use fingerprint::{Fingerprint, ForegroundIntensities};
 pub use nnunet::NnUnetFrame;
 pub use normalization::Normalization;
 pub use slicing::{in_plane_axes, network_shape, patch_size_for, slicing, Slicing};
+pub use volumetric::{
+    plan_volumetric, stride_products, strides_for, Configuration, Volumetric, ANISOTROPY_RATIO,
+    VOXELS_PER_STEP,
+};
 
 /// Everything predict needs to turn a scan into network input and the output into a label map.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,7 +64,46 @@ pub struct Plan {
     /// `plan.json` then does not mention it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nnunet: Option<NnUnetFrame>,
+    /// The network the plan recommends (`segmenter plan`, `train --configuration auto`), or, in a
+    /// run's `plan.json`, the one the run trained; "2d" in plans written before 3D existed.
+    #[serde(default)]
+    pub configuration: Configuration,
+    /// The 3D configuration; None for datasets of 2D images and plans written before 3D existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumetric: Option<Volumetric>,
 }
+
+/// The 3D configuration for cases of these canonical shapes and spacings, in the network's frame
+/// (slices resampled in-plane to `target_spacing`, depth along `slice_axis` as it is); None when
+/// the cases are single images.
+fn volumetric_for(
+    frames: &[([usize; 3], [f64; 3])],
+    slice_axis: usize,
+    target_spacing: [f64; 2],
+) -> Option<Volumetric> {
+    let [r, c] = in_plane_axes(slice_axis);
+    let shapes: Vec<[usize; 3]> = frames
+        .iter()
+        .map(|&(shape, spacing)| {
+            let n = network_shape(shape, spacing, slice_axis, Some(target_spacing));
+            [n[slice_axis], n[r], n[c]]
+        })
+        .collect();
+    let mut depths: Vec<usize> = shapes.iter().map(|s| s[0]).collect();
+    depths.sort_unstable();
+    if depths.get(depths.len() / 2).is_none_or(|&d| d <= 1) {
+        return None;
+    }
+    let spacings: Vec<[f64; 3]> = frames
+        .iter()
+        .map(|&(_, spacing)| [spacing[slice_axis], target_spacing[0], target_spacing[1]])
+        .collect();
+    Some(plan_volumetric(&shapes, &spacings, VOXELS_PER_STEP))
+}
+
+/// Fewest slices (median) for which the plan recommends the 3D network: thinner stacks give a
+/// 3D patch little context that 2.5D lacks.
+pub const MIN_SLICES_FOR_3D: usize = 16;
 
 impl Plan {
     /// Names of the foreground classes (label 0 left out), in label order.
@@ -99,6 +143,13 @@ impl Plan {
             target_spacing,
             patch_size,
         } = slicing(&frames, max_patch_side);
+        let volumetric = volumetric_for(&frames, slice_axis, target_spacing);
+        let configuration = match &volumetric {
+            Some(v) if !v.anisotropic && v.patch_size[0] >= MIN_SLICES_FOR_3D => {
+                Configuration::Volumetric
+            }
+            _ => Configuration::Planar,
+        };
         let normalization = dataset
             .channel_names
             .iter()
@@ -124,7 +175,21 @@ impl Plan {
             target_spacing: Some(target_spacing),
             context_slices: 0,
             nnunet: None,
+            configuration,
+            volumetric,
         }
+    }
+
+    /// Whether the plan's (or the run's) network is the volumetric one.
+    pub fn is_3d(&self) -> bool {
+        self.configuration == Configuration::Volumetric
+    }
+
+    /// The 3D configuration, or an error naming why there is none.
+    pub fn volumetric(&self) -> Result<&Volumetric> {
+        self.volumetric.as_ref().context(
+            "the plan has no 3D configuration: its dataset is of 2D images (one slice each), or the plan was written before 3D existed (plan again with `segmenter plan`)",
+        )
     }
 
     /// A short description in plain words, printed before training.
@@ -154,11 +219,27 @@ impl Plan {
             1 => ", each with its neighbour on each side as extra channels".to_string(),
             k => format!(", each with {k} neighbours on each side as extra channels"),
         };
+        let network = match (self.configuration, &self.volumetric) {
+            (Configuration::Volumetric, Some(v)) => format!(
+                "3D patches of {}×{}×{} voxels (depth along axis {}{}), batch {}{spacing}",
+                v.patch_size[0],
+                v.patch_size[1],
+                v.patch_size[2],
+                self.slice_axis,
+                if v.anisotropic {
+                    ", anisotropic: depth pooled late, rotations in-plane"
+                } else {
+                    ""
+                },
+                v.batch_size
+            ),
+            _ => format!(
+                "slices along axis {} of {}×{} pixels{spacing}{context}",
+                self.slice_axis, self.patch_size[0], self.patch_size[1]
+            ),
+        };
         format!(
-            "slices along axis {} of {}×{} pixels{spacing}{context}; classes {}; normalisation {}",
-            self.slice_axis,
-            self.patch_size[0],
-            self.patch_size[1],
+            "{network}; classes {}; normalisation {}",
             labels.join(", "),
             norms.join("; ")
         )

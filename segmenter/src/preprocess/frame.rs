@@ -192,6 +192,8 @@ mod tests {
             target_spacing: Some([1.0, 1.0]),
             context_slices: 0,
             nnunet: None,
+            configuration: Default::default(),
+            volumetric: None,
         };
         let frame = NetworkCase::for_plan(&case, &plan);
         assert!(frame.is_resampled());

@@ -12,14 +12,17 @@ use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use super::network::Trainable;
 use super::parallel::{loss_and_grads, Replicas};
 use super::sampler::{Augmentation, Batch, Sampler, TrainVolume};
+use super::sampler3d::{Augmentation3d, Sampler3d};
 use super::schedule::learning_rate;
 use crate::config::{ExperimentConfig, TrainConfig};
 use crate::evaluate::{dice_per_class, nan_mean};
-use crate::model::{ModelBackend, SwinUMamba};
+use crate::model::ModelBackend;
 use crate::plan::Plan;
-use crate::predict::window::{predict_volume, VolumeJob, WindowSettings};
+use crate::predict::predict_network_volume;
+use crate::predict::window::{VolumeJob, WindowSettings};
 use crate::preprocess::NetworkCase;
 use crate::run::{RunDir, RunInfo, TrainState};
 
@@ -62,11 +65,70 @@ struct EpochLog {
     val_mean_foreground_dice: Option<f64>,
 }
 
+/// Where the loop's batches come from: 2D slices (the 2D network) or 3D patches.
+pub enum Batches<'a> {
+    /// 2D patches of slices, `[batch, channels, rows, cols]`.
+    Planar(Sampler<'a>),
+    /// 3D patches, `[batch, channels, depth, rows, cols]`.
+    Volumetric(Sampler3d<'a>),
+}
+
+impl Batches<'_> {
+    /// Draws batch number `step` (a pure function of the seed and the step).
+    pub fn batch(&self, step: u64, batch_size: usize) -> Batch {
+        match self {
+            Batches::Planar(s) => s.batch(step, batch_size),
+            Batches::Volumetric(s) => s.batch(step, batch_size),
+        }
+    }
+
+    /// The dimensions of a batch of `batch` patches with `channels` input channels.
+    pub fn dims(&self, batch: usize, channels: usize) -> Vec<usize> {
+        let mut dims = vec![batch, channels];
+        match self {
+            Batches::Planar(s) => dims.extend(s.patch_size),
+            Batches::Volumetric(s) => dims.extend(s.patch_size),
+        }
+        dims
+    }
+}
+
+/// The sampler of a run: 3D patches for a 3D plan, else 2D (or 2.5D) slices.
+pub fn batches_for<'a>(
+    plan: &Plan,
+    train: &TrainConfig,
+    volumes: &'a [TrainVolume],
+    seed: u64,
+) -> anyhow::Result<Batches<'a>> {
+    if plan.is_3d() {
+        let v = plan.volumetric()?;
+        let augmentation = Augmentation3d {
+            anisotropic: v.anisotropic,
+            ..Augmentation3d::default()
+        };
+        return Ok(Batches::Volumetric(Sampler3d::new(
+            volumes,
+            v.patch_size,
+            train.foreground_fraction,
+            augmentation,
+            seed,
+        )));
+    }
+    Ok(Batches::Planar(Sampler {
+        volumes,
+        patch_size: plan.patch_size,
+        foreground_fraction: train.foreground_fraction,
+        augmentation: Augmentation::default().with_elastic(train.elastic_deformation),
+        seed,
+        context_slices: plan.context_slices,
+    }))
+}
+
 /// The parts of the loop that stay fixed for a whole run.
 struct Loop<'a, B: Backend> {
     train: &'a TrainConfig,
     plan: &'a Plan,
-    sampler: Sampler<'a>,
+    sampler: Batches<'a>,
     replicas: Replicas<B>,
     bar: ProgressBar,
     started: Instant,
@@ -84,7 +146,11 @@ struct EpochSteps {
     out_of_time: bool,
 }
 
-impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
+impl<B> Loop<'_, B>
+where
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
+{
     /// Whether the time budget is spent; says so above the bar when it is.
     fn budget_reached(&self, step: usize) -> bool {
         let reached = self.budget.is_some_and(|b| self.started.elapsed() >= b);
@@ -118,17 +184,16 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
 
     /// Runs the steps of the epoch `state` is in (or what the budget leaves of them); returns the
     /// model after them.
-    fn epoch<O: Optimizer<SwinUMamba<B>, B>>(
+    fn epoch<M: Trainable<B>, O: Optimizer<M, B>>(
         &self,
-        mut model: SwinUMamba<B>,
+        mut model: M,
         optimizer: &mut O,
         state: &mut TrainState,
         ahead: &mut Option<(usize, Batch)>,
         mut lr: f64,
-    ) -> (SwinUMamba<B>, EpochSteps) {
+    ) -> (M, EpochSteps) {
         let t = self.train;
         let epoch = state.epochs_done;
-        let [pr, pc] = self.plan.patch_size;
         let classes = self.plan.num_classes();
         let (mut loss_sum, mut loss_count, mut skipped) = (0.0f64, 0usize, 0usize);
         let mut out_of_time = false;
@@ -160,7 +225,9 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
             if self.faults.nan_at_step == Some(state.step) {
                 images[0] = f32::NAN;
             }
-            let dims = [batch.batch, self.plan.input_channels(), pr, pc];
+            let dims = self
+                .sampler
+                .dims(batch.batch, self.plan.input_channels());
             let next_step = state.step + 1;
             let (next, value, drawn) = std::thread::scope(|scope| {
                 // Draw the next batch on the rayon workers while this step trains.
@@ -170,7 +237,7 @@ impl<B: AutodiffBackend + ModelBackend> Loop<'_, B> {
                     optimizer,
                     images,
                     &batch.labels,
-                    dims,
+                    &dims,
                     classes,
                     Step {
                         learning_rate: lr,
@@ -235,11 +302,11 @@ fn progress_bar(total: usize, position: usize) -> ProgressBar {
 
 /// Trains `model` from `state` on: epochs of steps, validation, log line, weights and checkpoint
 /// after each epoch, until the last epoch or the time budget; returns the best validation Dice.
-pub fn fit<B, O>(
+pub fn fit<B, M, O>(
     config: &ExperimentConfig,
     info: &RunInfo,
     prepared: Prepared,
-    mut model: SwinUMamba<B>,
+    mut model: M,
     mut optimizer: O,
     mut state: TrainState,
     device: &B::Device,
@@ -247,7 +314,8 @@ pub fn fit<B, O>(
 where
     B: AutodiffBackend + ModelBackend,
     B::InnerBackend: ModelBackend,
-    O: Optimizer<SwinUMamba<B>, B>,
+    M: Trainable<B>,
+    O: Optimizer<M, B>,
 {
     let Prepared {
         run,
@@ -262,14 +330,7 @@ where
     let run_loop = Loop {
         train: t,
         plan: &plan,
-        sampler: Sampler {
-            volumes: &volumes,
-            patch_size: plan.patch_size,
-            foreground_fraction: t.foreground_fraction,
-            augmentation: Augmentation::default().with_elastic(t.elastic_deformation),
-            seed: info.seed,
-            context_slices: plan.context_slices,
-        },
+        sampler: batches_for(&plan, t, &volumes, info.seed)?,
         replicas: Replicas::<B>::new(device, t.replicas)?,
         bar: progress_bar(total_steps, state.step),
         started,
@@ -363,24 +424,27 @@ pub struct Step {
     pub freeze_encoder: bool,
 }
 
-/// One optimiser step on a batch (images `[batch, channels, rows, cols]`, labels `[batch, rows, cols]`):
+/// One optimiser step on a batch (images `dims` = `[batch, channels, spatial…]`, labels
+/// `[batch, spatial…]`):
 /// forward, deep-supervision Dice + cross-entropy, backward (split across the replicas), update.
 /// Returns the model and the loss; when the loss is not finite the step is skipped and the model
 /// comes back unchanged. Public so that `segmenter bench sampler` times exactly what training does.
 #[allow(clippy::too_many_arguments)]
-pub fn train_step<B, O>(
-    model: SwinUMamba<B>,
+pub fn train_step<B, M, O>(
+    model: M,
     optimizer: &mut O,
     images: Vec<f32>,
     labels: &[u8],
-    dims: [usize; 4],
+    dims: &[usize],
     classes: usize,
     step: Step,
     replicas: &Replicas<B>,
-) -> (SwinUMamba<B>, f64)
+) -> (M, f64)
 where
     B: AutodiffBackend + ModelBackend,
-    O: Optimizer<SwinUMamba<B>, B>,
+    B::InnerBackend: ModelBackend,
+    M: Trainable<B>,
+    O: Optimizer<M, B>,
 {
     let (value, mut grads) = loss_and_grads(&model, replicas, images, labels, dims, classes);
     if !value.is_finite() {
@@ -403,16 +467,17 @@ fn say(bar: &ProgressBar, line: String) {
 
 /// Logs the epoch, writes the latest (and, when validation improved, the best) weights and the
 /// checkpoint.
-fn finish_epoch<B, O>(
+fn finish_epoch<B, M, O>(
     run: &RunDir,
     log: &EpochLog,
     state: &mut TrainState,
-    model: &SwinUMamba<B>,
+    model: &M,
     optimizer: &O,
 ) -> Result<()>
 where
     B: AutodiffBackend,
-    O: Optimizer<SwinUMamba<B>, B>,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
 {
     if let (Some(per_class), Some(mean)) = (&log.val_dice, log.val_mean_foreground_dice) {
         let classes: Vec<String> = per_class[1..].iter().map(|d| format!("{d:.4}")).collect();
@@ -447,26 +512,28 @@ where
 }
 
 /// Per-class Dice (index = class id) averaged over the validation volumes; `None` without any.
-fn validate<B>(
-    model: &SwinUMamba<B>,
+fn validate<B, M>(
+    model: &M,
     plan: &Plan,
     volumes: &[NetworkCase],
     device: &B::Device,
 ) -> Option<Vec<f64>>
 where
-    B: AutodiffBackend,
+    B: AutodiffBackend + ModelBackend,
     B::InnerBackend: ModelBackend,
+    M: Trainable<B>,
 {
     if volumes.is_empty() {
         return None;
     }
-    let inner = model.valid();
+    let inner = model.inference_network();
     let classes = plan.num_classes();
     let per_case: Vec<Vec<f64>> = volumes
         .iter()
         .map(|case| {
             let job = VolumeJob::labels(&case.channels, case.shape);
-            let pred = predict_volume(&inner, plan, &job, &WindowSettings::default(), device);
+            let pred =
+                predict_network_volume(&inner, plan, &job, &WindowSettings::default(), device);
             let reference = case.label.as_deref().unwrap_or(&[]);
             dice_per_class(&pred.labels, reference, classes)
         })

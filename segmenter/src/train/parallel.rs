@@ -14,8 +14,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::{AutodiffBackend, Device as _, DeviceId, DeviceOps};
 
-use super::loss::deep_supervision_loss;
-use crate::model::{ModelBackend, SwinUMamba};
+use super::network::Trainable;
+use crate::model::ModelBackend;
 
 /// The devices of data-parallel training and a worker pool per replica.
 pub struct Replicas<B: Backend> {
@@ -94,27 +94,30 @@ impl<B: Backend> Replicas<B> {
     }
 }
 
-/// The deep-supervision loss of one batch (images `[batch, channels, rows, cols]`, labels
-/// `[batch, rows, cols]`) and its gradients on the main device, the batch split into contiguous
+/// The deep-supervision loss of one batch (images `dims` = `[batch, channels, spatial…]`, labels
+/// `[batch, spatial…]`) and its gradients on the main device, the batch split into contiguous
 /// shards, one per replica. Shard losses are weighted by their share of the batch, so the result
 /// is the batch mean for cross-entropy; the soft Dice term is a batch Dice within each shard (as
 /// data-parallel nnU-Net computes it without gathering across GPUs). With a non-finite loss the
 /// gradients are not computed (empty).
-pub fn loss_and_grads<B>(
-    model: &SwinUMamba<B>,
+pub fn loss_and_grads<B, M>(
+    model: &M,
     replicas: &Replicas<B>,
     images: Vec<f32>,
     labels: &[u8],
-    dims: [usize; 4],
+    dims: &[usize],
     classes: usize,
 ) -> (f64, GradientsParams)
 where
     B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
+    M: Trainable<B>,
 {
-    let [batch, channels, rows, cols] = dims;
+    let (batch, channels) = (dims[0], dims[1]);
+    let label_len: usize = dims[2..].iter().product();
     let n = replicas.len().min(batch);
     if n <= 1 {
-        let loss = deep_supervision_loss(model, images, labels, dims, classes, replicas.main());
+        let loss = model.loss(images, labels, dims, classes, replicas.main());
         let value = loss.clone().into_scalar().elem::<f64>();
         if !value.is_finite() {
             return (value, GradientsParams::new());
@@ -122,7 +125,7 @@ where
         return (value, GradientsParams::from_grads(loss.backward(), model));
     }
     initialize_parameters(model);
-    let (image_len, label_len) = (channels * rows * cols, rows * cols);
+    let image_len = channels * label_len;
     let main = replicas.main();
     let results: Vec<(f64, Option<GradientsParams>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..n)
@@ -134,13 +137,14 @@ where
                 let shard_images = images[a * image_len..b * image_len].to_vec();
                 let shard_labels = &labels[a * label_len..b * label_len];
                 let share = (b - a) as f64 / batch as f64;
+                let mut shard_dims = dims.to_vec();
+                shard_dims[0] = b - a;
                 scope.spawn(move || {
                     pool.install(|| {
-                        let loss = deep_supervision_loss(
-                            &replica,
+                        let loss = replica.loss(
                             shard_images,
                             shard_labels,
-                            [b - a, channels, rows, cols],
+                            &shard_dims,
                             classes,
                             device,
                         ) * share;
@@ -164,7 +168,7 @@ where
     if !value.is_finite() {
         return (value, GradientsParams::new());
     }
-    let mut sum = GradientsAccumulator::<SwinUMamba<B>>::new();
+    let mut sum = GradientsAccumulator::<M>::new();
     for (_, grads) in results {
         sum.accumulate(model, grads.expect("finite shard losses have gradients"));
     }
@@ -188,6 +192,7 @@ fn initialize_parameters<B: Backend, M: Module<B>>(model: &M) {
 mod tests {
     use super::*;
     use crate::config::ExperimentConfig;
+    use crate::model::SwinUMamba;
     use burn::backend::{Autodiff, Flex};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -236,7 +241,7 @@ mod tests {
 
         let two = Replicas::<Ad>::new(&device, 2).expect("replicas");
         assert_eq!(two.len(), 2);
-        let (value, grads) = loss_and_grads(&model, &two, images.clone(), &labels, dims, 3);
+        let (value, grads) = loss_and_grads(&model, &two, images.clone(), &labels, &dims, 3);
         let got = flat_grads(&model, &grads);
 
         // By hand on one replica: shard 0 is image 0 (share 1/3), shard 1 images 1..3 (2/3).
@@ -247,7 +252,7 @@ mod tests {
             &one,
             images[..px].to_vec(),
             &labels[..px],
-            [1, 1, side, side],
+            &[1, 1, side, side],
             3,
         );
         let (v1, g1) = loss_and_grads(
@@ -255,7 +260,7 @@ mod tests {
             &one,
             images[px..].to_vec(),
             &labels[px..],
-            [2, 1, side, side],
+            &[2, 1, side, side],
             3,
         );
         let want_value = v0 / 3.0 + v1 * 2.0 / 3.0;
