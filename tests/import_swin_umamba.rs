@@ -77,7 +77,7 @@ fn an_imported_run_predicts_what_nnunets_predictor_predicts() {
     let cases = fixture("nnunet-case");
     let (model, plan) = RunDir::open(&run)
         .unwrap()
-        .load_model::<Flex>(&Default::default())
+        .load_network::<Flex>(&Default::default())
         .unwrap();
     let found = segmenter_io::find_cases(&cases, Some(".nii.gz")).unwrap();
     assert_eq!(found.len(), 2);

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::ModelConfig;
 
 /// Names of the built-in presets, for `--preset`.
-pub const PRESETS: [&str; 2] = ["tiny", "swin-umamba"];
+pub const PRESETS: [&str; 4] = ["tiny", "swin-umamba", "tiny3d", "swin-umamba-3d"];
 
 /// The training recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,7 +18,7 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Optimiser steps per epoch.
     pub steps_per_epoch: usize,
-    /// 2D slices per step.
+    /// Patches per step: 2D slices, or 3D patches (0 in 3D: the plan's batch).
     pub batch_size: usize,
     /// Peak learning rate of AdamW.
     pub learning_rate: f64,
@@ -106,6 +106,8 @@ impl ExperimentConfig {
         let text = match name {
             "tiny" => include_str!("../../configs/tiny.toml"),
             "swin-umamba" => include_str!("../../configs/swin-umamba.toml"),
+            "tiny3d" => include_str!("../../configs/tiny3d.toml"),
+            "swin-umamba-3d" => include_str!("../../configs/swin-umamba-3d.toml"),
             other => bail!(
                 "unknown preset '{other}'; choose one of: {}",
                 PRESETS.join(", ")
@@ -142,10 +144,13 @@ impl ExperimentConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate().map_err(anyhow::Error::msg)?;
         let t = &self.train;
-        if t.batch_size == 0 || t.steps_per_epoch == 0 || t.val_every == 0 || t.replicas == 0 {
-            bail!("train.batch_size, train.steps_per_epoch, train.val_every and train.replicas must be positive");
+        if t.steps_per_epoch == 0 || t.val_every == 0 || t.replicas == 0 {
+            bail!("train.steps_per_epoch, train.val_every and train.replicas must be positive");
         }
-        if t.replicas > t.batch_size {
+        if t.batch_size == 0 && !self.model.is_3d() {
+            bail!("train.batch_size must be positive (0, the plan's batch, is for 3D networks)");
+        }
+        if t.batch_size > 0 && t.replicas > t.batch_size {
             bail!(
                 "train.replicas ({}) must not exceed train.batch_size ({}): each replica needs a slice of the batch",
                 t.replicas,
@@ -224,6 +229,12 @@ mod tests {
             "the Swin-UMamba paper's encoder"
         );
         assert!(ExperimentConfig::preset("huge").is_err());
+        let tiny3d = ExperimentConfig::preset("tiny3d").unwrap();
+        assert!(tiny3d.model.is_3d() && !tiny.model.is_3d());
+        assert_eq!(tiny3d.model.dims, tiny.model.dims);
+        let big3d = ExperimentConfig::preset("swin-umamba-3d").unwrap();
+        assert!(big3d.model.is_3d());
+        assert_eq!(big3d.model.dims, paper.model.dims);
     }
 
     #[test]

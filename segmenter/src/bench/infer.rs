@@ -20,9 +20,10 @@ use super::alloc::with_peak;
 use super::ThreadsAndFormat;
 use segmenter::config::ExperimentConfig;
 use segmenter::plan::{network_shape, patch_size_for, slicing, Normalization, Plan, Slicing};
-use segmenter::predict::predict_case;
+use segmenter::model::Network;
+use segmenter::predict::{predict_case, predict_network_volume};
 use segmenter::predict::window::{
-    predict_volume, windows_per_batch, VolumeJob, WindowSettings, BATCH_PROBABILITY_BYTES,
+    windows_per_batch, VolumeJob, WindowSettings, BATCH_PROBABILITY_BYTES,
 };
 use segmenter::preprocess::NetworkCase;
 
@@ -178,10 +179,11 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
         let config = ExperimentConfig::preset(preset)?;
         for group in &groups {
             let plan = plan_for(group, config.train.max_patch_side, options.spacing);
-            let model =
-                config
-                    .model
-                    .init::<Flex>(plan.input_channels(), plan.num_classes(), &device);
+            let network = Network::Planar(config.model.init::<Flex>(
+                plan.input_channels(),
+                plan.num_classes(),
+                &device,
+            ));
             for tta in [false, true] {
                 if tta && options.no_tta {
                     continue;
@@ -197,7 +199,7 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                         // What predict does between reading and writing files.
                         for case in &group.loaded {
                             let (labels, _) = predict_case(
-                                &model,
+                                &network,
                                 &plan,
                                 case,
                                 &settings,
@@ -212,7 +214,7 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                         let mut channels = case.channels.clone();
                         plan.normalize(&mut channels);
                         let job = VolumeJob::labels(&channels, case.shape);
-                        let labels = predict_volume(&model, &plan, &job, &settings, &device).labels;
+                        let labels = predict_network_volume(&network, &plan, &job, &settings, &device).labels;
                         voxels += labels.len();
                     }
                     voxels
@@ -222,7 +224,7 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                     let mut channels = group.cases[0].channels.clone();
                     plan.normalize(&mut channels);
                     let job = VolumeJob::labels(&channels, group.cases[0].shape);
-                    predict_volume(&model, &plan, &job, &settings, &device);
+                    predict_network_volume(&network, &plan, &job, &settings, &device);
                 }
                 let start = Instant::now();
                 let (voxels, peak_bytes) = with_peak(run_all);

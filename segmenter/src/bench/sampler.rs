@@ -141,7 +141,7 @@ fn bench_preset(
             &mut optimizer,
             batch.images.clone(),
             &batch.labels,
-            [batch_size, channels, rows, cols],
+            &[batch_size, channels, rows, cols],
             classes,
             segmenter::train::fit::Step {
                 learning_rate: config.train.learning_rate,

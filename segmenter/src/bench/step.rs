@@ -16,8 +16,9 @@ use serde_json::json;
 use vision_ssm::ScanKernel;
 
 use segmenter::config::ExperimentConfig;
-use segmenter::model::SwinUMamba;
-use segmenter::train::loss::{dice_ce_loss, one_hot};
+use segmenter::model::{check_strides, SwinUMamba, SwinUMamba3d};
+use segmenter::plan::strides_for;
+use segmenter::train::loss::{dice_ce_loss, dice_ce_loss_flat, one_hot, one_hot_3d};
 use segmenter::train::parallel::{loss_and_grads, Replicas};
 
 type Ad = Autodiff<Flex>;
@@ -31,9 +32,13 @@ pub struct StepBenchOptions {
     /// Patches per batch [default: the preset's batch size].
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Side of the square patches.
+    /// Side of the square patches (of the cubic ones for a 3D preset).
     #[arg(long, default_value_t = 64)]
     pub patch: usize,
+    /// A 3D preset's patch `depth,rows,cols` instead of a cube of `--patch`; the strides are
+    /// what the plan would give an isotropic dataset.
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    pub patch_3d: Option<Vec<usize>>,
     /// Timed steps per implementation (the median is reported), after one warm-up.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -54,6 +59,9 @@ pub struct StepBenchOptions {
 /// Runs the benchmark.
 pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
     let config = ExperimentConfig::preset(&options.preset)?;
+    if config.model.is_3d() {
+        return run_step_bench_3d(options, &config);
+    }
     let batch = options.batch.unwrap_or(config.train.batch_size);
     let side = options.patch;
     anyhow::ensure!(
@@ -135,7 +143,7 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
                     r,
                     x_host.clone(),
                     &labels,
-                    dims,
+                    &dims,
                     classes,
                 ));
             })
@@ -180,6 +188,114 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<()> {
         if !options.reference {
             println!("  (--reference also times the tensor-op loop; slow)");
         }
+    }
+    Ok(())
+}
+
+/// `bench step` for a 3D preset: forward and backward (Dice + CE on the full-resolution head),
+/// optionally the no-grad forward and data-parallel replicas, on one 3D batch.
+fn run_step_bench_3d(options: &StepBenchOptions, config: &ExperimentConfig) -> Result<()> {
+    // A 3D preset's batch is the plan's (0); two patches is the plan's smallest.
+    let batch = options
+        .batch
+        .unwrap_or(config.train.batch_size)
+        .max(if options.batch.is_some() { 1 } else { 2 });
+    let patch: [usize; 3] = match &options.patch_3d {
+        Some(p) => [p[0], p[1], p[2]],
+        None => [options.patch; 3],
+    };
+    let strides = strides_for(patch, [1.0; 3]);
+    check_strides(&strides, patch).map_err(anyhow::Error::msg)?;
+    let classes = 3;
+    let device = Default::default();
+    let model = config.model.init_3d::<Ad>(1, classes, strides, &device);
+    let voxels: usize = patch.iter().product();
+    let mut rng = StdRng::seed_from_u64(7);
+    let x_host: Vec<f32> = (0..batch * voxels)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let labels: Vec<u8> = (0..batch * voxels)
+        .map(|_| rng.random_range(0..3u8))
+        .collect();
+    let dims = [batch, 1, patch[0], patch[1], patch[2]];
+    let x = Tensor::<Ad, 5>::from_data(TensorData::new(x_host.clone(), dims), &device);
+    let target = one_hot_3d::<Ad>(&labels, [batch, patch[0], patch[1], patch[2]], classes, [1, 1, 1], &device);
+    let step = |model: &SwinUMamba3d<Ad>| {
+        let logits = model.logits(x.clone()).reshape([batch, classes, voxels]);
+        drop(dice_ce_loss_flat(logits, target.clone()).backward());
+    };
+    let mut results = vec![("fused", super::median_ms(options.runs, || step(&model)))];
+    if options.reference {
+        let reference = model.clone().with_scan_kernel(ScanKernel::TensorOps);
+        results.push(("tensor-ops-loop", super::median_ms(options.runs, || step(&reference))));
+    }
+    let forward_ms = options.forward.then(|| {
+        let inference = model.valid();
+        let x = Tensor::<Flex, 5>::from_data(TensorData::new(x_host.clone(), dims), &device);
+        super::median_ms(options.runs, || drop(inference.logits(x.clone()).into_data()))
+    });
+    let replicas_ms = match options.replicas {
+        Some(n) => {
+            anyhow::ensure!(
+                (2..=batch).contains(&n),
+                "--replicas must be between 2 and the batch size ({batch})"
+            );
+            let (one, many) = (Replicas::<Ad>::single(&device), Replicas::<Ad>::new(&device, n)?);
+            let time = |r: &Replicas<Ad>| {
+                super::median_ms(options.runs, || {
+                    drop(loss_and_grads(&model, r, x_host.clone(), &labels, &dims, classes));
+                })
+            };
+            Some((n, time(&one), time(&many)))
+        }
+        None => None,
+    };
+    let shape = format!("{}x{}x{}", patch[0], patch[1], patch[2]);
+    let fused = results[0].1;
+    let threads = rayon::current_num_threads();
+    if options.json {
+        for (imp, ms) in &results {
+            println!(
+                "{}",
+                json!({"bench": "step", "preset": options.preset, "impl": imp, "batch": batch,
+                       "patch": patch, "strides": strides, "ms_median": ms, "runs": options.runs,
+                       "threads": threads, "speedup_of_fused": ms / fused})
+            );
+        }
+        if let Some(ms) = forward_ms {
+            println!(
+                "{}",
+                json!({"bench": "forward", "preset": options.preset, "batch": batch,
+                       "patch": patch, "ms_median": ms, "runs": options.runs, "threads": threads})
+            );
+        }
+        if let Some((n, one, many)) = replicas_ms {
+            println!(
+                "{}",
+                json!({"bench": "step-replicas", "preset": options.preset, "replicas": n,
+                       "batch": batch, "patch": patch, "ms_one": one, "ms_many": many,
+                       "runs": options.runs, "speedup_vs_one": one / many})
+            );
+        }
+        return Ok(());
+    }
+    println!(
+        "Forward+backward of the `{}` network (Dice + CE loss), batch {batch} of {shape} (strides {strides:?}), median of {} after a warm-up, {threads} threads, {}",
+        options.preset,
+        options.runs.max(1),
+        super::cpu_model()
+    );
+    for (imp, ms) in &results {
+        println!("  {imp:<16} {ms:>10.1} ms   {:>6.2}x the fused op's time", ms / fused);
+    }
+    if let Some(ms) = forward_ms {
+        println!("No-grad forward (full-resolution logits), batch {batch} of {shape}: {ms:.1} ms");
+    }
+    if let Some((n, one, many)) = replicas_ms {
+        println!(
+            "Deep-supervision loss and gradients, batch {batch}: 1 replica {one:.1} ms, {n} replicas {many:.1} ms: {:.2}x",
+            one / many
+        );
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
 use clap::ValueEnum;
-use segmenter::config::ExperimentConfig;
+use segmenter::train::Experiments;
 use segmenter::predict::{PredictOptions, PredictReport};
 use segmenter::train::TrainOptions;
 
@@ -21,7 +21,7 @@ pub enum KernelBackend {
 }
 
 /// Trains on `device`.
-pub fn train(device: DeviceKind, config: &ExperimentConfig, options: &TrainOptions) -> Result<()> {
+pub fn train(device: DeviceKind, config: &Experiments, options: &TrainOptions) -> Result<()> {
     match device {
         DeviceKind::Cpu => {
             segmenter::train::train::<Autodiff<Flex>>(config, options, &Default::default())
@@ -124,7 +124,7 @@ mod cuda {
         Ok(Default::default())
     }
 
-    pub fn train(config: &ExperimentConfig, options: &TrainOptions) -> Result<()> {
+    pub fn train(config: &Experiments, options: &TrainOptions) -> Result<()> {
         segmenter::train::train::<Autodiff<Cuda>>(config, options, &device()?).map(|_| ())
     }
 
@@ -143,7 +143,7 @@ mod cuda {
 
     const MESSAGE: &str = "--device cuda: this binary was built without CUDA support; rebuild with `cargo build --release --features cuda`";
 
-    pub fn train(_: &ExperimentConfig, _: &TrainOptions) -> Result<()> {
+    pub fn train(_: &Experiments, _: &TrainOptions) -> Result<()> {
         anyhow::bail!(MESSAGE)
     }
 

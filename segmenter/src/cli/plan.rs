@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use segmenter::config::{ExperimentConfig, PRESETS};
-use segmenter::plan::Plan;
+use segmenter::plan::{Configuration, Plan};
 use segmenter::preprocess::{labelled_cases, load_cases};
 
 // The flags of `segmenter plan`.
@@ -37,6 +37,23 @@ pub fn run(args: PlanArgs) -> Result<()> {
     let plan = Plan::from_dataset(&dataset, &cases, experiment.train.max_patch_side);
     plan.write(&out)?;
     println!("Plan: {}", plan.describe());
+    // Both configurations are in the plan; `train --configuration auto` takes the recommended one.
+    for configuration in [Configuration::Planar, Configuration::Volumetric] {
+        if configuration == Configuration::Volumetric && plan.volumetric.is_none() {
+            println!("3d: none (the cases are single images)");
+            continue;
+        }
+        let view = Plan {
+            configuration,
+            ..plan.clone()
+        };
+        let mark = if configuration == plan.configuration {
+            " (recommended)"
+        } else {
+            ""
+        };
+        println!("{}{mark}: {}", configuration.name(), view.describe());
+    }
     if let Some(f) = &plan.fingerprint {
         println!(
             "Fingerprint: {} cases, median spacing {:?} mm, median shape {:?}",

@@ -8,8 +8,9 @@ use anyhow::Result;
 use clap::Args;
 use segmenter::config::{ExperimentConfig, PRESETS};
 use segmenter::model::EncoderKind;
+use segmenter::plan::Configuration;
 use segmenter::train::fit::FaultInjection;
-use segmenter::train::TrainOptions;
+use segmenter::train::{Experiments, TrainOptions};
 
 use super::{backend, DeviceKind};
 
@@ -24,11 +25,16 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint (other options are ignored:
     /// the run's own config, plan, split and time budget apply).
-    #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "context_slices", "fold", "plan", "pretrained", "freeze_encoder_epochs"])]
+    #[arg(long, conflicts_with_all = ["data", "out", "config", "epochs", "steps_per_epoch", "time_budget_min", "encoder", "context_slices", "fold", "plan", "pretrained", "freeze_encoder_epochs", "configuration", "preset"])]
     pub resume: Option<PathBuf>,
-    /// Built-in preset: tiny (CPU, minutes) or swin-umamba (the paper's encoder, GPU).
-    #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
-    pub preset: String,
+    /// Network: 2d (slices), 3d (volumetric patches), or auto, the plan's choice (3d for
+    /// stacks of at least 16 slices that are not anisotropic, else 2d). A preset fixes it.
+    #[arg(long, value_enum, default_value_t = ConfigurationChoice::Auto)]
+    pub configuration: ConfigurationChoice,
+    /// Built-in preset: tiny (CPU, minutes), swin-umamba (the paper's encoder, GPU), tiny3d or
+    /// swin-umamba-3d (their volumetric versions). Default: tiny, or tiny3d for a 3D run.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
+    pub preset: Option<String>,
     /// TOML file overriding fields of the preset (see configs/).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -79,6 +85,19 @@ pub struct TrainArgs {
     pub inject_nan_at_step: Option<usize>,
 }
 
+/// `--configuration`: a network, or the plan's choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfigurationChoice {
+    /// The plan's choice.
+    Auto,
+    /// The 2D network over slices.
+    #[value(name = "2d")]
+    Planar,
+    /// The volumetric network.
+    #[value(name = "3d")]
+    Volumetric,
+}
+
 /// Trains, or resumes with `--resume`.
 pub fn run(device: DeviceKind, args: TrainArgs) -> Result<()> {
     if let Some(run_dir) = &args.resume {
@@ -87,7 +106,7 @@ pub fn run(device: DeviceKind, args: TrainArgs) -> Result<()> {
     let (Some(data), Some(out)) = (args.data.clone(), args.out.clone()) else {
         anyhow::bail!("--data and --out are required")
     };
-    let experiment = experiment(&args)?;
+    let experiments = experiments(&args)?;
     let options = TrainOptions {
         data,
         out,
@@ -103,12 +122,62 @@ pub fn run(device: DeviceKind, args: TrainArgs) -> Result<()> {
             nan_at_step: args.inject_nan_at_step,
         },
     };
-    backend::train(device, &experiment, &options)
+    backend::train(device, &experiments, &options)
+}
+
+/// The configs the run may train with: the preset's (its configuration fixed by it), or without a
+/// preset `tiny` for 2D and `tiny3d` for 3D, as `--configuration` allows.
+fn experiments(args: &TrainArgs) -> Result<Experiments> {
+    let wanted = match args.configuration {
+        ConfigurationChoice::Auto => None,
+        ConfigurationChoice::Planar => Some(Configuration::Planar),
+        ConfigurationChoice::Volumetric => Some(Configuration::Volumetric),
+    };
+    if let Some(preset) = &args.preset {
+        let config = experiment(args, preset)?;
+        let is = if config.model.is_3d() {
+            Configuration::Volumetric
+        } else {
+            Configuration::Planar
+        };
+        if let Some(want) = wanted.filter(|w| *w != is) {
+            anyhow::bail!(
+                "--preset {preset} is a {} network but --configuration is {}; choose a {} preset ({})",
+                is.name(),
+                want.name(),
+                want.name(),
+                if want == Configuration::Volumetric { "tiny3d, swin-umamba-3d" } else { "tiny, swin-umamba" }
+            );
+        }
+        return Ok(Experiments::only(config));
+    }
+    // What only a 2D network has: 2.5D context and ImageNet (2D) VMamba weights.
+    let needs_2d = args.context_slices.is_some_and(|k| k > 0) || args.pretrained.is_some();
+    if needs_2d && wanted == Some(Configuration::Volumetric) {
+        anyhow::bail!(
+            "--context-slices and --pretrained are for the 2D network, not --configuration 3d"
+        );
+    }
+    let planar = (wanted != Some(Configuration::Volumetric))
+        .then(|| experiment(args, "tiny"))
+        .transpose()?
+        .filter(|c| !c.model.is_3d());
+    let volumetric = (wanted != Some(Configuration::Planar) && !needs_2d)
+        .then(|| experiment(args, "tiny3d"))
+        .transpose()?
+        .filter(|c| c.model.is_3d());
+    if planar.is_none() && volumetric.is_none() {
+        anyhow::bail!(
+            "the config file's model.spatial_dims contradicts --configuration {}",
+            wanted.map_or("auto", |w| w.name())
+        );
+    }
+    Ok(Experiments { planar, volumetric })
 }
 
 /// The preset, overridden by the config file, overridden by the flags.
-fn experiment(args: &TrainArgs) -> Result<ExperimentConfig> {
-    let mut experiment = ExperimentConfig::preset(&args.preset)?;
+fn experiment(args: &TrainArgs, preset: &str) -> Result<ExperimentConfig> {
+    let mut experiment = ExperimentConfig::preset(preset)?;
     if let Some(path) = &args.config {
         experiment = ExperimentConfig::load_over(&experiment, path)?;
     }

@@ -255,7 +255,18 @@ impl Plan {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid plan", path.display()))
+        let plan: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid plan", path.display()))?;
+        if let Some(v) = &plan.volumetric {
+            crate::model::check_strides(&v.strides, v.patch_size)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}: invalid 3D configuration", path.display()))?;
+        }
+        if plan.is_3d() {
+            plan.volumetric()
+                .with_context(|| format!("{}: configuration \"3d\"", path.display()))?;
+        }
+        Ok(plan)
     }
 
     /// Normalises the channels of a case (in place) as the plan says.

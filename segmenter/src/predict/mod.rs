@@ -7,6 +7,7 @@
 pub mod cases;
 pub mod postprocess;
 pub mod window;
+pub mod window3d;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,13 +20,17 @@ use segmenter_io::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ModelBackend, SwinUMamba};
+use burn::prelude::*;
+use burn::tensor::activation;
+
+use crate::model::{ModelBackend, Network, SwinUMamba3d};
 use crate::plan::Plan;
 use crate::preprocess::network_case;
 use crate::run::RunDir;
 use cases::{gather_cases, output_name, remove_stale_temporaries, shard_cases};
 use postprocess::PostProcessing;
-use window::{predict_volume, VolumeJob, WindowSettings};
+use window::{predict_volume, VolumeJob, VolumePrediction, WindowSettings};
+use window3d::predict_volume_3d;
 
 /// Options of `segmenter predict`.
 #[derive(Clone, Debug)]
@@ -100,7 +105,7 @@ pub struct PredictReport {
 /// spacing); the prediction comes back on the slices' own in-plane grid (the argmax of the
 /// resampled probabilities, as nnU-Net does) and then in the file's voxel order.
 pub fn predict_case<B: ModelBackend>(
-    model: &SwinUMamba<B>,
+    model: &Network<B>,
     plan: &Plan,
     case: &LoadedCase,
     window: &WindowSettings,
@@ -114,8 +119,59 @@ pub fn predict_case<B: ModelBackend>(
         out_shape: frame.canonical_shape,
         keep_probabilities,
     };
-    let prediction = predict_volume(model, plan, &job, window, device);
+    let prediction = predict_network_volume(model, plan, &job, window, device);
     frame.to_file(&prediction.labels, prediction.probabilities)
+}
+
+/// Predicts one volume in the network's frame with a 2D or a 3D network, whichever the run has:
+/// the one way from a volume to its labels, for validation, `predict` and the benchmarks alike.
+pub fn predict_network_volume<B: ModelBackend>(
+    network: &Network<B>,
+    plan: &Plan,
+    job: &VolumeJob,
+    settings: &WindowSettings,
+    device: &B::Device,
+) -> VolumePrediction {
+    match network {
+        Network::Planar(model) => predict_volume(model, plan, job, settings, device),
+        Network::Volumetric(model) => {
+            let patch = plan
+                .volumetric
+                .as_ref()
+                .expect("a 3D run's plan has its 3D configuration (checked when it is read)")
+                .patch_size;
+            let run = network_runner_3d(model, patch, plan.input_channels(), settings.mirror, device);
+            predict_volume_3d(job, plan.slice_axis, patch, plan.num_classes(), settings, run)
+        }
+    }
+}
+
+/// A batch of 3D windows `[n, channels, depth, rows, cols]` to their class probabilities
+/// `[n, classes, depth, rows, cols]`; with `mirror`, averaged over the eight mirrorings (each
+/// subset of the three axes flipped, the prediction flipped back).
+fn network_runner_3d<'a, B: ModelBackend>(
+    model: &'a SwinUMamba3d<B>,
+    [d, r, c]: [usize; 3],
+    channels: usize,
+    mirror: bool,
+    device: &'a B::Device,
+) -> impl FnMut(Vec<f32>, usize) -> Vec<f32> + 'a {
+    move |input: Vec<f32>, n: usize| {
+        let x = Tensor::<B, 5>::from_data(TensorData::new(input, [n, channels, d, r, c]), device);
+        let probabilities = |x: Tensor<B, 5>| activation::softmax(model.logits(x), 1);
+        let mut sum = probabilities(x.clone());
+        if mirror {
+            for mask in 1..8usize {
+                let axes: Vec<usize> = (0..3).filter(|a| mask >> a & 1 == 1).map(|a| a + 2).collect();
+                sum = sum + probabilities(x.clone().flip(axes.as_slice())).flip(axes.as_slice());
+            }
+            sum = sum / 8.0;
+        }
+        sum.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 probabilities")
+    }
 }
 
 /// Records the settings in `<output>/prediction.json`, refusing a folder that holds predictions
@@ -150,7 +206,7 @@ fn record_settings(options: &PredictOptions) -> Result<()> {
 
 /// A loaded model and what predicting one case needs besides the case.
 struct Predictor<'a, B: ModelBackend> {
-    model: SwinUMamba<B>,
+    model: Network<B>,
     plan: Plan,
     options: &'a PredictOptions,
     device: &'a B::Device,
@@ -225,7 +281,7 @@ pub fn predict<B: ModelBackend>(
     device: &B::Device,
 ) -> Result<PredictReport> {
     let run = RunDir::open(&options.model)?;
-    let (model, plan) = run.load_model::<B>(device)?;
+    let (model, plan) = run.load_network::<B>(device)?;
     let all = gather_cases(&options.input, &plan.file_ending)?;
     if all.is_empty() {
         bail!(

@@ -9,8 +9,10 @@ pub mod augment;
 pub mod curve;
 pub mod fit;
 pub mod loss;
+pub mod network;
 pub mod parallel;
 pub mod sampler;
+pub mod sampler3d;
 pub mod schedule;
 pub mod split;
 
@@ -28,13 +30,59 @@ use segmenter_io::{load_dataset, LoadedCase};
 
 use crate::config::{ExperimentConfig, OptimizerKind};
 use crate::model::weights::PretrainedEncoder;
-use crate::model::{ModelBackend, SwinUMamba};
-use crate::plan::Plan;
+use crate::model::{ModelBackend, SwinUMamba, SwinUMamba3d};
+use crate::plan::{Configuration, Plan};
 use crate::preprocess::{load_cases, network_case, NetworkCase};
 use crate::run::{RunDir, RunInfo, TrainState};
 use fit::{fit, FaultInjection, Prepared};
+use network::Trainable;
 use sampler::prepare_volume;
 use split::{five_folds, split_cases, Split, FOLDS};
+
+/// The experiment configs a run may train with: one for the 2D network, one for the 3D network,
+/// or both when the plan is to choose (`--configuration auto` without a preset).
+#[derive(Clone, Debug)]
+pub struct Experiments {
+    /// The config of a 2D run, if one may be trained.
+    pub planar: Option<ExperimentConfig>,
+    /// The config of a 3D run, if one may be trained.
+    pub volumetric: Option<ExperimentConfig>,
+}
+
+impl Experiments {
+    /// One config, for the configuration its model's `spatial_dims` names.
+    pub fn only(config: ExperimentConfig) -> Self {
+        if config.model.is_3d() {
+            Self {
+                planar: None,
+                volumetric: Some(config),
+            }
+        } else {
+            Self {
+                planar: Some(config),
+                volumetric: None,
+            }
+        }
+    }
+
+    /// The configuration to train and its config: the plan's choice when both are possible,
+    /// else the one there is.
+    fn choose(&self, plan: &Plan) -> Result<(Configuration, ExperimentConfig)> {
+        let pick = match (&self.planar, &self.volumetric) {
+            (Some(p), Some(v)) => match plan.configuration {
+                Configuration::Volumetric => (Configuration::Volumetric, v.clone()),
+                Configuration::Planar => (Configuration::Planar, p.clone()),
+            },
+            (Some(p), None) => (Configuration::Planar, p.clone()),
+            (None, Some(v)) => (Configuration::Volumetric, v.clone()),
+            (None, None) => bail!("no experiment config to train"),
+        };
+        if pick.0 == Configuration::Volumetric {
+            plan.volumetric()?;
+        }
+        Ok(pick)
+    }
+}
 
 /// Options of `segmenter train` beyond the experiment config.
 #[derive(Clone, Debug)]
@@ -66,8 +114,8 @@ fn prepare(
     plan: Option<Plan>,
     info: &RunInfo,
     split: &Split,
-    config: &ExperimentConfig,
-) -> Result<Prepared> {
+    experiments: &Experiments,
+) -> Result<(Prepared, ExperimentConfig)> {
     let dataset = load_dataset(&info.data)?;
     let wanted: Vec<_> = dataset
         .cases
@@ -100,11 +148,35 @@ fn prepare(
             }
             plan
         }
-        None => Plan::from_dataset(&dataset, &train_cases, config.train.max_patch_side),
+        None => {
+            let any = experiments
+                .planar
+                .as_ref()
+                .or(experiments.volumetric.as_ref())
+                .context("no experiment config to train")?;
+            Plan::from_dataset(&dataset, &train_cases, any.train.max_patch_side)
+        }
     };
+    let (configuration, mut config) = experiments.choose(&plan)?;
+    // From here on the run's plan names the network it trained, which predict follows.
+    plan.configuration = configuration;
+    config.model.spatial_dims = if configuration == Configuration::Volumetric {
+        3
+    } else {
+        2
+    };
+    if let (Configuration::Volumetric, Some(v), 0) =
+        (configuration, &plan.volumetric, config.train.batch_size)
+    {
+        // The plan sizes the 3D batch to its voxel budget, as nnU-Net's does; the run's
+        // config.toml records the number.
+        config.train.batch_size = v.batch_size.max(config.train.replicas);
+    }
+    config.validate()?;
     // The config says how much context the network sees; the plan carries it to inference.
     plan.context_slices = config.model.context_slices;
     run.write_plan(&plan)?;
+    run.write_config(&config)?;
     eprintln!("Plan: {}", plan.describe());
     eprintln!(
         "Split: {} training cases, {} validation cases ({})",
@@ -123,18 +195,21 @@ fn prepare(
         .into_iter()
         .map(|c| network_case(&plan, &c))
         .collect::<Vec<NetworkCase>>();
-    Ok(Prepared {
-        run,
-        plan,
-        volumes,
-        val_volumes,
-        faults: FaultInjection::default(),
-    })
+    Ok((
+        Prepared {
+            run,
+            plan,
+            volumes,
+            val_volumes,
+            faults: FaultInjection::default(),
+        },
+        config,
+    ))
 }
 
 /// Trains a model as configured and writes the run folder; returns the best validation Dice.
 pub fn train<B>(
-    config: &ExperimentConfig,
+    experiments: &Experiments,
     options: &TrainOptions,
     device: &B::Device,
 ) -> Result<Option<f64>>
@@ -174,6 +249,12 @@ where
     // leaves no half-made run folder behind.
     let pretrained = match &options.pretrained {
         Some(path) => {
+            let config = experiments.planar.as_ref().with_context(|| {
+                format!(
+                    "--pretrained {}: ImageNet VMamba weights are 2D; they start a 2D network only (--configuration 2d)",
+                    path.display()
+                )
+            })?;
             let encoder = PretrainedEncoder::read(path)?;
             encoder.load_into(config.model.init::<B>(1, 2, device))?;
             Some(encoder)
@@ -198,16 +279,24 @@ where
     };
     run.write_json("run.json", &info)?;
     run.write_json("splits.json", &split)?;
-    run.write_config(config)?;
     let plan = options.plan.as_deref().map(Plan::read).transpose()?;
-    let mut prepared = prepare(run, plan, &info, &split, config)?;
+    let (mut prepared, config) = prepare(run, plan, &info, &split, experiments)?;
     prepared.faults = options.faults;
     B::seed(device, options.seed);
-    let mut model: SwinUMamba<B> = config.model.init(
-        prepared.plan.input_channels(),
-        prepared.plan.num_classes(),
-        device,
-    );
+    let state = TrainState {
+        epochs_done: 0,
+        step: 0,
+        elapsed_s: 0.0,
+        best_dice: None,
+    };
+    let (channels, classes) = (prepared.plan.input_channels(), prepared.plan.num_classes());
+    if prepared.plan.is_3d() {
+        let strides = prepared.plan.volumetric()?.strides;
+        let model: SwinUMamba3d<B> = config.model.init_3d(channels, classes, strides, device);
+        return fit_with_optimizer(&config, &info, prepared, model, state, None, device);
+    }
+    let config = &config;
+    let mut model: SwinUMamba<B> = config.model.init(channels, classes, device);
     if let (Some(encoder), Some(path)) = (&pretrained, &options.pretrained) {
         let (loaded, report) = encoder.load_into(model)?;
         model = loaded;
@@ -219,12 +308,6 @@ where
             skipped_summary(&report.skipped)
         );
     }
-    let state = TrainState {
-        epochs_done: 0,
-        step: 0,
-        elapsed_s: 0.0,
-        best_dice: None,
-    };
     fit_with_optimizer(config, &info, prepared, model, state, None, device)
 }
 
@@ -260,18 +343,24 @@ where
         state.step,
         state.elapsed_s / 60.0
     );
-    let prepared = prepare(run, Some(plan), &info, &split, &config)?;
+    let (prepared, config) = prepare(
+        run,
+        Some(plan),
+        &info,
+        &split,
+        &Experiments::only(config),
+    )?;
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
-    let model: SwinUMamba<B> = config.model.init(
-        prepared.plan.input_channels(),
-        prepared.plan.num_classes(),
-        device,
-    );
-    let model = model.load_record(
-        recorder
-            .load(model_bytes, device)
-            .context("checkpoint model does not match the run's config")?,
-    );
+    let (channels, classes) = (prepared.plan.input_channels(), prepared.plan.num_classes());
+    let record_error = "checkpoint model does not match the run's config";
+    if prepared.plan.is_3d() {
+        let strides = prepared.plan.volumetric()?.strides;
+        let model: SwinUMamba3d<B> = config.model.init_3d(channels, classes, strides, device);
+        let model = model.load_record(recorder.load(model_bytes, device).context(record_error)?);
+        return fit_with_optimizer(&config, &info, prepared, model, state, Some(optim_bytes), device);
+    }
+    let model: SwinUMamba<B> = config.model.init(channels, classes, device);
+    let model = model.load_record(recorder.load(model_bytes, device).context(record_error)?);
     fit_with_optimizer(
         &config,
         &info,
@@ -284,11 +373,11 @@ where
 }
 
 /// Builds the configured optimiser (restoring its state from a checkpoint if given) and trains.
-fn fit_with_optimizer<B>(
+fn fit_with_optimizer<B, M>(
     config: &ExperimentConfig,
     info: &RunInfo,
     prepared: Prepared,
-    model: SwinUMamba<B>,
+    model: M,
     state: TrainState,
     checkpoint: Option<Vec<u8>>,
     device: &B::Device,
@@ -296,6 +385,7 @@ fn fit_with_optimizer<B>(
 where
     B: AutodiffBackend + ModelBackend,
     B::InnerBackend: ModelBackend,
+    M: Trainable<B>,
 {
     let t = &config.train;
     // burn clips each parameter's gradient to this norm (not the global norm).
@@ -307,7 +397,7 @@ where
             let optimizer = AdamWConfig::new()
                 .with_weight_decay(t.weight_decay as f32)
                 .with_grad_clipping(clip)
-                .init::<B, SwinUMamba<B>>();
+                .init::<B, M>();
             let optimizer = restore(optimizer, checkpoint, device)?;
             fit(config, info, prepared, model, optimizer, state, device)
         }
@@ -323,7 +413,7 @@ where
                     penalty: t.weight_decay as f32,
                 }))
                 .with_gradient_clipping(clip)
-                .init::<B, SwinUMamba<B>>();
+                .init::<B, M>();
             let optimizer = restore(optimizer, checkpoint, device)?;
             fit(config, info, prepared, model, optimizer, state, device)
         }
@@ -331,10 +421,11 @@ where
 }
 
 /// The optimiser with its state from a checkpoint, when resuming.
-fn restore<B, O>(optimizer: O, checkpoint: Option<Vec<u8>>, device: &B::Device) -> Result<O>
+fn restore<B, M, O>(optimizer: O, checkpoint: Option<Vec<u8>>, device: &B::Device) -> Result<O>
 where
     B: AutodiffBackend,
-    O: Optimizer<SwinUMamba<B>, B>,
+    M: burn::module::AutodiffModule<B>,
+    O: Optimizer<M, B>,
 {
     let Some(bytes) = checkpoint else {
         return Ok(optimizer);
