@@ -1,7 +1,7 @@
 //! `segmenter bench sampler`: can the data pipeline keep up with training?
 //!
 //! For each preset, on one dataset, in one process: (a) augmented training samples drawn per second by
-//! the sampler (`Sampler::batch`, patches in parallel on rayon workers, every augmentation at its
+//! the sampler (`Sampler::batch`, or `Sampler3d::batch` for a 3D preset, patches in parallel on rayon workers, every augmentation at its
 //! training probability) and (b) samples consumed per second by one training step (`train_step` on
 //! `Autodiff<Flex>`: forward, deep-supervision loss, backward, AdamW update) at the preset's patch size
 //! and batch size. The ratio (a)/(b) above 1 means the sampler is not the bottleneck; since training
@@ -18,12 +18,14 @@ use burn::optim::AdamWConfig;
 use serde_json::json;
 
 use super::ThreadsAndFormat;
-use segmenter::config::{ExperimentConfig, PRESETS};
-use segmenter::model::SwinUMamba;
-use segmenter::plan::Plan;
+use segmenter::config::ExperimentConfig;
+use segmenter::plan::{Configuration, Plan};
 use segmenter::preprocess::{labelled_cases, load_cases};
-use segmenter::train::fit::train_step;
-use segmenter::train::sampler::{prepare_volume, Augmentation, Sampler, TrainVolume};
+use segmenter::train::fit::{batches_for, train_step, Batches};
+use segmenter::train::network::Trainable;
+use segmenter::train::sampler::{prepare_volume, TrainVolume};
+
+type B = Autodiff<Flex>;
 
 /// Options of `segmenter bench sampler`.
 #[derive(Clone, Debug, clap::Args)]
@@ -31,8 +33,8 @@ pub struct SamplerBenchOptions {
     /// Dataset folder with dataset.json.
     #[arg(long, default_value = "sample-data/hippocampus")]
     pub data: PathBuf,
-    /// Presets to measure.
-    #[arg(long, value_delimiter = ',', default_values_t = PRESETS.map(String::from))]
+    /// Presets to measure (also tiny3d and swin-umamba-3d, the volumetric ones).
+    #[arg(long, value_delimiter = ',', default_values_t = ["tiny", "swin-umamba"].map(String::from))]
     pub presets: Vec<String>,
     /// Seconds per measurement, after one warm-up (each side runs at least once; a warm-up
     /// longer than this is the measurement).
@@ -52,8 +54,8 @@ pub struct SamplerBenchOptions {
 pub struct SamplerBenchResult {
     /// Preset name.
     pub preset: String,
-    /// Patch `[rows, cols]` of the plan.
-    pub patch_size: [usize; 2],
+    /// Patch of the plan: `[rows, cols]`, or `[depth, rows, cols]` for a 3D preset.
+    pub patch_size: Vec<usize>,
     /// Samples per batch.
     pub batch_size: usize,
     /// Augmented samples per second drawn by the sampler.
@@ -100,39 +102,73 @@ fn bench_preset(
     opts: &SamplerBenchOptions,
 ) -> Result<SamplerBenchResult> {
     let config = ExperimentConfig::preset(preset)?;
-    let plan = Plan::from_dataset(dataset, cases, config.train.max_patch_side);
+    let mut plan = Plan::from_dataset(dataset, cases, config.train.max_patch_side);
+    plan.configuration = if config.model.is_3d() {
+        Configuration::Volumetric
+    } else {
+        Configuration::Planar
+    };
     let volumes: Vec<TrainVolume> = cases
         .iter()
         .cloned()
         .map(|c| prepare_volume(&plan, c))
         .collect::<Result<_>>()?;
-    let batch_size = opts.batch_size.unwrap_or(config.train.batch_size);
-    let sampler = Sampler {
-        volumes: &volumes,
-        patch_size: plan.patch_size,
-        foreground_fraction: config.train.foreground_fraction,
-        augmentation: Augmentation::default().with_elastic(config.train.elastic_deformation),
-        seed: 42,
-        context_slices: plan.context_slices,
+    let planned_batch = match (&plan.volumetric, plan.is_3d()) {
+        (Some(v), true) => v.batch_size,
+        _ => config.train.batch_size,
     };
+    let batch_size = match (opts.batch_size, config.train.batch_size) {
+        (Some(b), _) => b,
+        (None, 0) => planned_batch,
+        (None, b) => b,
+    };
+    let sampler = batches_for(&plan, &config.train, &volumes, 42)?;
     let (sampler_batches, sampler_time) = time_repeatedly(opts.seconds, |step| {
         std::hint::black_box(sampler.batch(step, batch_size));
     });
-
-    type B = Autodiff<Flex>;
     let device = Default::default();
-    let channels = plan.input_channels();
-    let classes = plan.num_classes();
-    let mut model: Option<SwinUMamba<B>> = Some(config.model.init(channels, classes, &device));
+    let (channels, classes) = (plan.input_channels(), plan.num_classes());
+    let (train_steps, train_time) = if plan.is_3d() {
+        let strides = plan.volumetric()?.strides;
+        let model = config.model.init_3d(channels, classes, strides, &device);
+        time_training(model, &config, &sampler, batch_size, channels, classes, opts.seconds)
+    } else {
+        let model = config.model.init(channels, classes, &device);
+        time_training(model, &config, &sampler, batch_size, channels, classes, opts.seconds)
+    };
+    let per_s = |runs: usize, t: Duration| (runs * batch_size) as f64 / t.as_secs_f64();
+    Ok(SamplerBenchResult {
+        preset: preset.to_string(),
+        patch_size: sampler.dims(batch_size, channels)[2..].to_vec(),
+        batch_size,
+        sampler_samples_per_s: per_s(sampler_batches, sampler_time),
+        sampler_batches,
+        train_samples_per_s: per_s(train_steps, train_time),
+        train_steps,
+    })
+}
+
+/// Times training steps (`train_step`, AdamW) of `model` on batches drawn beforehand, so that
+/// the step's time does not include the sampler's.
+fn time_training<M: Trainable<B>>(
+    model: M,
+    config: &ExperimentConfig,
+    sampler: &Batches,
+    batch_size: usize,
+    channels: usize,
+    classes: usize,
+    seconds: f64,
+) -> (usize, Duration) {
+    let device = Default::default();
+    let mut model = Some(model);
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.train.weight_decay as f32)
-        .init::<B, SwinUMamba<B>>();
-    // Batches are drawn beforehand so that the step's time does not include the sampler's.
+        .init::<B, M>();
     let batches: Vec<_> = (0..4)
         .map(|s| sampler.batch(1000 + s, batch_size))
         .collect();
-    let [rows, cols] = plan.patch_size;
-    let (train_steps, train_time) = time_repeatedly(opts.seconds, |step| {
+    let dims = sampler.dims(batch_size, channels);
+    time_repeatedly(seconds, |step| {
         let batch = &batches[(step % 4) as usize];
         let (next, _loss) = train_step(
             model
@@ -141,7 +177,7 @@ fn bench_preset(
             &mut optimizer,
             batch.images.clone(),
             &batch.labels,
-            &[batch_size, channels, rows, cols],
+            &dims,
             classes,
             segmenter::train::fit::Step {
                 learning_rate: config.train.learning_rate,
@@ -150,16 +186,6 @@ fn bench_preset(
             &segmenter::train::parallel::Replicas::single(&device),
         );
         model = Some(next);
-    });
-    let per_s = |runs: usize, t: Duration| (runs * batch_size) as f64 / t.as_secs_f64();
-    Ok(SamplerBenchResult {
-        preset: preset.to_string(),
-        patch_size: plan.patch_size,
-        batch_size,
-        sampler_samples_per_s: per_s(sampler_batches, sampler_time),
-        sampler_batches,
-        train_samples_per_s: per_s(train_steps, train_time),
-        train_steps,
     })
 }
 
@@ -227,7 +253,11 @@ fn bench_all(opts: &SamplerBenchOptions) -> Result<()> {
             println!(
                 "{:<12} {:>9} {:>6} {:>17.1} {:>15.2} {:>13.1}x",
                 r.preset,
-                format!("{}x{}", r.patch_size[0], r.patch_size[1]),
+                r.patch_size
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x"),
                 r.batch_size,
                 r.sampler_samples_per_s,
                 r.train_samples_per_s,
