@@ -6,11 +6,13 @@
 //! or several replicas, [`parallel`]), and [`curve`] draws the run's learning curve.
 
 pub mod augment;
+pub mod augment3d;
 pub mod curve;
 pub mod fit;
 pub mod loss;
 pub mod parallel;
 pub mod sampler;
+pub mod sampler3d;
 pub mod schedule;
 pub mod split;
 
