@@ -6,6 +6,7 @@
 //! or several replicas, [`parallel`]), and [`curve`] draws the run's learning curve.
 
 pub mod augment;
+pub mod augment3d;
 pub mod curve;
 pub mod fit;
 pub mod loss;
