@@ -149,18 +149,27 @@ pub fn nnunet_gaussian_weights([rows, cols]: [usize; 2]) -> Vec<f32> {
     w
 }
 
+/// One axis of the Gaussian importance map: sigma = side/8 about the patch centre, peak 1. The
+/// maps are products of these, so the 2D and 3D windows weight alike.
+pub(crate) fn gaussian_axis(n: usize) -> Vec<f64> {
+    let sigma = n as f64 / 8.0;
+    let centre = (n as f64 - 1.0) / 2.0;
+    (0..n)
+        .map(|i| (-((i as f64 - centre).powi(2)) / (2.0 * sigma * sigma)).exp())
+        .collect()
+}
+
+/// Smallest weight of the importance maps, so that every voxel keeps a defined weighted average.
+pub(crate) const MIN_GAUSSIAN_WEIGHT: f32 = 1e-4;
+
 /// Gaussian importance map over a patch, sigma = side/8, peak 1 (nnU-Net's weighting).
 pub fn gaussian_weights([rows, cols]: [usize; 2]) -> Vec<f32> {
-    let axis = |n: usize| -> Vec<f64> {
-        let sigma = n as f64 / 8.0;
-        let centre = (n as f64 - 1.0) / 2.0;
-        (0..n)
-            .map(|i| (-((i as f64 - centre).powi(2)) / (2.0 * sigma * sigma)).exp())
-            .collect()
-    };
-    let (r, c) = (axis(rows), axis(cols));
+    let (r, c) = (gaussian_axis(rows), gaussian_axis(cols));
     r.iter()
-        .flat_map(|&a| c.iter().map(move |&b| ((a * b) as f32).max(1e-4)))
+        .flat_map(|&a| {
+            c.iter()
+                .map(move |&b| ((a * b) as f32).max(MIN_GAUSSIAN_WEIGHT))
+        })
         .collect()
 }
 
@@ -526,7 +535,7 @@ impl<'a> SlidingWindows<'a> {
 /// Resamples one slice's class probabilities (`[classes][rows x cols]`, row-major) to another
 /// in-plane size with the volume resampler, so each slice gets exactly the values resampling the
 /// whole volume would give it.
-struct SliceResampler {
+pub(crate) struct SliceResampler {
     /// In-plane shapes in and out.
     from: [usize; 2],
     to: [usize; 2],
@@ -539,7 +548,7 @@ struct SliceResampler {
 }
 
 impl SliceResampler {
-    fn new(geometry: &SliceGeometry, out_geometry: &SliceGeometry) -> Self {
+    pub(crate) fn new(geometry: &SliceGeometry, out_geometry: &SliceGeometry) -> Self {
         let axis = geometry.slice_axis;
         let (mut thin, mut out_thin) = (geometry.shape, out_geometry.shape);
         (thin[axis], out_thin[axis]) = (1, 1);
@@ -555,7 +564,7 @@ impl SliceResampler {
     }
 
     /// The slice's probabilities on the output grid (the input itself when the sizes agree).
-    fn resample<'a>(&'a mut self, probs: &'a [Vec<f32>]) -> &'a [Vec<f32>] {
+    pub(crate) fn resample<'a>(&'a mut self, probs: &'a [Vec<f32>]) -> &'a [Vec<f32>] {
         if self.from == self.to {
             return probs;
         }
@@ -602,7 +611,7 @@ fn softmax_classes(scores: &mut [Vec<f32>]) {
 }
 
 /// Per pixel, the first class of highest probability; `probs` is `[classes][pixels]`.
-fn argmax_into(probs: &[Vec<f32>], labels: &mut [u8]) {
+pub(crate) fn argmax_into(probs: &[Vec<f32>], labels: &mut [u8]) {
     for (p, label) in labels.iter_mut().enumerate() {
         let mut best = (0usize, f32::MIN);
         for (k, class) in probs.iter().enumerate() {
