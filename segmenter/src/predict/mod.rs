@@ -7,6 +7,7 @@
 pub mod cases;
 pub mod postprocess;
 pub mod window;
+pub mod window3d;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
