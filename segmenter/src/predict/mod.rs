@@ -30,7 +30,7 @@ use crate::run::RunDir;
 use cases::{gather_cases, output_name, remove_stale_temporaries, shard_cases};
 use postprocess::PostProcessing;
 use window::{predict_volume, VolumeJob, VolumePrediction, WindowSettings};
-use window3d::predict_volume_3d;
+use window3d::{flip_3d, mirror_axes_3d, predict_volume_3d};
 
 /// Options of `segmenter predict`.
 #[derive(Clone, Debug)]
@@ -140,7 +140,8 @@ pub fn predict_network_volume<B: ModelBackend>(
                 .as_ref()
                 .expect("a 3D run's plan has its 3D configuration (checked when it is read)")
                 .patch_size;
-            let run = network_runner_3d(model, patch, plan.input_channels(), settings.mirror, device);
+            let (channels, classes) = (plan.input_channels(), plan.num_classes());
+            let run = network_runner_3d(model, patch, (channels, classes), settings.mirror, device);
             predict_volume_3d(job, plan.slice_axis, patch, plan.num_classes(), settings, run)
         }
     }
@@ -152,25 +153,33 @@ pub fn predict_network_volume<B: ModelBackend>(
 fn network_runner_3d<'a, B: ModelBackend>(
     model: &'a SwinUMamba3d<B>,
     [d, r, c]: [usize; 3],
-    channels: usize,
+    (channels, classes): (usize, usize),
     mirror: bool,
     device: &'a B::Device,
 ) -> impl FnMut(Vec<f32>, usize) -> Vec<f32> + 'a {
     move |input: Vec<f32>, n: usize| {
-        let x = Tensor::<B, 5>::from_data(TensorData::new(input, [n, channels, d, r, c]), device);
-        let probabilities = |x: Tensor<B, 5>| activation::softmax(model.logits(x), 1);
-        let mut sum = probabilities(x.clone());
-        if mirror {
-            for mask in 1..8usize {
-                let axes: Vec<usize> = (0..3).filter(|a| mask >> a & 1 == 1).map(|a| a + 2).collect();
-                sum = sum + probabilities(x.clone().flip(axes.as_slice())).flip(axes.as_slice());
-            }
-            sum = sum / 8.0;
+        let probabilities = |input: Vec<f32>| {
+            let x = Tensor::<B, 5>::from_data(TensorData::new(input, [n, channels, d, r, c]), device);
+            activation::softmax(model.logits(x), 1)
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32 probabilities")
+        };
+        if !mirror {
+            return probabilities(input);
         }
-        sum.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("f32 probabilities")
+        let mut sum = vec![0.0f32; n * classes * d * r * c];
+        for axes in mirror_axes_3d() {
+            let mut flipped = input.clone();
+            flip_3d(&mut flipped, [n, channels, d, r, c], axes);
+            let mut p = probabilities(flipped);
+            flip_3d(&mut p, [n, classes, d, r, c], axes);
+            for (s, v) in sum.iter_mut().zip(&p) {
+                *s += v / 8.0;
+            }
+        }
+        sum
     }
 }
 

@@ -112,7 +112,7 @@ pub fn batches_for<'a>(
             train.foreground_fraction,
             augmentation,
             seed,
-        )));
+        )?));
     }
     Ok(Batches::Planar(Sampler {
         volumes,

@@ -11,7 +11,7 @@ use super::loss::{deep_supervision_loss, deep_supervision_loss_3d};
 use crate::model::{ModelBackend, Network, SwinUMamba, SwinUMamba3d};
 
 /// A network the loop can train: [`SwinUMamba`] (2D) or [`SwinUMamba3d`].
-pub trait Trainable<B>: AutodiffModule<B>
+pub trait Trainable<B>: AutodiffModule<B> + Sync
 where
     B: AutodiffBackend + ModelBackend,
     B::InnerBackend: ModelBackend,
