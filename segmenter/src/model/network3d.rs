@@ -436,7 +436,7 @@ mod tests {
             );
             let heads = model.forward_heads(x, 4);
             let expected = model.head_strides();
-            assert_eq!(expected[3], [1, 8, 8]);
+            assert_eq!(expected[3], [2, 8, 8]);
             for (y, s) in heads.iter().zip(expected) {
                 assert_eq!(
                     y.dims(),
