@@ -284,26 +284,35 @@ fn resample(
                 if inside(nearest) {
                     label[v] = labels[offset(nearest)];
                 }
-                // Trilinear between voxel centres; corners outside get weight 0 and offset 0, so
-                // the per-channel loop below needs no bounds checks of its own.
+                // Trilinear between voxel centres. Two taps per axis; a tap outside the volume
+                // gets weight 0 and offset 0, so the eight corners below need no bounds checks
+                // and padding reads as 0.
                 let q = p.map(|x| x - 0.5);
-                let base = q.map(|x| x.floor());
-                let frac = [0, 1, 2].map(|a| (q[a] - base[a]) as f32);
-                let base = base.map(|x| x as isize);
+                let taps: [[(usize, f32); 2]; 3] = std::array::from_fn(|a| {
+                    let floor = q[a].floor();
+                    let frac = (q[a] - floor) as f32;
+                    std::array::from_fn(|b| {
+                        let at = floor as isize + b as isize;
+                        if at >= 0 && at < extent[a] {
+                            let w = if b == 1 { frac } else { 1.0 - frac };
+                            (at as usize * view.stride[a], w)
+                        } else {
+                            (0, 0.0)
+                        }
+                    })
+                });
                 let mut offsets = [0usize; 8];
                 let mut weights = [0.0f32; 8];
-                let mut any = false;
-                for corner in 0..8 {
-                    let bit = [corner >> 2 & 1, corner >> 1 & 1, corner & 1];
-                    let at = [0, 1, 2].map(|a| base[a] + bit[a] as isize);
-                    if inside(at) {
-                        offsets[corner] = offset(at);
-                        weights[corner] = (0..3)
-                            .map(|a| if bit[a] == 1 { frac[a] } else { 1.0 - frac[a] })
-                            .product();
-                        any = true;
-                    }
+                for (corner, (o, w)) in offsets.iter_mut().zip(&mut weights).enumerate() {
+                    let [(od, wd), (or, wr), (oc, wc)] = [
+                        taps[0][corner >> 2],
+                        taps[1][corner >> 1 & 1],
+                        taps[2][corner & 1],
+                    ];
+                    *o = od + or + oc;
+                    *w = wd * wr * wc;
                 }
+                let any = weights.iter().any(|&w| w != 0.0);
                 if any {
                     for (c, src) in channels.iter().enumerate() {
                         image[c * n + v] = offsets
