@@ -440,10 +440,6 @@ mod tests {
                 let fd = (4.0 * central(h / 2.0) - central(h)) / 3.0;
                 worst = worst.max((f64::from(got[i]) - fd).abs());
             }
-            eprintln!(
-                "FDRATIO {which:?} {} {worst} {scale}",
-                worst / f64::from(scale)
-            );
             assert!(
                 worst <= 1e-2 * f64::from(scale) + floor,
                 "{which:?}: worst error {worst} against finite differences, gradient scale {scale}"
