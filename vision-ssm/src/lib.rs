@@ -1,5 +1,6 @@
 //! Vision state-space model layers for burn: the selective scan with its own backward pass,
-//! the four-direction cross-scan, SS2D and the VSS block, patch embedding and merging.
+//! the four-direction cross-scan, SS2D and the VSS block, patch embedding and merging; and their
+//! volumetric counterparts (the 2/4/6-direction 3D cross-scan, SS3D, 3D blocks).
 //!
 //! Layers are generic over [`scan::ScanBackend`], which every supported burn backend implements
 //! (and `Autodiff` over any of them).
@@ -7,14 +8,23 @@
 #![warn(missing_docs)]
 
 pub mod blocks;
+pub mod blocks3d;
 pub mod cross_scan;
+pub mod cross_scan3d;
 pub mod host;
 pub mod scan;
 pub mod ss2d;
+pub mod ss3d;
 
 pub use blocks::{
     PatchEmbed, PatchEmbedConfig, PatchMerging, PatchMergingConfig, VssBlock, VssBlockConfig,
 };
+pub use blocks3d::{
+    PatchEmbed3d, PatchEmbed3dConfig, PatchMerging3d, PatchMerging3dConfig, VssBlock3d,
+    VssBlock3dConfig,
+};
 pub use cross_scan::{cross_merge, cross_scan};
+pub use cross_scan3d::{cross_merge_3d, cross_scan_3d};
 pub use scan::{selective_scan, ScanBackend, ScanKernel};
 pub use ss2d::{Ss2d, Ss2dConfig};
+pub use ss3d::{Ss3d, Ss3dConfig};
