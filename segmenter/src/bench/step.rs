@@ -37,7 +37,7 @@ pub struct StepBenchOptions {
     pub patch: usize,
     /// A 3D preset's patch `depth,rows,cols` instead of a cube of `--patch`; the strides are
     /// what the plan would give an isotropic dataset.
-    #[arg(long, value_delimiter = ',', num_args = 3)]
+    #[arg(long, value_delimiter = ',')]
     pub patch_3d: Option<Vec<usize>>,
     /// Timed steps per implementation (the median is reported), after one warm-up.
     #[arg(long, default_value_t = 3)]
@@ -200,8 +200,9 @@ fn run_step_bench_3d(options: &StepBenchOptions, config: &ExperimentConfig) -> R
         .batch
         .unwrap_or(config.train.batch_size)
         .max(if options.batch.is_some() { 1 } else { 2 });
-    let patch: [usize; 3] = match &options.patch_3d {
-        Some(p) => [p[0], p[1], p[2]],
+    let patch: [usize; 3] = match options.patch_3d.as_deref() {
+        Some(&[d, r, c]) => [d, r, c],
+        Some(other) => anyhow::bail!("--patch-3d takes depth,rows,cols; got {other:?}"),
         None => [options.patch; 3],
     };
     let strides = strides_for(patch, [1.0; 3]);
