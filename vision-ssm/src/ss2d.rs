@@ -5,10 +5,11 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::{activation, Distribution};
+use burn::tensor::activation;
 
 use crate::cross_scan::{cross_merge, cross_scan, DIRECTIONS};
 use crate::scan::{ScanBackend, ScanKernel};
+use crate::ss3d::vmamba_scan_params;
 
 /// Configuration of [`Ss2d`]; defaults follow VMamba.
 #[derive(Config, Debug)]
@@ -70,30 +71,16 @@ impl Ss2dConfig {
         let d_inner = self.expand * self.d_model;
         let dt_rank = self.dt_rank.unwrap_or(self.d_model.div_ceil(16));
         let (k, n) = (DIRECTIONS, self.d_state);
-        let x_proj_bound = 1.0 / (d_inner as f64).sqrt();
-        let x_proj_weight = Tensor::random(
-            [k, dt_rank + 2 * n, d_inner],
-            Distribution::Uniform(-x_proj_bound, x_proj_bound),
+        let params = vmamba_scan_params::<B>(
+            k,
+            d_inner,
+            dt_rank,
+            n,
+            self.dt_min,
+            self.dt_max,
+            self.dt_init_floor,
             device,
         );
-        let dt_bound = 1.0 / (dt_rank as f64).sqrt();
-        let dt_projs_weight = Tensor::random(
-            [k, d_inner, dt_rank],
-            Distribution::Uniform(-dt_bound, dt_bound),
-            device,
-        );
-        // Initial step sizes log-uniform in [dt_min, dt_max]; the bias is their inverse softplus.
-        let (lo, hi) = (self.dt_min.ln(), self.dt_max.ln());
-        let dt = (Tensor::<B, 2>::random([k, d_inner], Distribution::Uniform(lo, hi), device))
-            .exp()
-            .clamp_min(self.dt_init_floor);
-        let dt_projs_bias = dt.clone() + (-(dt.neg().exp().neg() + 1.0)).neg().log().neg();
-        // A_log = log(1..=N) for every channel, so A = −(1..=N).
-        let a_logs = Tensor::<B, 1, Int>::arange(1..(n as i64 + 1), device)
-            .float()
-            .log()
-            .reshape([1, n])
-            .repeat_dim(0, k * d_inner);
         Ss2d {
             in_proj: LinearConfig::new(self.d_model, 2 * d_inner)
                 .with_bias(false)
@@ -102,11 +89,11 @@ impl Ss2dConfig {
                 .with_groups(d_inner)
                 .with_padding(PaddingConfig2d::Same)
                 .init(device),
-            x_proj_weight: Param::from_tensor(x_proj_weight),
-            dt_projs_weight: Param::from_tensor(dt_projs_weight),
-            dt_projs_bias: Param::from_tensor(dt_projs_bias),
-            a_logs: Param::from_tensor(a_logs),
-            ds: Param::from_tensor(Tensor::ones([k * d_inner], device)),
+            x_proj_weight: Param::from_tensor(params.x_proj_weight),
+            dt_projs_weight: Param::from_tensor(params.dt_projs_weight),
+            dt_projs_bias: Param::from_tensor(params.dt_projs_bias),
+            a_logs: Param::from_tensor(params.a_logs),
+            ds: Param::from_tensor(params.ds),
             out_norm: LayerNormConfig::new(d_inner).init(device),
             out_proj: LinearConfig::new(d_inner, self.d_model)
                 .with_bias(false)
@@ -176,5 +163,30 @@ impl<B: ScanBackend> Ss2d<B> {
         let y = y.swap_dims(1, 2).reshape([batch, height, width, di]);
         let y = self.out_norm.forward(y) * activation::silu(z);
         self.out_proj.forward(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn initial_step_sizes_are_the_softplus_of_the_bias() {
+        let config = Ss2dConfig::new(8);
+        let layer = config.init::<Flex>(&Default::default());
+        let dt = activation::softplus(layer.dt_projs_bias.val(), 1.0)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        assert_eq!(dt.len(), DIRECTIONS * 16);
+        for v in dt {
+            assert!(
+                (config.dt_min * 0.999..=config.dt_max * 1.001).contains(&f64::from(v)),
+                "initial step {v} outside [{}, {}]",
+                config.dt_min,
+                config.dt_max
+            );
+        }
     }
 }
