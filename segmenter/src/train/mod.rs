@@ -173,6 +173,14 @@ fn prepare(
         // config.toml records the number.
         config.train.batch_size = v.batch_size.max(config.train.replicas);
     }
+    if plan.volumetric.is_none() && config.model.context_slices > 0 {
+        // Single images have no neighbours: the context would repeat the image itself.
+        eprintln!(
+            "note: the cases are single images; model.context_slices {} -> 0",
+            config.model.context_slices
+        );
+        config.model.context_slices = 0;
+    }
     config.validate()?;
     // The config says how much context the network sees; the plan carries it to inference.
     plan.context_slices = config.model.context_slices;
