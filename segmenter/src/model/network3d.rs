@@ -15,9 +15,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
-use burn::nn::{
-    InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig, PaddingConfig3d,
-};
+use burn::nn::{InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig, PaddingConfig3d};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation;
