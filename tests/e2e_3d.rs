@@ -22,7 +22,10 @@ fn plan_writes_a_2d_and_a_3d_configuration() {
     let run = segmenter(&["plan", "--data", s(&data), "--out", s(&out)]);
     assert!(run.status.success(), "{}", text(&run));
     let printed = text(&run);
-    assert!(printed.contains("2d") && printed.contains("3d"), "{printed}");
+    assert!(
+        printed.contains("2d") && printed.contains("3d"),
+        "{printed}"
+    );
     let plan = json(&out);
     assert_eq!(plan["patch_size"].as_array().unwrap().len(), 2, "{plan}");
     let v = &plan["volumetric"];

@@ -259,7 +259,9 @@ impl RunDir {
         let (channels, classes) = (plan.input_channels(), plan.num_classes());
         let network = if plan.is_3d() {
             let strides = plan.volumetric()?.strides;
-            let model = config.model.init_3d::<B>(channels, classes, strides, device);
+            let model = config
+                .model
+                .init_3d::<B>(channels, classes, strides, device);
             let record = recorder.load(bytes, device).with_context(context)?;
             Network::Volumetric(model.load_record(record))
         } else {

@@ -19,12 +19,12 @@ use serde_json::json;
 use super::alloc::with_peak;
 use super::ThreadsAndFormat;
 use segmenter::config::ExperimentConfig;
-use segmenter::plan::{network_shape, patch_size_for, slicing, Normalization, Plan, Slicing};
 use segmenter::model::Network;
-use segmenter::predict::{predict_case, predict_network_volume};
+use segmenter::plan::{network_shape, patch_size_for, slicing, Normalization, Plan, Slicing};
 use segmenter::predict::window::{
     windows_per_batch, VolumeJob, WindowSettings, BATCH_PROBABILITY_BYTES,
 };
+use segmenter::predict::{predict_case, predict_network_volume};
 use segmenter::preprocess::NetworkCase;
 
 /// Options of `segmenter bench infer`.
@@ -214,7 +214,9 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                         let mut channels = case.channels.clone();
                         plan.normalize(&mut channels);
                         let job = VolumeJob::labels(&channels, case.shape);
-                        let labels = predict_network_volume(&network, &plan, &job, &settings, &device).labels;
+                        let labels =
+                            predict_network_volume(&network, &plan, &job, &settings, &device)
+                                .labels;
                         voxels += labels.len();
                     }
                     voxels

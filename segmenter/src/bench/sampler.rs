@@ -131,10 +131,26 @@ fn bench_preset(
     let (train_steps, train_time) = if plan.is_3d() {
         let strides = plan.volumetric()?.strides;
         let model = config.model.init_3d(channels, classes, strides, &device);
-        time_training(model, &config, &sampler, batch_size, channels, classes, opts.seconds)
+        time_training(
+            model,
+            &config,
+            &sampler,
+            batch_size,
+            channels,
+            classes,
+            opts.seconds,
+        )
     } else {
         let model = config.model.init(channels, classes, &device);
-        time_training(model, &config, &sampler, batch_size, channels, classes, opts.seconds)
+        time_training(
+            model,
+            &config,
+            &sampler,
+            batch_size,
+            channels,
+            classes,
+            opts.seconds,
+        )
     };
     let per_s = |runs: usize, t: Duration| (runs * batch_size) as f64 / t.as_secs_f64();
     Ok(SamplerBenchResult {

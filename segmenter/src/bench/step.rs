@@ -220,7 +220,13 @@ fn run_step_bench_3d(options: &StepBenchOptions, config: &ExperimentConfig) -> R
         .collect();
     let dims = [batch, 1, patch[0], patch[1], patch[2]];
     let x = Tensor::<Ad, 5>::from_data(TensorData::new(x_host.clone(), dims), &device);
-    let target = one_hot_3d::<Ad>(&labels, [batch, patch[0], patch[1], patch[2]], classes, [1, 1, 1], &device);
+    let target = one_hot_3d::<Ad>(
+        &labels,
+        [batch, patch[0], patch[1], patch[2]],
+        classes,
+        [1, 1, 1],
+        &device,
+    );
     let step = |model: &SwinUMamba3d<Ad>| {
         let logits = model.logits(x.clone()).reshape([batch, classes, voxels]);
         drop(dice_ce_loss_flat(logits, target.clone()).backward());
@@ -228,12 +234,17 @@ fn run_step_bench_3d(options: &StepBenchOptions, config: &ExperimentConfig) -> R
     let mut results = vec![("fused", super::median_ms(options.runs, || step(&model)))];
     if options.reference {
         let reference = model.clone().with_scan_kernel(ScanKernel::TensorOps);
-        results.push(("tensor-ops-loop", super::median_ms(options.runs, || step(&reference))));
+        results.push((
+            "tensor-ops-loop",
+            super::median_ms(options.runs, || step(&reference)),
+        ));
     }
     let forward_ms = options.forward.then(|| {
         let inference = model.valid();
         let x = Tensor::<Flex, 5>::from_data(TensorData::new(x_host.clone(), dims), &device);
-        super::median_ms(options.runs, || drop(inference.logits(x.clone()).into_data()))
+        super::median_ms(options.runs, || {
+            drop(inference.logits(x.clone()).into_data())
+        })
     });
     let replicas_ms = match options.replicas {
         Some(n) => {
@@ -241,10 +252,20 @@ fn run_step_bench_3d(options: &StepBenchOptions, config: &ExperimentConfig) -> R
                 (2..=batch).contains(&n),
                 "--replicas must be between 2 and the batch size ({batch})"
             );
-            let (one, many) = (Replicas::<Ad>::single(&device), Replicas::<Ad>::new(&device, n)?);
+            let (one, many) = (
+                Replicas::<Ad>::single(&device),
+                Replicas::<Ad>::new(&device, n)?,
+            );
             let time = |r: &Replicas<Ad>| {
                 super::median_ms(options.runs, || {
-                    drop(loss_and_grads(&model, r, x_host.clone(), &labels, &dims, classes));
+                    drop(loss_and_grads(
+                        &model,
+                        r,
+                        x_host.clone(),
+                        &labels,
+                        &dims,
+                        classes,
+                    ));
                 })
             };
             Some((n, time(&one), time(&many)))
@@ -287,7 +308,10 @@ fn run_step_bench_3d(options: &StepBenchOptions, config: &ExperimentConfig) -> R
         super::cpu_model()
     );
     for (imp, ms) in &results {
-        println!("  {imp:<16} {ms:>10.1} ms   {:>6.2}x the fused op's time", ms / fused);
+        println!(
+            "  {imp:<16} {ms:>10.1} ms   {:>6.2}x the fused op's time",
+            ms / fused
+        );
     }
     if let Some(ms) = forward_ms {
         println!("No-grad forward (full-resolution logits), batch {batch} of {shape}: {ms:.1} ms");

@@ -5,8 +5,8 @@ use std::path::Path;
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
 use clap::ValueEnum;
-use segmenter::train::Experiments;
 use segmenter::predict::{PredictOptions, PredictReport};
+use segmenter::train::Experiments;
 use segmenter::train::TrainOptions;
 
 use super::DeviceKind;

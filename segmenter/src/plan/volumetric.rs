@@ -108,13 +108,7 @@ pub fn plan_volumetric(
     let median_shape: [f64; 3] =
         std::array::from_fn(|a| median(shapes.iter().map(|s| s[a] as f64).collect()).max(1.0));
     let spacing: [f64; 3] = std::array::from_fn(|a| {
-        median(
-            spacings
-                .iter()
-                .map(|s| s[a])
-                .filter(|x| *x > 0.0)
-                .collect(),
-        )
+        median(spacings.iter().map(|s| s[a]).filter(|x| *x > 0.0).collect())
     });
     let mut patch = median_shape.map(|s| s.round().max(1.0) as usize);
     let fits = |patch: &[usize; 3]| 2 * patch.iter().product::<usize>() <= voxels_per_step.max(8);
@@ -124,7 +118,8 @@ pub fn plan_volumetric(
         let a = (0..3)
             .filter(|&a| patch[a] > MIN_FEATURE_SIDE)
             .max_by(|&a, &b| {
-                (patch[a] as f64 / median_shape[a]).total_cmp(&(patch[b] as f64 / median_shape[b]))
+                (patch[a] as f64 / median_shape[a])
+                    .total_cmp(&(patch[b] as f64 / median_shape[b]))
                     .then(patch[a].cmp(&patch[b]))
             });
         let Some(a) = a else { break };
@@ -161,7 +156,10 @@ mod tests {
         for a in 0..3 {
             assert!(v.patch_size[a] >= [35, 50, 36][a], "{v:?}");
             assert!(v.patch_size[a] / products[a] >= MIN_FEATURE_SIDE, "{v:?}");
-            assert!(v.patch_size[a] / products[a] < 2 * MIN_FEATURE_SIDE, "{v:?}");
+            assert!(
+                v.patch_size[a] / products[a] < 2 * MIN_FEATURE_SIDE,
+                "{v:?}"
+            );
         }
         assert!(v.batch_size >= 2);
     }

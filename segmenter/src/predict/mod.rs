@@ -142,7 +142,14 @@ pub fn predict_network_volume<B: ModelBackend>(
                 .patch_size;
             let (channels, classes) = (plan.input_channels(), plan.num_classes());
             let run = network_runner_3d(model, patch, (channels, classes), settings.mirror, device);
-            predict_volume_3d(job, plan.slice_axis, patch, plan.num_classes(), settings, run)
+            predict_volume_3d(
+                job,
+                plan.slice_axis,
+                patch,
+                plan.num_classes(),
+                settings,
+                run,
+            )
         }
     }
 }
@@ -159,7 +166,8 @@ fn network_runner_3d<'a, B: ModelBackend>(
 ) -> impl FnMut(Vec<f32>, usize) -> Vec<f32> + 'a {
     move |input: Vec<f32>, n: usize| {
         let probabilities = |input: Vec<f32>| {
-            let x = Tensor::<B, 5>::from_data(TensorData::new(input, [n, channels, d, r, c]), device);
+            let x =
+                Tensor::<B, 5>::from_data(TensorData::new(input, [n, channels, d, r, c]), device);
             activation::softmax(model.logits(x), 1)
                 .into_data()
                 .convert::<f32>()

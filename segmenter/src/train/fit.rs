@@ -225,9 +225,7 @@ where
             if self.faults.nan_at_step == Some(state.step) {
                 images[0] = f32::NAN;
             }
-            let dims = self
-                .sampler
-                .dims(batch.batch, self.plan.input_channels());
+            let dims = self.sampler.dims(batch.batch, self.plan.input_channels());
             let next_step = state.step + 1;
             let (next, value, drawn) = std::thread::scope(|scope| {
                 // Draw the next batch on the rayon workers while this step trains.

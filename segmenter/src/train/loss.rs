@@ -153,8 +153,13 @@ where
         .enumerate()
     {
         let [b, k, d, r, c] = logits.dims();
-        let target =
-            one_hot_3d::<B>(labels, [batch, depth, rows, cols], classes, strides[head], device);
+        let target = one_hot_3d::<B>(
+            labels,
+            [batch, depth, rows, cols],
+            classes,
+            strides[head],
+            device,
+        );
         let term = dice_ce_loss_flat(logits.reshape([b, k, d * r * c]), target) * weight;
         loss = Some(match loss {
             None => term,
@@ -193,12 +198,13 @@ mod tests {
     fn the_flat_loss_equals_the_2d_loss_on_the_same_voxels() {
         use burn::tensor::Distribution;
         let device = Default::default();
-        let logits = Tensor::<Flex, 4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 2.0), &device);
+        let logits =
+            Tensor::<Flex, 4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 2.0), &device);
         let labels: Vec<u8> = (0..2 * 4 * 5).map(|i| ((i * 7) % 3) as u8).collect();
         let target = one_hot::<Flex>(&labels, [2, 4, 5], 3, 1, &device);
         let a = dice_ce_loss(logits.clone(), target.clone()).into_scalar();
-        let b = dice_ce_loss_flat(logits.reshape([2, 3, 20]), target.reshape([2, 3, 20]))
-            .into_scalar();
+        let b =
+            dice_ce_loss_flat(logits.reshape([2, 3, 20]), target.reshape([2, 3, 20])).into_scalar();
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         // A depth of one: the 3D one-hot is the 2D one.
         let flat = one_hot_3d::<Flex>(&labels, [2, 1, 4, 5], 3, [1, 1, 1], &device);
@@ -218,7 +224,11 @@ mod tests {
             for j in 0..2 {
                 let src = (16 + (2 * i + 1) * 4 + 2 * j + 1) % 3;
                 for k in 0..3 {
-                    assert_eq!(v[k * 4 + i * 2 + j], (k == src) as u8 as f32, "({i}, {j}) class {k}");
+                    assert_eq!(
+                        v[k * 4 + i * 2 + j],
+                        (k == src) as u8 as f32,
+                        "({i}, {j}) class {k}"
+                    );
                 }
             }
         }

@@ -344,13 +344,7 @@ where
         state.step,
         state.elapsed_s / 60.0
     );
-    let (prepared, config) = prepare(
-        run,
-        Some(plan),
-        &info,
-        &split,
-        &Experiments::only(config),
-    )?;
+    let (prepared, config) = prepare(run, Some(plan), &info, &split, &Experiments::only(config))?;
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
     let (channels, classes) = (prepared.plan.input_channels(), prepared.plan.num_classes());
     let record_error = "checkpoint model does not match the run's config";
@@ -358,7 +352,15 @@ where
         let strides = prepared.plan.volumetric()?.strides;
         let model: SwinUMamba3d<B> = config.model.init_3d(channels, classes, strides, device);
         let model = model.load_record(recorder.load(model_bytes, device).context(record_error)?);
-        return fit_with_optimizer(&config, &info, prepared, model, state, Some(optim_bytes), device);
+        return fit_with_optimizer(
+            &config,
+            &info,
+            prepared,
+            model,
+            state,
+            Some(optim_bytes),
+            device,
+        );
     }
     let model: SwinUMamba<B> = config.model.init(channels, classes, device);
     let model = model.load_record(recorder.load(model_bytes, device).context(record_error)?);

@@ -141,13 +141,9 @@ where
                 shard_dims[0] = b - a;
                 scope.spawn(move || {
                     pool.install(|| {
-                        let loss = replica.loss(
-                            shard_images,
-                            shard_labels,
-                            &shard_dims,
-                            classes,
-                            device,
-                        ) * share;
+                        let loss =
+                            replica.loss(shard_images, shard_labels, &shard_dims, classes, device)
+                                * share;
                         let value = loss.clone().into_scalar().elem::<f64>();
                         if !value.is_finite() {
                             return (value, None);
