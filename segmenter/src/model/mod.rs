@@ -20,6 +20,9 @@ pub use network3d::{
 
 /// A trained network of either configuration, as a run folder holds it (inference only: training
 /// keeps the concrete type).
+// Both variants are whole networks of about the same size (some 22 KB of module tree each), held
+// once per run: boxing one would only add an indirection, which is what the lint asks for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Network<B: burn::prelude::Backend> {
     /// The 2D network over slices.

@@ -15,17 +15,20 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
-use burn::nn::{InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig, PaddingConfig3d};
+use burn::nn::{LayerNorm, LayerNormConfig, PaddingConfig3d};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::backend::AutodiffBackend;
 use vision_ssm::{
-    PatchEmbed3d, PatchEmbed3dConfig, PatchMerging3d, PatchMerging3dConfig, ScanBackend,
-    ScanKernel, VssBlock3d, VssBlock3dConfig,
+    PatchEmbed3d, PatchEmbed3dConfig, PatchMerging3d, PatchMerging3dConfig, ScanKernel, VssBlock3d,
+    VssBlock3dConfig,
 };
 
 use super::config::{EncoderKind, ModelConfig};
+use super::network::ModelBackend;
+use super::ops::conv::{forward_same_3d, ConvBackend};
+use super::ops::norm::{FusedInstanceNorm, NormBackend};
 
 /// The strides `[depth, rows, cols]` of the five downsamplings: the stem, the patch embedding and
 /// the three patch mergings.
@@ -84,7 +87,7 @@ impl ModelConfig {
         SwinUMamba3d {
             stem: Stem3d {
                 conv: conv(in_channels, s, 7, strides[0], true, device),
-                norm: InstanceNormConfig::new(s).with_affine(true).init(device),
+                norm: FusedInstanceNorm::new(s, device),
             },
             vssm_encoder: VssmEncoder3d {
                 patch_embed: PatchEmbed3dConfig::new(s, d[0])
@@ -136,31 +139,26 @@ fn conv<B: Backend>(
         .init(device)
 }
 
-/// The plain (non-affine) instance norm of MONAI's blocks.
-fn norm<B: Backend>(channels: usize, device: &B::Device) -> InstanceNorm<B> {
-    InstanceNormConfig::new(channels)
-        .with_affine(false)
-        .init(device)
-}
-
-/// The stem: a 7³ convolution with the level-0 stride, then an affine instance norm.
+/// The stem: a 7³ convolution with the level-0 stride (burn's conv and backward: strided, so not
+/// a "same" conv), then an affine instance norm.
 #[derive(Module, Debug)]
 pub struct Stem3d<B: Backend> {
     conv: Conv3d<B>,
-    norm: InstanceNorm<B>,
+    norm: FusedInstanceNorm<B>,
 }
 
 /// MONAI's `UnetResBlock` in 3D: two 3³ conv + instance norm with leaky ReLU, and a 1³ conv +
 /// norm shortcut when the width changes. The convolutions before a norm have no bias (the norm
-/// removes it).
+/// removes it). The convs and norms run our ops (`ops::conv`, `ops::norm`), whose CPU backward
+/// passes are im2col + GEMM and one fused kernel instead of burn's generic ones.
 #[derive(Module, Debug)]
 pub struct ResBlock3d<B: Backend> {
     conv1: Conv3d<B>,
-    norm1: InstanceNorm<B>,
+    norm1: FusedInstanceNorm<B>,
     conv2: Conv3d<B>,
-    norm2: InstanceNorm<B>,
+    norm2: FusedInstanceNorm<B>,
     conv3: Option<Conv3d<B>>,
-    norm3: Option<InstanceNorm<B>>,
+    norm3: Option<FusedInstanceNorm<B>>,
 }
 
 impl<B: Backend> ResBlock3d<B> {
@@ -168,22 +166,24 @@ impl<B: Backend> ResBlock3d<B> {
         let project = cin != cout;
         Self {
             conv1: conv(cin, cout, 3, [1, 1, 1], false, device),
-            norm1: norm(cout, device),
+            norm1: FusedInstanceNorm::plain(cout),
             conv2: conv(cout, cout, 3, [1, 1, 1], false, device),
-            norm2: norm(cout, device),
+            norm2: FusedInstanceNorm::plain(cout),
             conv3: project.then(|| conv(cin, cout, 1, [1, 1, 1], false, device)),
-            norm3: project.then(|| norm(cout, device)),
+            norm3: project.then(|| FusedInstanceNorm::plain(cout)),
         }
     }
+}
 
+impl<B: NormBackend + ConvBackend> ResBlock3d<B> {
     /// `[B, cin, D, H, W]` -> `[B, cout, D, H, W]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let residual = match (&self.conv3, &self.norm3) {
-            (Some(proj), Some(n)) => n.forward(proj.forward(x.clone())),
+            (Some(proj), Some(n)) => n.forward(forward_same_3d(proj, x.clone())),
             _ => x.clone(),
         };
-        let y = activation::leaky_relu(self.norm1.forward(self.conv1.forward(x)), 0.01);
-        let y = self.norm2.forward(self.conv2.forward(y));
+        let y = activation::leaky_relu(self.norm1.forward(forward_same_3d(&self.conv1, x)), 0.01);
+        let y = self.norm2.forward(forward_same_3d(&self.conv2, y));
         activation::leaky_relu(y + residual, 0.01)
     }
 }
@@ -203,7 +203,9 @@ impl<B: Backend> ChannelsLastRes3d<B> {
             block: ResBlock3d::new(channels, channels, device),
         }
     }
+}
 
+impl<B: NormBackend + ConvBackend> ChannelsLastRes3d<B> {
     /// Channels-last `[B, D, H, W, C]` -> the same shape.
     fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let y = self.norm.forward(x.clone()).permute([0, 4, 1, 2, 3]);
@@ -234,7 +236,7 @@ pub struct VssmEncoder3d<B: Backend> {
     downsamples: Vec<PatchMerging3d<B>>,
 }
 
-impl<B: ScanBackend> VssmEncoder3d<B> {
+impl<B: ModelBackend> VssmEncoder3d<B> {
     /// `[B, s, D, H, W]` -> the four stages' outputs, channels first.
     fn forward(&self, x: Tensor<B, 5>) -> Vec<Tensor<B, 5>> {
         let mut hidden = self.patch_embed.forward(x); // channels-last
@@ -273,7 +275,9 @@ impl<B: Backend> UpBlock3d<B> {
             conv_block: ResBlock3d::new(2 * cout, cout, device),
         }
     }
+}
 
+impl<B: NormBackend + ConvBackend> UpBlock3d<B> {
     /// `x: [B, cin, D, H, W]` and `skip: [B, cout, D·sd, H·sh, W·sw]` -> the skip's shape.
     fn forward(&self, x: Tensor<B, 5>, skip: Tensor<B, 5>) -> Tensor<B, 5> {
         self.conv_block
@@ -367,7 +371,7 @@ impl<B: Backend> SwinUMamba3d<B> {
     }
 }
 
-impl<B: ScanBackend> SwinUMamba3d<B> {
+impl<B: ModelBackend> SwinUMamba3d<B> {
     /// `[batch, channels, D, H, W]` (each side divisible by the product of its strides) -> the
     /// first `heads` deep-supervision logits, full resolution first (`[batch, classes, …]` at the
     /// resolutions of [`Self::head_strides`]).
@@ -393,7 +397,7 @@ impl<B: ScanBackend> SwinUMamba3d<B> {
             .into_iter()
             .zip(&self.out_layers)
             .take(heads)
-            .map(|(features, head)| head.forward(features))
+            .map(|(features, head)| forward_same_3d(head, features))
             .collect()
     }
 

@@ -1,11 +1,14 @@
-//! The network's stride-1 "same" 2D convolutions, with our own backward pass on the CPU.
+//! The network's stride-1 "same" convolutions, 2D and 3D, with our own backward pass on the CPU.
 //!
 //! A profile of a `tiny` training step on Flex (`benchmarks/results/train-step-profile-cpu.md`)
 //! put a third of the step in burn's generic convolution backward: the weight gradient is a
 //! convolution of `swap_dims` views, which Flex first copies element by element, and the input
-//! gradient a transposed 3D convolution. Here, per image, one im2col and two GEMMs on contiguous
-//! buffers give both. The forward pass stays burn's (Flex's is already im2col + GEMM); GPU
-//! backends keep burn's backward too.
+//! gradient a transposed 3D convolution. Here, per image (or volume), one im2col and two GEMMs on
+//! contiguous buffers give both. A 2D image is a volume of depth 1 with a kernel of depth 1, so
+//! both ranks run the same loops. The forward pass stays burn's (Flex's is already im2col +
+//! GEMM); GPU backends keep burn's backward too.
+
+use std::ops::Range;
 
 use burn::backend::autodiff::{
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -13,23 +16,24 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
     Autodiff,
 };
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, Conv3d};
+use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{TensorData, TensorPrimitive};
+use burn::tensor::{TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
 use vision_ssm::host::{from_host, to_host};
 use vision_ssm::scan::FloatTensor;
 
 /// Stride 1, padding `kernel / 2`, no dilation, no groups: the output has the input's size.
-fn same_options(kernel: usize) -> ConvOptions<2> {
-    ConvOptions::new([1, 1], [kernel / 2, kernel / 2], [1, 1], 1)
+fn same_options<const D: usize>(kernel: [usize; D]) -> ConvOptions<D> {
+    ConvOptions::new([1; D], kernel.map(|k| k / 2), [1; D], 1)
 }
 
-/// Kernel side of a `[C_out, C_in, k, k]` weight primitive.
-fn kernel_of<B: Backend>(weight: &FloatTensor<B>) -> usize {
-    Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(weight.clone())).dims()[2]
+/// The weight primitive's dims: `[C_out, C_in, k, k]` (2D) or `[C_out, C_in, kd, k, k]` (3D).
+fn dims_of<B: Backend>(t: &FloatTensor<B>) -> Vec<usize> {
+    t.shape().to_vec()
 }
 
 /// Gradients of a convolution: input (when asked for), weight, bias (when it has one).
@@ -39,21 +43,26 @@ pub type ConvGrads<B> = (
     Option<FloatTensor<B>>,
 );
 
-/// A backend that runs the network's "same" convolutions (stride 1, odd square kernel `k`,
-/// padding `k / 2`, no dilation or groups) and their backward pass.
+/// A backend that runs the network's "same" convolutions (stride 1, odd square or cubic kernel
+/// `k`, padding `k / 2`, no dilation or groups), 2D or 3D by the weight's rank, and their backward.
 pub trait ConvBackend: Backend {
     /// Whether the backward pass runs on the host (im2col and GEMMs, see the module doc) rather
     /// than through burn's generic convolution backward.
     const HOST_BACKWARD: bool = false;
 
-    /// `x: [B, C_in, H, W]`, `weight: [C_out, C_in, k, k]`, `bias: [C_out]` -> `[B, C_out, H, W]`.
+    /// 2D: `x: [B, C_in, H, W]`, `weight: [C_out, C_in, k, k]` -> `[B, C_out, H, W]`;
+    /// 3D: `x: [B, C_in, D, H, W]`, `weight: [C_out, C_in, k, k, k]` -> `[B, C_out, D, H, W]`;
+    /// `bias: [C_out]`.
     fn conv_same(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        let k = kernel_of::<Self>(&weight);
-        Self::conv2d(x, weight, bias, same_options(k))
+        match dims_of::<Self>(&weight)[..] {
+            [_, _, kh, kw] => Self::conv2d(x, weight, bias, same_options([kh, kw])),
+            [_, _, kd, kh, kw] => Self::conv3d(x, weight, bias, same_options([kd, kh, kw])),
+            ref other => panic!("conv_same: a weight of rank 4 or 5, not {other:?}"),
+        }
     }
 
     /// Gradients given `dy`: of `x` when `need_dx`, of the weight, of the bias when `need_db`.
@@ -65,25 +74,49 @@ pub trait ConvBackend: Backend {
         need_db: bool,
     ) -> ConvGrads<Self> {
         if Self::HOST_BACKWARD {
-            return host_backward::<Self>(x, weight, dy, need_dx, need_db);
+            return host_backward::<Self>(x, weight, dy, need_dx, need_db, COL_BUDGET_BYTES);
         }
-        let options = same_options(kernel_of::<Self>(&weight));
-        let db = need_db.then(|| {
-            let dy = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(dy.clone()));
-            let c = dy.dims()[1];
-            dy.sum_dim(0)
-                .sum_dim(2)
-                .sum_dim(3)
-                .reshape([c])
-                .into_primitive()
-                .tensor()
-        });
-        let dx = need_dx.then(|| {
-            Self::conv2d_x_backward(x.clone(), weight.clone(), dy.clone(), options.clone())
-        });
-        let dw = Self::conv2d_weight_backward(x, weight, dy, options);
-        (dx, dw, db)
+        let db = need_db.then(|| channel_sums::<Self>(dy.clone()));
+        match dims_of::<Self>(&weight)[..] {
+            [_, _, kh, kw] => {
+                let options = same_options([kh, kw]);
+                let dx = need_dx.then(|| {
+                    Self::conv2d_x_backward(x.clone(), weight.clone(), dy.clone(), options.clone())
+                });
+                let dw = Self::conv2d_weight_backward(x, weight, dy, options);
+                (dx, dw, db)
+            }
+            [_, _, kd, kh, kw] => {
+                let options = same_options([kd, kh, kw]);
+                let dx = need_dx.then(|| {
+                    Self::conv3d_x_backward(x.clone(), weight.clone(), dy.clone(), options.clone())
+                });
+                let dw = Self::conv3d_weight_backward(x, weight, dy, options);
+                (dx, dw, db)
+            }
+            ref other => panic!("conv_same_backward: a weight of rank 4 or 5, not {other:?}"),
+        }
     }
+}
+
+/// The bias gradient: `dy` summed over every axis but the channels.
+fn channel_sums<B: Backend>(dy: FloatTensor<B>) -> FloatTensor<B> {
+    let c = dims_of::<B>(&dy)[1];
+    let sums = match dy.shape().num_dims() {
+        4 => Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(dy))
+            .sum_dim(0)
+            .sum_dim(2)
+            .sum_dim(3)
+            .reshape([c]),
+        5 => Tensor::<B, 5>::from_primitive(TensorPrimitive::Float(dy))
+            .sum_dim(0)
+            .sum_dim(2)
+            .sum_dim(3)
+            .sum_dim(4)
+            .reshape([c]),
+        rank => panic!("conv bias gradient: rank 4 or 5, not {rank}"),
+    };
+    sums.into_primitive().tensor()
 }
 
 #[cfg(feature = "cuda")]
@@ -93,8 +126,21 @@ impl ConvBackend for burn::backend::Flex {
     const HOST_BACKWARD: bool = true;
 }
 
+/// Runs a convolution's weight and bias through [`ConvBackend::conv_same`].
+fn run_same<B: ConvBackend, const D: usize>(
+    weight: Tensor<B, D>,
+    bias: Option<Tensor<B, 1>>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::conv_same(
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.map(|b| b.into_primitive().tensor()),
+    )))
+}
+
 /// Runs `conv` through [`ConvBackend::conv_same`]. `conv` must be a stride-1 convolution with an
-/// odd square kernel and padding `k / 2`, no dilation or groups, as `model.rs` builds them.
+/// odd square kernel and padding `k / 2`, no dilation or groups, as `network.rs` builds them.
 pub fn forward_same<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     debug_assert!(
         conv.stride == [1, 1]
@@ -104,92 +150,173 @@ pub fn forward_same<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor
             && conv.kernel_size[0] % 2 == 1,
         "forward_same needs a stride-1 'same' convolution"
     );
-    let weight = conv.weight.val().into_primitive().tensor();
-    let bias = conv
-        .bias
-        .as_ref()
-        .map(|b| b.val().into_primitive().tensor());
-    Tensor::from_primitive(TensorPrimitive::Float(B::conv_same(
-        x.into_primitive().tensor(),
-        weight,
-        bias,
-    )))
+    run_same(conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), x)
 }
 
-/// Sizes of one convolution: channels in and out, image rows and columns, kernel side.
+/// The 3D [`forward_same`]: `conv` must have stride 1, an odd cubic kernel `k` and padding
+/// `k / 2` on every axis, no dilation or groups, as `network3d.rs` builds its 3³ and 1³ convs.
+pub fn forward_same_3d<B: ConvBackend>(conv: &Conv3d<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
+    let k = conv.kernel_size[0];
+    let p = k / 2;
+    debug_assert!(
+        conv.stride == [1, 1, 1]
+            && conv.dilation == [1, 1, 1]
+            && conv.groups == 1
+            && conv.kernel_size == [k; 3]
+            && k % 2 == 1
+            && (conv.padding == PaddingConfig3d::Same
+                || conv.padding == PaddingConfig3d::Explicit(p, p, p)),
+        "forward_same_3d needs a stride-1 'same' convolution"
+    );
+    run_same(conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), x)
+}
+
+/// The most bytes one im2col buffer may take; a volume whose buffer would be larger is done in
+/// chunks of whole depth planes. The full buffer of a 3³ conv from 32 channels on a 40×40×56
+/// patch is 310 MB per sample: buffers that size are fresh mappings whose page faults cost more
+/// than the GEMMs (see the profile), and one per thread adds up. Under glibc's 32 MiB mmap
+/// threshold a buffer is reused from the heap instead.
+const COL_BUDGET_BYTES: usize = 16 << 20;
+
+/// Sizes of one convolution: channels in and out, volume depth, rows and columns, kernel depth
+/// and in-plane side. A 2D convolution is `depth = kd = 1`.
 #[derive(Clone, Copy, Debug)]
 struct Sizes {
     cin: usize,
     cout: usize,
+    depth: usize,
     rows: usize,
     cols: usize,
+    kd: usize,
     k: usize,
 }
 
+/// Input index of output index `i` under kernel tap `tap` (kernel size `k`, padding `k / 2`) on
+/// an axis of `len`, if inside.
+fn source(i: usize, tap: usize, k: usize, len: usize) -> Option<usize> {
+    (i + tap).checked_sub(k / 2).filter(|&s| s < len)
+}
+
 impl Sizes {
-    /// Rows of the im2col matrix (`C_in · k · k`), one per weight of an output channel.
-    fn taps(&self) -> usize {
-        self.cin * self.k * self.k
+    /// From the input's and weight's dims, 2D (`[B, C, H, W]`) or 3D (`[B, C, D, H, W]`).
+    fn of(xdims: &[usize], wdims: &[usize]) -> Self {
+        match (xdims, wdims) {
+            (&[_, cin, rows, cols], &[cout, _, k, _]) => Self {
+                cin,
+                cout,
+                depth: 1,
+                rows,
+                cols,
+                kd: 1,
+                k,
+            },
+            (&[_, cin, depth, rows, cols], &[cout, _, kd, k, _]) => Self {
+                cin,
+                cout,
+                depth,
+                rows,
+                cols,
+                kd,
+                k,
+            },
+            _ => panic!("conv backward: input {xdims:?} and weight {wdims:?}"),
+        }
     }
 
-    fn pixels(&self) -> usize {
+    /// Rows of the im2col matrix (`C_in · kd · k · k`), one per weight of an output channel.
+    fn taps(&self) -> usize {
+        self.cin * self.kd * self.k * self.k
+    }
+
+    fn plane(&self) -> usize {
         self.rows * self.cols
+    }
+
+    fn voxels(&self) -> usize {
+        self.depth * self.plane()
+    }
+
+    /// Input channel and kernel plane, row and column of im2col row `r`, in the weight's order.
+    fn tap(&self, r: usize) -> (usize, usize, usize, usize) {
+        let k = self.k;
+        (
+            r / (self.kd * k * k),
+            (r / (k * k)) % self.kd,
+            (r / k) % k,
+            r % k,
+        )
     }
 
     /// For kernel column `kx`: the output columns whose input column is inside the image, and
     /// the input column of the first of them.
-    fn valid_cols(&self, kx: usize) -> (std::ops::Range<usize>, usize) {
+    fn valid_cols(&self, kx: usize) -> (Range<usize>, usize) {
         let p = self.k / 2;
         let start = p.saturating_sub(kx);
         let end = (self.cols + p).saturating_sub(kx).min(self.cols);
         (start..end.max(start), start + kx - p)
     }
 
-    /// Input row of output row `y` under kernel row `ky`, if inside the image.
-    fn source_row(&self, y: usize, ky: usize) -> Option<usize> {
-        (y + ky)
-            .checked_sub(self.k / 2)
-            .filter(|&sy| sy < self.rows)
+    /// Depth planes per im2col chunk: all of them when the buffer fits [`COL_BUDGET_BYTES`].
+    fn chunk_planes(&self, budget_bytes: usize) -> usize {
+        let per_plane = self.taps() * self.plane() * std::mem::size_of::<f32>();
+        (budget_bytes / per_plane.max(1)).clamp(1, self.depth.max(1))
     }
 }
 
-/// `col[(ci·k + ky)·k + kx][y·W + x] = image[ci][y + ky - p][x + kx - p]`, zero outside.
-fn im2col(image: &[f32], s: Sizes, col: &mut [f32]) {
-    let (n, k) = (s.pixels(), s.k);
+/// `col[((ci·kd + kz)·k + ky)·k + kx][(z - z0)·H·W + y·W + x] = volume[ci][z + kz - pd][y + ky - p]
+/// [x + kx - p]` for the output planes `z` in `planes` (starting at `z0`), zero outside.
+fn im2col(volume: &[f32], s: Sizes, planes: Range<usize>, col: &mut [f32]) {
+    let (plane, cols) = (s.plane(), s.cols);
+    let n = planes.len() * plane;
     for (r, row) in col.chunks_exact_mut(n).enumerate() {
-        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let (ci, kz, ky, kx) = s.tap(r);
         let (xs, sx0) = s.valid_cols(kx);
-        let plane = &image[ci * n..(ci + 1) * n];
-        for y in 0..s.rows {
-            let out = &mut row[y * s.cols..(y + 1) * s.cols];
-            match s.source_row(y, ky) {
-                Some(sy) if !xs.is_empty() => {
-                    out[..xs.start].fill(0.0);
-                    out[xs.end..].fill(0.0);
-                    let src = &plane[sy * s.cols + sx0..][..xs.len()];
-                    out[xs.clone()].copy_from_slice(src);
+        let channel = &volume[ci * s.voxels()..][..s.voxels()];
+        for (z, out_plane) in planes.clone().zip(row.chunks_exact_mut(plane)) {
+            let Some(sz) = source(z, kz, s.kd, s.depth) else {
+                out_plane.fill(0.0);
+                continue;
+            };
+            let src_plane = &channel[sz * plane..][..plane];
+            for y in 0..s.rows {
+                let out = &mut out_plane[y * cols..(y + 1) * cols];
+                match source(y, ky, s.k, s.rows) {
+                    Some(sy) if !xs.is_empty() => {
+                        out[..xs.start].fill(0.0);
+                        out[xs.end..].fill(0.0);
+                        let src = &src_plane[sy * cols + sx0..][..xs.len()];
+                        out[xs.clone()].copy_from_slice(src);
+                    }
+                    _ => out.fill(0.0),
                 }
-                _ => out.fill(0.0),
             }
         }
     }
 }
 
-/// The adjoint of [`im2col`]: adds every column entry back onto the image pixel it came from.
-fn col2im_add(col: &[f32], s: Sizes, image: &mut [f32]) {
-    let (n, k) = (s.pixels(), s.k);
+/// The adjoint of [`im2col`]: adds every column entry back onto the voxel it came from (which may
+/// lie outside `planes`: the kernel reaches `kd / 2` planes beyond them).
+fn col2im_add(col: &[f32], s: Sizes, planes: Range<usize>, volume: &mut [f32]) {
+    let (plane, cols) = (s.plane(), s.cols);
+    let n = planes.len() * plane;
     for (r, row) in col.chunks_exact(n).enumerate() {
-        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let (ci, kz, ky, kx) = s.tap(r);
         let (xs, sx0) = s.valid_cols(kx);
-        let plane = &mut image[ci * n..(ci + 1) * n];
         if xs.is_empty() {
             continue;
         }
-        for y in 0..s.rows {
-            if let Some(sy) = s.source_row(y, ky) {
-                let dst = &mut plane[sy * s.cols + sx0..][..xs.len()];
-                let src = &row[y * s.cols..][xs.clone()];
-                dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
+        let channel = &mut volume[ci * s.voxels()..][..s.voxels()];
+        for (z, in_plane) in planes.clone().zip(row.chunks_exact(plane)) {
+            let Some(sz) = source(z, kz, s.kd, s.depth) else {
+                continue;
+            };
+            let dst_plane = &mut channel[sz * plane..][..plane];
+            for y in 0..s.rows {
+                if let Some(sy) = source(y, ky, s.k, s.rows) {
+                    let dst = &mut dst_plane[sy * cols + sx0..][..xs.len()];
+                    let src = &in_plane[y * cols..][xs.clone()];
+                    dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                }
             }
         }
     }
@@ -198,13 +325,16 @@ fn col2im_add(col: &[f32], s: Sizes, image: &mut [f32]) {
 /// A matrix operand: values, row stride and column stride.
 type Operand<'a> = (&'a [f32], usize, usize);
 
-/// `dst (m×n, row-major) = lhs (m×q) · rhs (q×n)`, overwriting `dst`.
-fn matmul(dst: &mut [f32], [m, n, q]: [usize; 3], lhs: Operand, rhs: Operand) {
+/// `dst (m×n, row-major) = lhs (m×q) · rhs (q×n)`, overwriting `dst`, or adding to it when
+/// `accumulate`.
+fn matmul(dst: &mut [f32], [m, n, q]: [usize; 3], lhs: Operand, rhs: Operand, accumulate: bool) {
     if m == 0 || n == 0 {
         return;
     }
     if q == 0 {
-        dst[..m * n].fill(0.0);
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
         return;
     }
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
@@ -228,14 +358,14 @@ fn matmul(dst: &mut [f32], [m, n, q]: [usize; 3], lhs: Operand, rhs: Operand) {
             dst.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            accumulate,
             lhs.0.as_ptr(),
             lhs.2 as isize,
             lhs.1 as isize,
             rhs.0.as_ptr(),
             rhs.2 as isize,
             rhs.1 as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -245,58 +375,65 @@ fn matmul(dst: &mut [f32], [m, n, q]: [usize; 3], lhs: Operand, rhs: Operand) {
     }
 }
 
-/// One image's share of the gradients: its weight and bias gradients (returned) and its input
-/// gradient (into `dx` when asked for).
-fn image_backward(
-    image: &[f32],
+/// One image's (or volume's) share of the gradients: its weight and bias gradients (returned)
+/// and its input gradient (into `dx` when asked for), `chunk` output planes at a time.
+fn sample_backward(
+    volume: &[f32],
     dy: &[f32],
     weight: &[f32],
     s: Sizes,
-    dx: Option<&mut [f32]>,
+    chunk: usize,
+    mut dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (taps, n) = (s.taps(), s.pixels());
-    let mut col = vec![0.0f32; taps * n];
-    im2col(image, s, &mut col);
-    // dW (C_out × taps) = dY (C_out × N) · colᵀ (N × taps).
+    let (taps, plane, voxels) = (s.taps(), s.plane(), s.voxels());
+    let mut col = vec![0.0f32; taps * chunk * plane];
     let mut dw = vec![0.0f32; s.cout * taps];
-    matmul(&mut dw, [s.cout, taps, n], (dy, n, 1), (&col, 1, n));
-    let db = dy.chunks_exact(n).map(|c| c.iter().sum()).collect();
-    if let Some(dx) = dx {
-        // dcol (taps × N) = Wᵀ (taps × C_out) · dY (C_out × N), then back onto the image.
-        matmul(&mut col, [taps, n, s.cout], (weight, 1, taps), (dy, n, 1));
+    if let Some(dx) = dx.as_deref_mut() {
         dx.fill(0.0);
-        col2im_add(&col, s, dx);
     }
+    for z0 in (0..s.depth).step_by(chunk) {
+        let planes = z0..(z0 + chunk).min(s.depth);
+        let n = planes.len() * plane;
+        let col = &mut col[..taps * n];
+        im2col(volume, s, planes.clone(), col);
+        // This chunk's columns of dY (C_out × n, rows `voxels` apart).
+        let dy_chunk = (&dy[z0 * plane..], voxels, 1);
+        // dW (C_out × taps) += dY (C_out × n) · colᵀ (n × taps).
+        matmul(&mut dw, [s.cout, taps, n], dy_chunk, (col, 1, n), z0 > 0);
+        if let Some(dx) = dx.as_deref_mut() {
+            // dcol (taps × n) = Wᵀ (taps × C_out) · dY (C_out × n), then back onto the volume.
+            matmul(col, [taps, n, s.cout], (weight, 1, taps), dy_chunk, false);
+            col2im_add(col, s, planes, dx);
+        }
+    }
+    let db = dy.chunks_exact(voxels).map(|c| c.iter().sum()).collect();
     (dw, db)
 }
 
+/// The host backward: samples in parallel, each in im2col chunks of at most `budget_bytes`.
 fn host_backward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     dy: FloatTensor<B>,
     need_dx: bool,
     need_db: bool,
+    budget_bytes: usize,
 ) -> ConvGrads<B> {
     let device = B::float_device(&x);
     let (x, xdims) = to_host::<B>(x);
     let (weight, wdims) = to_host::<B>(weight);
     let (dy, _) = to_host::<B>(dy);
-    let s = Sizes {
-        cin: xdims[1],
-        cout: wdims[0],
-        rows: xdims[2],
-        cols: xdims[3],
-        k: wdims[2],
-    };
-    let (image_len, out_len) = (s.cin * s.pixels(), s.cout * s.pixels());
+    let s = Sizes::of(&xdims, &wdims);
+    let chunk = s.chunk_planes(budget_bytes);
+    let (sample_len, out_len) = (s.cin * s.voxels(), s.cout * s.voxels());
     let one = |i: usize, dx: Option<&mut [f32]>| {
-        let image = &x[i * image_len..(i + 1) * image_len];
+        let volume = &x[i * sample_len..(i + 1) * sample_len];
         let dy = &dy[i * out_len..(i + 1) * out_len];
-        image_backward(image, dy, &weight, s, dx)
+        sample_backward(volume, dy, &weight, s, chunk, dx)
     };
     let mut dx = vec![0.0f32; if need_dx { x.len() } else { 0 }];
     let parts: Vec<(Vec<f32>, Vec<f32>)> = if need_dx {
-        dx.par_chunks_mut(image_len.max(1))
+        dx.par_chunks_mut(sample_len.max(1))
             .enumerate()
             .map(|(i, dxi)| one(i, Some(dxi)))
             .collect()
@@ -405,50 +542,67 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
 mod tests {
     use super::*;
     use burn::backend::Flex;
+    use burn::nn::conv::Conv3dConfig;
+    use burn::tensor::Distribution;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
     type Ad = Autodiff<Flex>;
 
-    /// `Σ conv(x, w, b) · g` by a float64 loop straight from the definition.
-    #[allow(clippy::too_many_arguments)]
-    fn loss_f64(
-        x: &[f64],
-        w: &[f64],
-        b: &[f64],
-        g: &[f64],
-        [batch, cin, rows, cols]: [usize; 4],
+    /// Input dims `[batch, cin, depth, rows, cols]`, output channels and kernel `[kd, k]` of a
+    /// reference case (2D is depth 1 with kd 1).
+    #[derive(Clone, Copy)]
+    struct Case {
+        dims: [usize; 5],
         cout: usize,
+        kd: usize,
         k: usize,
-    ) -> (Vec<f64>, f64) {
-        let p = k as isize / 2;
-        let mut y = vec![0.0; batch * cout * rows * cols];
+    }
+
+    impl Case {
+        fn out_len(&self) -> usize {
+            let [b, _, d, r, c] = self.dims;
+            b * self.cout * d * r * c
+        }
+    }
+
+    /// `Σ conv(x, w, b) · g` by a float64 loop straight from the definition, and `y`.
+    fn loss_f64(x: &[f64], w: &[f64], b: &[f64], g: &[f64], case: Case) -> (Vec<f64>, f64) {
+        let Case { dims, cout, kd, k } = case;
+        let [batch, cin, depth, rows, cols] = dims;
+        let inside = |i: usize, tap: usize, k: usize, len: usize| {
+            let s = i as isize + tap as isize - k as isize / 2;
+            (0..len as isize).contains(&s).then_some(s as usize)
+        };
+        let mut y = vec![0.0; case.out_len()];
         for n in 0..batch {
             for co in 0..cout {
-                for r in 0..rows {
-                    for c in 0..cols {
-                        let mut acc = b.get(co).copied().unwrap_or(0.0);
-                        for ci in 0..cin {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let (sr, sc) = (
-                                        r as isize + ky as isize - p,
-                                        c as isize + kx as isize - p,
-                                    );
-                                    if sr < 0
-                                        || sc < 0
-                                        || sr >= rows as isize
-                                        || sc >= cols as isize
-                                    {
-                                        continue;
+                for z in 0..depth {
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let mut acc = b.get(co).copied().unwrap_or(0.0);
+                            for ci in 0..cin {
+                                for kz in 0..kd {
+                                    for ky in 0..k {
+                                        for kx in 0..k {
+                                            let (Some(sz), Some(sr), Some(sc)) = (
+                                                inside(z, kz, kd, depth),
+                                                inside(r, ky, k, rows),
+                                                inside(c, kx, k, cols),
+                                            ) else {
+                                                continue;
+                                            };
+                                            acc += w
+                                                [(((co * cin + ci) * kd + kz) * k + ky) * k + kx]
+                                                * x[(((n * cin + ci) * depth + sz) * rows + sr)
+                                                    * cols
+                                                    + sc];
+                                        }
                                     }
-                                    acc += w[((co * cin + ci) * k + ky) * k + kx]
-                                        * x[((n * cin + ci) * rows + sr as usize) * cols
-                                            + sc as usize];
                                 }
                             }
+                            y[(((n * cout + co) * depth + z) * rows + r) * cols + c] = acc;
                         }
-                        y[((n * cout + co) * rows + r) * cols + c] = acc;
                     }
                 }
             }
@@ -457,8 +611,46 @@ mod tests {
         (y, loss)
     }
 
-    fn values<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
+    /// Central differences of [`loss_f64`] in `x` (0), `w` (1) or `b` (2). The loss is linear in
+    /// each, so they are exact up to rounding.
+    fn finite_differences(which: usize, [x, w, b, g]: [&[f64]; 4], case: Case) -> Vec<f64> {
+        let len = [x.len(), w.len(), b.len()][which];
+        (0..len)
+            .map(|i| {
+                let h = 1e-3;
+                let at = |delta: f64| {
+                    let (mut x, mut w, mut b) = (x.to_vec(), w.to_vec(), b.to_vec());
+                    [&mut x, &mut w, &mut b][which][i] += delta;
+                    loss_f64(&x, &w, &b, g, case).1
+                };
+                (at(h) - at(-h)) / (2.0 * h)
+            })
+            .collect()
+    }
+
+    fn values<const D: usize, B: Backend>(t: Tensor<B, D>) -> Vec<f32> {
         t.into_data().into_vec::<f32>().expect("f32")
+    }
+
+    /// Asserts `got` equals `want` within `rel` of `want`'s largest magnitude (not all zero).
+    fn close(name: &str, got: &[f32], want: &[f64], rel: f64) {
+        assert_eq!(got.len(), want.len(), "{name}");
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{name}: the reference is all zero");
+        for (i, (a, r)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(*a) - r).abs() <= rel * scale,
+                "{name}[{i}]: {a} vs {r}"
+            );
+        }
+    }
+
+    fn random(rng: &mut StdRng, count: usize) -> Vec<f64> {
+        (0..count).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    fn f32s(v: &[f64]) -> Vec<f32> {
+        v.iter().map(|&a| a as f32).collect()
     }
 
     #[test]
@@ -474,14 +666,20 @@ mod tests {
         ];
         for (batch, cin, cout, rows, cols, k, with_bias, x_grad) in cases {
             let dims = [batch, cin, rows, cols];
-            let mut random = |count: usize| -> Vec<f64> {
-                (0..count).map(|_| rng.random_range(-1.0..1.0)).collect()
+            let case = Case {
+                dims: [batch, cin, 1, rows, cols],
+                cout,
+                kd: 1,
+                k,
             };
-            let x = random(batch * cin * rows * cols);
-            let w = random(cout * cin * k * k);
-            let b = if with_bias { random(cout) } else { Vec::new() };
-            let g = random(batch * cout * rows * cols);
-            let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let x = random(&mut rng, batch * cin * rows * cols);
+            let w = random(&mut rng, cout * cin * k * k);
+            let b = if with_bias {
+                random(&mut rng, cout)
+            } else {
+                Vec::new()
+            };
+            let g = random(&mut rng, batch * cout * rows * cols);
             let device = Default::default();
             let xt = Tensor::<Ad, 4>::from_data(TensorData::new(f32s(&x), dims), &device);
             let xt = if x_grad { xt.require_grad() } else { xt };
@@ -503,45 +701,145 @@ mod tests {
             )));
             let grads = (y.clone() * gt).sum().backward();
 
-            let (y_ref, _) = loss_f64(&x, &w, &b, &g, dims, cout, k);
-            let y_got = values(y.inner());
-            let scale = y_ref.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            for (a, r) in y_got.iter().zip(&y_ref) {
-                assert!((f64::from(*a) - r).abs() <= 1e-5 * scale, "y {a} vs {r}");
-            }
-
-            // The loss is linear in each input, so central differences are exact up to rounding.
-            let fd = |which: usize, len: usize| -> Vec<f64> {
-                (0..len)
-                    .map(|i| {
-                        let h = 1e-3;
-                        let at = |delta: f64| {
-                            let (mut x, mut w, mut b) = (x.clone(), w.clone(), b.clone());
-                            [&mut x, &mut w, &mut b][which][i] += delta;
-                            loss_f64(&x, &w, &b, &g, dims, cout, k).1
-                        };
-                        (at(h) - at(-h)) / (2.0 * h)
-                    })
-                    .collect()
-            };
-            let close = |name: &str, got: Vec<f32>, want: Vec<f64>| {
-                assert_eq!(got.len(), want.len(), "{name}");
-                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                assert!(scale > 0.0, "{name}: the gradient is not all zero");
-                for (a, r) in got.iter().zip(&want) {
-                    assert!(
-                        (f64::from(*a) - r).abs() <= 1e-4 * scale,
-                        "{name} {a} vs {r} (k={k}, {rows}x{cols})"
-                    );
-                }
-            };
-            close("dw", values(wt.grad(&grads).expect("dw")), fd(1, w.len()));
+            let (y_ref, _) = loss_f64(&x, &w, &b, &g, case);
+            close("y", &values(y.inner()), &y_ref, 1e-5);
+            let fd = |which| finite_differences(which, [&x, &w, &b, &g], case);
+            close("dw", &values(wt.grad(&grads).expect("dw")), &fd(1), 1e-4);
             if let Some(bt) = &bt {
-                close("db", values(bt.grad(&grads).expect("db")), fd(2, b.len()));
+                close("db", &values(bt.grad(&grads).expect("db")), &fd(2), 1e-4);
             }
             match xt.grad(&grads) {
-                Some(dx) => close("dx", values(dx), fd(0, x.len())),
+                Some(dx) => close("dx", &values(dx), &fd(0), 1e-4),
                 None => assert!(!x_grad, "x asked for a gradient"),
+            }
+        }
+    }
+
+    /// The host backward on `case` with at most `chunk` planes per im2col buffer, as host values.
+    fn host_grads(
+        [x, w, g]: [&[f64]; 3],
+        case: Case,
+        chunk: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let device = Default::default();
+        let [_, cin, _, rows, cols] = case.dims;
+        let s = Sizes::of(&case.dims, &[case.cout, cin, case.kd, case.k, case.k]);
+        assert_eq!(s.plane(), rows * cols);
+        let budget = chunk * s.taps() * s.plane() * 4;
+        assert_eq!(s.chunk_planes(budget), chunk.min(case.dims[2]));
+        let prim = |v: &[f64], dims: Vec<usize>| from_host::<Flex>(f32s(v), dims, &device);
+        let wdims = vec![case.cout, cin, case.kd, case.k, case.k];
+        let mut gdims = case.dims.to_vec();
+        gdims[1] = case.cout;
+        let (dx, dw, db) = host_backward::<Flex>(
+            prim(x, case.dims.to_vec()),
+            prim(w, wdims),
+            prim(g, gdims),
+            true,
+            true,
+            budget,
+        );
+        let host = |t: FloatTensor<Flex>| to_host::<Flex>(t).0;
+        (host(dx.expect("dx")), host(dw), host(db.expect("db")))
+    }
+
+    #[test]
+    fn the_3d_backward_matches_finite_differences_in_every_chunking() {
+        let mut rng = StdRng::seed_from_u64(11);
+        // Odd sizes; 3³ and 1³ kernels; a 5³ kernel deeper and wider than the volume.
+        let cases = [
+            Case {
+                dims: [2, 2, 5, 3, 4],
+                cout: 3,
+                kd: 3,
+                k: 3,
+            },
+            Case {
+                dims: [1, 3, 3, 2, 3],
+                cout: 2,
+                kd: 1,
+                k: 1,
+            },
+            Case {
+                dims: [2, 1, 2, 3, 2],
+                cout: 2,
+                kd: 5,
+                k: 5,
+            },
+        ];
+        for case in cases {
+            let [batch, cin, depth, rows, cols] = case.dims;
+            let x = random(&mut rng, batch * cin * depth * rows * cols);
+            let w = random(&mut rng, case.cout * cin * case.kd * case.k * case.k);
+            let b = random(&mut rng, case.cout);
+            let g = random(&mut rng, case.out_len());
+            let fd = |which| finite_differences(which, [&x, &w, &b, &g], case);
+            let (fdx, fdw, fdb) = (fd(0), fd(1), fd(2));
+            // One plane per chunk, two (uneven for depth 5 and 3), all of them.
+            for chunk in [1, 2, depth] {
+                let (dx, dw, db) = host_grads([&x, &w, &g], case, chunk);
+                let name = |g: &str| format!("{g} (kernel {}, chunk {chunk})", case.k);
+                close(&name("dx"), &dx, &fdx, 1e-4);
+                close(&name("dw"), &dw, &fdw, 1e-4);
+                close(&name("db"), &db, &fdb, 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn forward_same_3d_matches_burns_conv3d_and_its_generic_backward() {
+        let device = Default::default();
+        // (cin, cout, k, bias): the network's 3³ conv without bias and 1³ head with one.
+        for (cin, cout, k, bias) in [(3, 4, 3, false), (4, 2, 1, true), (2, 3, 3, true)] {
+            let dims = [2, cin, 5, 6, 7];
+            let p = k / 2;
+            let conv = Conv3dConfig::new([cin, cout], [k; 3])
+                .with_padding(PaddingConfig3d::Explicit(p, p, p))
+                .with_bias(bias)
+                .init::<Ad>(&device);
+            let x = Tensor::<Ad, 5>::random(dims, Distribution::Uniform(-1.0, 1.0), &device)
+                .require_grad();
+            let g = Tensor::<Ad, 5>::random(
+                [2, cout, 5, 6, 7],
+                Distribution::Uniform(-1.0, 1.0),
+                &device,
+            );
+            let (w, b) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
+
+            let ours = forward_same_3d(&conv, x.clone());
+            let ours_grads = (ours.clone() * g.clone()).sum().backward();
+            let options = ConvOptions::new([1; 3], [p; 3], [1; 3], 1);
+            let reference = burn::tensor::module::conv3d(x.clone(), w.clone(), b.clone(), options);
+            let ref_grads = (reference.clone() * g.clone()).sum().backward();
+
+            let f64s = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+            let grad = |t: &Tensor<Ad, 5>, grads| f64s(values(t.grad(grads).expect("grad")));
+            close("y", &values(ours), &f64s(values(reference)), 1e-5);
+            let want_dx = grad(&x, &ref_grads);
+            let want_dw = grad(&w, &ref_grads);
+            close("dx", &values(x.grad(&ours_grads).unwrap()), &want_dx, 1e-4);
+            close("dw", &values(w.grad(&ours_grads).unwrap()), &want_dw, 1e-4);
+            let want_db = b
+                .as_ref()
+                .map(|b| f64s(values(b.grad(&ref_grads).unwrap())));
+            if let (Some(b), Some(want_db)) = (&b, &want_db) {
+                close("db", &values(b.grad(&ours_grads).unwrap()), want_db, 1e-4);
+            }
+
+            // The host backward in chunks of two planes (5 = 2 + 2 + 1) gives the same.
+            let host = |t: Tensor<Ad, 5>| f64s(values(t.inner()));
+            let case = Case {
+                dims,
+                cout,
+                kd: k,
+                k,
+            };
+            let (x64, w64, g64) = (host(x.clone()), host(w.clone()), host(g));
+            let (dx, dw, db) = host_grads([&x64, &w64, &g64], case, 2);
+            close("dx (chunks of 2)", &dx, &want_dx, 1e-4);
+            close("dw (chunks of 2)", &dw, &want_dw, 1e-4);
+            if let Some(want_db) = &want_db {
+                close("db (chunks of 2)", &db, want_db, 1e-4);
             }
         }
     }
