@@ -1,6 +1,8 @@
 //! `segmenter bench scan`: the fused selective scan against the plain float32 loop.
 //!
-//! For B=2, K=4, E=192, N=16 and each sequence length L, times forward and forward+backward of
+//! For B=2, K=4, E=192, N=16 (the PyTorch yardstick's shape; `--batch`, `--directions`,
+//! `--channels-per-direction` and `--d-state` set others, such as a 3D stage's six directions)
+//! and each sequence length L, times forward and forward+backward of
 //! (a) the fused op through burn (`vision_ssm::selective_scan` on `Autodiff<Flex>` with
 //! `require_grad` inputs, backward of `sum(y * w)`) and (b) the reference,
 //! `vision_ssm::scan::reference::scan_{forward,backward}_naive`: one step at a time with libm's
@@ -33,6 +35,19 @@ pub struct ScanBenchOptions {
     /// Timed runs per measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Batch B.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Scan directions K: 4 for SS2D, 6 for SS3D (the default is the PyTorch yardstick's shape).
+    #[arg(long, default_value_t = 4)]
+    pub directions: usize,
+    /// Channels E per direction (d_inner of the layer). A stage of `tiny3d` at a 40x40x56 patch:
+    /// `--batch 3 --directions 6 --channels-per-direction 64 --d-state 8 --lengths 1400`.
+    #[arg(long, default_value_t = 192)]
+    pub channels_per_direction: usize,
+    /// State size N.
+    #[arg(long, default_value_t = 16)]
+    pub d_state: usize,
     /// Worker threads and output format.
     #[command(flatten)]
     pub output: ThreadsAndFormat,
@@ -172,6 +187,10 @@ struct Row {
 pub fn run_scan_bench(opts: &ScanBenchOptions) -> Result<()> {
     ensure!(opts.runs >= 1, "--runs must be at least 1");
     ensure!(
+        opts.batch >= 1 && opts.directions >= 1 && opts.channels_per_direction >= 1 && opts.d_state >= 1,
+        "--batch, --directions, --channels-per-direction and --d-state must be positive"
+    );
+    ensure!(
         !opts.lengths.is_empty() && opts.lengths.iter().all(|&l| l > 0),
         "--lengths must list positive sequence lengths"
     );
@@ -190,10 +209,10 @@ struct Setup {
 
 fn bench_all(opts: &ScanBenchOptions) -> Result<()> {
     let setup = Setup {
-        batch: 2,
-        k_dirs: 4,
-        per_dir: 192,
-        d_state: 16,
+        batch: opts.batch,
+        k_dirs: opts.directions,
+        per_dir: opts.channels_per_direction,
+        d_state: opts.d_state,
         threads: rayon::current_num_threads(),
         cpu: cpu_model(),
     };

@@ -89,7 +89,7 @@ pub struct TrainArgs {
 /// `--configuration`: a network, or the plan's choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConfigurationChoice {
-    /// The plan's choice.
+    /// The plan's choice with --device cuda; 2d on the CPU.
     Auto,
     /// The 2D network over slices.
     #[value(name = "2d")]
