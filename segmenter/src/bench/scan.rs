@@ -187,7 +187,10 @@ struct Row {
 pub fn run_scan_bench(opts: &ScanBenchOptions) -> Result<()> {
     ensure!(opts.runs >= 1, "--runs must be at least 1");
     ensure!(
-        opts.batch >= 1 && opts.directions >= 1 && opts.channels_per_direction >= 1 && opts.d_state >= 1,
+        opts.batch >= 1
+            && opts.directions >= 1
+            && opts.channels_per_direction >= 1
+            && opts.d_state >= 1,
         "--batch, --directions, --channels-per-direction and --d-state must be positive"
     );
     ensure!(
