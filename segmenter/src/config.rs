@@ -10,6 +10,10 @@ use crate::model::ModelConfig;
 /// Names of the built-in presets, for `--preset`.
 pub const PRESETS: [&str; 4] = ["tiny", "swin-umamba", "tiny3d", "swin-umamba-3d"];
 
+/// The epochs of a run whose length the time budget decides: `train --time-budget-min` with no
+/// epoch count from a flag or a config file. Far more than any budget reaches.
+pub const BUDGET_EPOCHS: usize = 1_000_000;
+
 /// The training recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
-use segmenter::config::{ExperimentConfig, PRESETS};
+use segmenter::config::{ExperimentConfig, BUDGET_EPOCHS, PRESETS};
 use segmenter::model::EncoderKind;
 use segmenter::plan::Configuration;
 use segmenter::train::fit::FaultInjection;
@@ -45,7 +45,8 @@ pub struct TrainArgs {
     /// Optimiser steps per epoch (overrides the config).
     #[arg(long)]
     pub steps_per_epoch: Option<usize>,
-    /// Stop after this many minutes; the learning-rate schedule decays to fit.
+    /// Train for this many minutes; the learning-rate schedule decays to fit. Without --epochs (or
+    /// epochs in the config file) the budget alone sets the length.
     #[arg(long)]
     pub time_budget_min: Option<f64>,
     /// Fraction of cases held out for validation.
@@ -194,20 +195,26 @@ fn with_cpu_replicas(
     if !cpu || cores < 2 || args.replicas.is_some() || config.train.batch_size < 2 {
         return Ok(config);
     }
-    if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path)?;
-        let table: toml::Table = text.parse().unwrap_or_default();
-        let named = table
-            .get("train")
-            .and_then(|t| t.as_table())
-            .is_some_and(|t| t.contains_key("replicas"));
-        if named {
-            return Ok(config);
-        }
+    if config_file_sets(args, "replicas")? {
+        return Ok(config);
     }
     config.train.replicas = 2;
     config.validate()?;
     Ok(config)
+}
+
+/// Whether the `--config` file names `[train] key` itself (rather than leaving the preset's).
+fn config_file_sets(args: &TrainArgs, key: &str) -> Result<bool> {
+    let Some(path) = &args.config else {
+        return Ok(false);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let table: toml::Table = text.parse().unwrap_or_default();
+    Ok(table
+        .get("train")
+        .and_then(|t| t.as_table())
+        .is_some_and(|t| t.contains_key(key)))
 }
 
 /// The preset, overridden by the config file, overridden by the flags.
@@ -218,6 +225,9 @@ fn experiment(args: &TrainArgs, preset: &str) -> Result<ExperimentConfig> {
     }
     if let Some(e) = args.epochs {
         experiment.train.epochs = e;
+    } else if args.time_budget_min.is_some() && !config_file_sets(args, "epochs")? {
+        // The budget alone decides how long the run is, and the schedule decays to fit it.
+        experiment.train.epochs = BUDGET_EPOCHS;
     }
     if let Some(s) = args.steps_per_epoch {
         experiment.train.steps_per_epoch = s;

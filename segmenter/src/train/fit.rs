@@ -284,19 +284,40 @@ where
     }
 }
 
-/// A progress bar over `total` steps, starting at `position`.
-fn progress_bar(total: usize, position: usize) -> ProgressBar {
+/// A progress bar over `total` steps, starting at `position`; a run whose length the time budget
+/// alone decides (`length_by`) shows the time against it instead of a step count it will never
+/// reach.
+fn progress_bar(total: usize, position: usize, length_by: Option<Duration>) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
+    let template = match length_by {
+        Some(b) => format!(
+            "{{elapsed_precise}} of {} min: step {{pos}} {{msg}}",
+            fmt_minutes(b)
+        ),
+        _ => "{elapsed_precise} [{bar:30}] step {pos}/{len} (eta {eta}) {msg}".to_string(),
+    };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] step {pos}/{len} (eta {eta}) {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_position(position as u64);
     bar
 }
+
+/// Minutes as the budget flag takes them: `120` or `0.5`.
+fn fmt_minutes(d: Duration) -> String {
+    let m = d.as_secs_f64() / 60.0;
+    if m.fract() == 0.0 {
+        format!("{m:.0}")
+    } else {
+        format!("{m}")
+    }
+}
+
+/// With a time budget, validations are at least this fraction of it apart: a budget-length run
+/// has many short epochs, and validating every few of them would spend a tenth of the budget.
+const VALIDATION_SPACING: f64 = 0.1;
 
 /// Trains `model` from `state` on: epochs of steps, validation, log line, weights and checkpoint
 /// after each epoch, until the last epoch or the time budget; returns the best validation Dice.
@@ -330,7 +351,13 @@ where
         plan: &plan,
         sampler: batches_for(&plan, t, &volumes, info.seed)?,
         replicas: Replicas::<B>::new(device, t.replicas)?,
-        bar: progress_bar(total_steps, state.step),
+        bar: progress_bar(
+            total_steps,
+            state.step,
+            info.time_budget_s
+                .map(Duration::from_secs_f64)
+                .filter(|_| t.epochs >= crate::config::BUDGET_EPOCHS),
+        ),
         started,
         budget: info.time_budget_s.map(Duration::from_secs_f64),
         total_steps,
@@ -348,6 +375,7 @@ where
     }
     let mut lr = t.learning_rate;
     let mut ahead: Option<(usize, Batch)> = None;
+    let mut last_validation_s = state.elapsed_s;
     while state.epochs_done < t.epochs {
         let epoch = state.epochs_done;
         let (trained, steps) = run_loop.epoch(model, &mut optimizer, &mut state, &mut ahead, lr);
@@ -364,9 +392,15 @@ where
             // Nothing trained since the last checkpoint (a run resumed with its budget spent).
             break;
         }
-        let validate_now =
-            out_of_time || (epoch + 1).is_multiple_of(t.val_every) || epoch + 1 == t.epochs;
+        let spaced = run_loop.budget.is_none_or(|b| {
+            run_loop.started.elapsed().as_secs_f64() - last_validation_s
+                >= VALIDATION_SPACING * b.as_secs_f64()
+        });
+        let validate_now = out_of_time
+            || ((epoch + 1).is_multiple_of(t.val_every) && spaced)
+            || epoch + 1 == t.epochs;
         let val = if validate_now {
+            last_validation_s = run_loop.started.elapsed().as_secs_f64();
             validate(&model, &plan, &val_volumes, device)
         } else {
             None
