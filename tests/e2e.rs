@@ -396,3 +396,65 @@ fn a_pretrained_encoder_is_loaded_frozen_and_exported_unchanged() {
         refused.display()
     );
 }
+
+/// The epochs of `run`'s log, as JSON objects.
+fn log_of(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_time_budget_alone_sets_the_runs_length_and_spaces_validations() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = root().join("sample-data/hippocampus");
+    let config = dir.path().join("small.toml");
+    // One-step epochs that ask for validation after each: only the budget keeps them apart.
+    std::fs::write(
+        &config,
+        "[train]\nbatch_size = 2\nsteps_per_epoch = 1\nwarmup_steps = 1\nval_every = 1\n",
+    )
+    .unwrap();
+    let train = |run: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--data", s(&data), "--out", s(run)];
+        args.extend(["--config", s(&config), "--replicas", "1"]);
+        args.extend(extra);
+        let out = segmenter(&args);
+        assert!(out.status.success(), "train failed:\n{}", text(&out));
+        text(&out)
+    };
+
+    // No epoch count: the budget (6 s) decides; validations at least a tenth of it apart.
+    let run = dir.path().join("budget");
+    let printed = train(&run, &["--time-budget-min", "0.1"]);
+    assert!(printed.contains("Time budget reached"), "{printed}");
+    let written = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(written.contains("epochs = 1000000"), "{written}");
+    let log = log_of(&run);
+    assert!(log.last().unwrap()["elapsed_s"].as_f64().unwrap() >= 6.0);
+    let validated: Vec<f64> = log
+        .iter()
+        .filter(|e| e.get("val_dice").is_some())
+        .map(|e| e["elapsed_s"].as_f64().unwrap())
+        .collect();
+    assert!(validated.len() >= 2, "{log:?}");
+    assert!(
+        validated.len() < log.len(),
+        "every epoch validated: {log:?}"
+    );
+    // The last validation comes with the budget's end, whenever that is; the others are spaced.
+    for pair in validated[..validated.len() - 1].windows(2) {
+        assert!(pair[1] - pair[0] >= 0.6, "validations at {validated:?}");
+    }
+
+    // An epoch count still ends the run first; the budget (10 min) only spaces the validations,
+    // so of three one-step epochs only the last validates.
+    let run = dir.path().join("epochs");
+    train(&run, &["--time-budget-min", "10", "--epochs", "3"]);
+    let log = log_of(&run);
+    assert_eq!(log.len(), 3, "{log:?}");
+    let validated: Vec<bool> = log.iter().map(|e| e.get("val_dice").is_some()).collect();
+    assert_eq!(validated, [false, false, true]);
+}

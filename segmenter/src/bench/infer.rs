@@ -2,7 +2,7 @@
 //! volumes through the sliding window, per preset, with and without mirroring TTA.
 //!
 //! The networks are freshly initialised (speed does not depend on the weights), planned for the
-//! scans as `segmenter train` would plan them; the time covers normalisation, every window
+//! scans as `segmenter train` would plan them (a 3D preset with the plan's 3D patch and strides); the time covers normalisation, every window
 //! through the network and the argmax back into the volume, not file reading or writing. With
 //! `--spacing` (or `--keep-probabilities`) it is `predict`'s whole path between reading and
 //! writing: reorientation, resampling for the network and back.
@@ -20,7 +20,10 @@ use super::alloc::with_peak;
 use super::ThreadsAndFormat;
 use segmenter::config::ExperimentConfig;
 use segmenter::model::Network;
-use segmenter::plan::{network_shape, patch_size_for, slicing, Normalization, Plan, Slicing};
+use segmenter::plan::{
+    in_plane_axes, network_shape, patch_size_for, plan_volumetric, slicing, Configuration,
+    Normalization, Plan, Slicing, VOXELS_PER_STEP,
+};
 use segmenter::predict::window::{
     windows_per_batch, VolumeJob, WindowSettings, BATCH_PROBABILITY_BYTES,
 };
@@ -43,7 +46,7 @@ pub struct InferBenchOptions {
     /// Worker threads and output format.
     #[command(flatten)]
     pub output: ThreadsAndFormat,
-    /// Time only without --tta (with it, each row takes four times as long).
+    /// Time only without --tta (with it, a 2D row takes four times as long, a 3D row eight).
     #[arg(long)]
     pub no_tta: bool,
     /// Plan this in-plane spacing (mm): slices of another spacing are resampled for the
@@ -104,8 +107,9 @@ fn load_group(input: &Path, classes: usize) -> Result<Group> {
     })
 }
 
-/// A plan for timing: the real slicing and patch size, z-score normalisation for every channel.
-fn plan_for(group: &Group, max_patch_side: usize, spacing: Option<f64>) -> Plan {
+/// A plan for timing: the real slicing and patch size (and, for `volumetric`, the 3D patch,
+/// strides and batch of the plan's rule), z-score normalisation for every channel.
+fn plan_for(group: &Group, max_patch_side: usize, spacing: Option<f64>, volumetric: bool) -> Plan {
     let frames: Vec<([usize; 3], [f64; 3])> =
         group.cases.iter().map(|c| (c.shape, c.spacing)).collect();
     let Slicing {
@@ -122,6 +126,22 @@ fn plan_for(group: &Group, max_patch_side: usize, spacing: Option<f64>) -> Plan 
         patch_size = patch_size_for(&shapes, slice_axis, max_patch_side);
     }
     let channels = group.cases[0].channels.len();
+    let volumetric = volumetric.then(|| {
+        // The network frame's [depth, rows, cols] of each scan, as the plan would see them.
+        let [r, c] = in_plane_axes(slice_axis);
+        let (shapes, spacings): (Vec<[usize; 3]>, Vec<[f64; 3]>) = frames
+            .iter()
+            .map(|&(shape, sp)| {
+                let n = network_shape(shape, sp, slice_axis, target_spacing);
+                let inplane = target_spacing.unwrap_or([sp[r], sp[c]]);
+                (
+                    [n[slice_axis], n[r], n[c]],
+                    [sp[slice_axis], inplane[0], inplane[1]],
+                )
+            })
+            .unzip();
+        plan_volumetric(&shapes, &spacings, VOXELS_PER_STEP)
+    });
     Plan {
         dataset_name: group.name.clone(),
         channel_names: vec!["bench".into(); channels],
@@ -138,8 +158,12 @@ fn plan_for(group: &Group, max_patch_side: usize, spacing: Option<f64>) -> Plan 
         target_spacing,
         context_slices: 0,
         nnunet: None,
-        configuration: Default::default(),
-        volumetric: None,
+        configuration: if volumetric.is_some() {
+            Configuration::Volumetric
+        } else {
+            Configuration::Planar
+        },
+        volumetric,
     }
 }
 
@@ -152,7 +176,8 @@ struct Row {
     voxels: usize,
     seconds: f64,
     peak_bytes: usize,
-    patch: [usize; 2],
+    /// The window: rows x cols, or depth x rows x cols.
+    patch: String,
     /// Windows per network call.
     batch: usize,
 }
@@ -178,12 +203,27 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
     for preset in &options.presets {
         let config = ExperimentConfig::preset(preset)?;
         for group in &groups {
-            let plan = plan_for(group, config.train.max_patch_side, options.spacing);
-            let network = Network::Planar(config.model.init::<Flex>(
-                plan.input_channels(),
-                plan.num_classes(),
-                &device,
-            ));
+            let is_3d = config.model.is_3d();
+            let plan = plan_for(group, config.train.max_patch_side, options.spacing, is_3d);
+            let (channels, classes) = (plan.input_channels(), plan.num_classes());
+            let (network, patch, window_voxels) = match &plan.volumetric {
+                Some(v) => {
+                    let [d, r, c] = v.patch_size;
+                    let model = config
+                        .model
+                        .init_3d::<Flex>(channels, classes, v.strides, &device);
+                    (
+                        Network::Volumetric(model),
+                        format!("{d}x{r}x{c}"),
+                        [d * r, c],
+                    )
+                }
+                None => {
+                    let [r, c] = plan.patch_size;
+                    let model = config.model.init::<Flex>(channels, classes, &device);
+                    (Network::Planar(model), format!("{r}x{c}"), plan.patch_size)
+                }
+            };
             for tta in [false, true] {
                 if tta && options.no_tta {
                     continue;
@@ -238,12 +278,8 @@ pub fn run_infer_bench(options: &InferBenchOptions) -> Result<()> {
                     voxels,
                     seconds: start.elapsed().as_secs_f64(),
                     peak_bytes,
-                    patch: plan.patch_size,
-                    batch: windows_per_batch(
-                        settings.batch_windows,
-                        plan.num_classes(),
-                        plan.patch_size,
-                    ),
+                    patch: patch.clone(),
+                    batch: windows_per_batch(settings.batch_windows, classes, window_voxels),
                 };
                 if options.output.json {
                     println!("{}", row_json(&row, options));
@@ -312,16 +348,16 @@ fn print_table(rows: &[Row], groups: &[Group], options: &InferBenchOptions) {
         BATCH_PROBABILITY_BYTES >> 20
     );
     println!(
-        "\n{:<16} {:<12} {:>4} {:>9} {:>5} {:>10} {:>9} {:>12} {:>9}",
+        "\n{:<16} {:<12} {:>4} {:>11} {:>5} {:>10} {:>9} {:>12} {:>9}",
         "data", "preset", "tta", "patch", "batch", "voxels", "seconds", "voxels/s", "peak MiB"
     );
     for r in rows {
         println!(
-            "{:<16} {:<12} {:>4} {:>9} {:>5} {:>10} {:>9.2} {:>12.0} {:>9.1}",
+            "{:<16} {:<12} {:>4} {:>11} {:>5} {:>10} {:>9.2} {:>12.0} {:>9.1}",
             r.group,
             r.preset,
             if r.tta { "yes" } else { "no" },
-            format!("{}x{}", r.patch[0], r.patch[1]),
+            r.patch,
             r.batch,
             r.voxels,
             r.seconds,

@@ -315,8 +315,9 @@ fn fmt_minutes(d: Duration) -> String {
     }
 }
 
-/// With a time budget, validations are at least this fraction of it apart: a budget-length run
-/// has many short epochs, and validating every few of them would spend a tenth of the budget.
+/// With a time budget, at least this fraction of it passes between the end of one validation and
+/// the next: a budget-length run has many short epochs, and validating every few of them would
+/// spend a tenth of the budget on validation.
 const VALIDATION_SPACING: f64 = 0.1;
 
 /// Trains `model` from `state` on: epochs of steps, validation, log line, weights and checkpoint
@@ -400,8 +401,9 @@ where
             || ((epoch + 1).is_multiple_of(t.val_every) && spaced)
             || epoch + 1 == t.epochs;
         let val = if validate_now {
+            let dice = validate(&model, &plan, &val_volumes, device);
             last_validation_s = run_loop.started.elapsed().as_secs_f64();
-            validate(&model, &plan, &val_volumes, device)
+            dice
         } else {
             None
         };
