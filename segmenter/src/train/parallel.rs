@@ -133,6 +133,10 @@ where
                 let (a, b) = (i * batch / n, (i + 1) * batch / n);
                 let device = &replicas.devices[i];
                 let pool = &replicas.pools[i];
+                // A fresh fork per step, never reused after its backward: the fork registers new
+                // leaves that the replica holds for its whole forward and backward, so burn
+                // 0.21's process-wide graph sweep at the end of another thread's `backward()`
+                // (tracel-ai/burn#5573, fixed after 0.21) always finds this graph in use.
                 let replica = model.clone().fork(device);
                 let shard_images = images[a * image_len..b * image_len].to_vec();
                 let shard_labels = &labels[a * label_len..b * label_len];
