@@ -1,5 +1,6 @@
-//! Float tensors to and from host memory, for ops whose passes run on the host: the CPU scan here
-//! and, in the segmenter crate, the instance norm and the convolutions' backward pass.
+//! Float tensors to and from host memory, and a strided GEMM, for ops whose passes run on the
+//! host: the CPU scan and the linear layers' backward here and, in the segmenter crate, the
+//! instance norm and the convolutions' backward pass.
 
 use burn::prelude::*;
 use burn::tensor::{TensorData, TensorPrimitive};
@@ -27,4 +28,63 @@ pub fn from_host<B: Backend>(
     device: &B::Device,
 ) -> FloatTensor<B> {
     B::float_from_data(TensorData::new(values, dims), device)
+}
+
+/// A matrix operand: values, row stride and column stride.
+pub type Operand<'a> = (&'a [f32], usize, usize);
+
+/// `dst (m×n, row-major) = lhs (m×q) · rhs (q×n)`, overwriting `dst`, or adding to it when
+/// `accumulate`.
+pub fn matmul(
+    dst: &mut [f32],
+    [m, n, q]: [usize; 3],
+    lhs: Operand,
+    rhs: Operand,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if q == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    // The bounds that make the raw-pointer call below sound.
+    assert!(last(m, n, n, 1) < dst.len(), "matmul: dst too small");
+    assert!(
+        last(m, q, lhs.1, lhs.2) < lhs.0.len(),
+        "matmul: lhs too small"
+    );
+    assert!(
+        last(q, n, rhs.1, rhs.2) < rhs.0.len(),
+        "matmul: rhs too small"
+    );
+    // SAFETY: every element gemm reads or writes is inside its slice (asserted above), and `dst`
+    // is borrowed mutably, so it does not alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            q,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.0.as_ptr(),
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0.as_ptr(),
+            rhs.2 as isize,
+            rhs.1 as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }

@@ -12,6 +12,7 @@ pub mod blocks3d;
 pub mod cross_scan;
 pub mod cross_scan3d;
 pub mod host;
+pub mod linear;
 pub mod scan;
 pub mod ss2d;
 pub mod ss3d;

@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::activation;
 
 use crate::cross_scan::{cross_merge, cross_scan, DIRECTIONS};
+use crate::linear::linear;
 use crate::scan::{ScanBackend, ScanKernel};
 use crate::ss3d::vmamba_scan_params;
 
@@ -127,7 +128,7 @@ impl<B: ScanBackend> Ss2d<B> {
         let [batch, height, width, _] = x.dims();
         let (di, n, r, k) = (self.d_inner, self.d_state, self.dt_rank, DIRECTIONS);
         let len = height * width;
-        let xz = self.in_proj.forward(x);
+        let xz = linear(&self.in_proj, x);
         let z = xz.clone().narrow(3, di, di);
         let xs = xz.narrow(3, 0, di).permute([0, 3, 1, 2]);
         let xs = activation::silu(self.conv2d.forward(xs));
@@ -162,7 +163,7 @@ impl<B: ScanBackend> Ss2d<B> {
         let y = cross_merge(y.reshape([batch, k, di, len]), height, width);
         let y = y.swap_dims(1, 2).reshape([batch, height, width, di]);
         let y = self.out_norm.forward(y) * activation::silu(z);
-        self.out_proj.forward(y)
+        linear(&self.out_proj, y)
     }
 }
 

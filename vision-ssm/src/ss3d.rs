@@ -9,6 +9,7 @@ use burn::prelude::*;
 use burn::tensor::{activation, Distribution};
 
 use crate::cross_scan3d::{cross_merge_3d, cross_scan_3d, orders_of};
+use crate::linear::linear;
 use crate::scan::{ScanBackend, ScanKernel};
 
 /// Configuration of [`Ss3d`]; defaults follow VMamba, with all six 3D directions.
@@ -198,7 +199,7 @@ impl<B: ScanBackend> Ss3d<B> {
         let [batch, depth, height, width, _] = x.dims();
         let (di, n, r, k) = (self.d_inner, self.d_state, self.dt_rank, self.directions);
         let len = depth * height * width;
-        let xz = self.in_proj.forward(x);
+        let xz = linear(&self.in_proj, x);
         let z = xz.clone().narrow(4, di, di);
         let xs = xz.narrow(4, 0, di).permute([0, 4, 1, 2, 3]);
         let xs = activation::silu(self.conv3d.forward(xs));
@@ -233,7 +234,7 @@ impl<B: ScanBackend> Ss3d<B> {
         let y = cross_merge_3d(y.reshape([batch, k, di, len]), depth, height, width);
         let y = y.swap_dims(1, 2).reshape([batch, depth, height, width, di]);
         let y = self.out_norm.forward(y) * activation::silu(z);
-        self.out_proj.forward(y)
+        linear(&self.out_proj, y)
     }
 }
 

@@ -23,7 +23,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use vision_ssm::host::{from_host, to_host};
+use vision_ssm::host::{from_host, matmul, to_host};
 use vision_ssm::scan::FloatTensor;
 
 /// Stride 1, padding `kernel / 2`, no dilation, no groups: the output has the input's size.
@@ -319,59 +319,6 @@ fn col2im_add(col: &[f32], s: Sizes, planes: Range<usize>, volume: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-/// A matrix operand: values, row stride and column stride.
-type Operand<'a> = (&'a [f32], usize, usize);
-
-/// `dst (m×n, row-major) = lhs (m×q) · rhs (q×n)`, overwriting `dst`, or adding to it when
-/// `accumulate`.
-fn matmul(dst: &mut [f32], [m, n, q]: [usize; 3], lhs: Operand, rhs: Operand, accumulate: bool) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if q == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    // The bounds that make the raw-pointer call below sound.
-    assert!(last(m, n, n, 1) < dst.len(), "matmul: dst too small");
-    assert!(
-        last(m, q, lhs.1, lhs.2) < lhs.0.len(),
-        "matmul: lhs too small"
-    );
-    assert!(
-        last(q, n, rhs.1, rhs.2) < rhs.0.len(),
-        "matmul: rhs too small"
-    );
-    // SAFETY: every element gemm reads or writes is inside its slice (asserted above), and `dst`
-    // is borrowed mutably, so it does not alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            q,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.0.as_ptr(),
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0.as_ptr(),
-            rhs.2 as isize,
-            rhs.1 as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 
