@@ -4,8 +4,8 @@
 # and seconds per training step from the run's log.
 #   benchmarks/totalseg-3d.sh [BINARY] [MINUTES]     (default target/release/segmenter, 5)
 # The CT is one subject and its labels are TotalSegmentator's own outputs, so this shows that the
-# 3D path runs at this class count and what it costs, not accuracy: the run trains on the single
-# case and holds none out (no validation). Prints one line per configuration; the run folders stay in $WORK
+# 3D path runs at this class count and what it costs, not accuracy. Training needs two cases, so
+# the dataset is the same scan twice (ct_001 trains, its copy ct_002 validates). Prints one line per configuration; the run folders stay in $WORK
 # (default a fresh temporary folder) for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ data=$work/totalseg-ct
 mkdir -p "$data/imagesTr" "$data/labelsTr"
 cp "$src/example_ct_sm.nii.gz" "$data/imagesTr/ct_001.nii.gz"
 cp "$src/example_seg.nii.gz" "$data/labelsTr/ct_001.nii.gz"
+cp "$src/example_ct_sm.nii.gz" "$data/imagesTr/ct_002.nii.gz"
+cp "$src/example_seg.nii.gz" "$data/labelsTr/ct_002.nii.gz"
 python3 - "$src/labels.json" "$data/dataset.json" <<'EOF'
 import json, sys
 names = json.load(open(sys.argv[1]))["ct_labels"]
@@ -26,8 +28,9 @@ json.dump({
     "name": "TotalSegmentator example CT",
     "modality": {"0": "CT"},
     "labels": labels,
-    "numTraining": 1,
-    "training": [{"image": "./imagesTr/ct_001.nii.gz", "label": "./labelsTr/ct_001.nii.gz"}],
+    "numTraining": 2,
+    "training": [{"image": f"./imagesTr/ct_00{i}.nii.gz", "label": f"./labelsTr/ct_00{i}.nii.gz"}
+                 for i in (1, 2)],
 }, open(sys.argv[2], "w"), indent=1)
 EOF
 
@@ -50,9 +53,13 @@ run, conf, train_mib, predict_mib = sys.argv[1:]
 log = [json.loads(l) for l in open(f"{run}/log.jsonl")]
 plan = json.load(open(f"{run}/plan.json"))
 steps, seconds = log[-1]["step"], log[-1]["elapsed_s"]
-# Seconds per step from the end of the first logged epoch to the end: start-up left out.
+# Seconds per step from the end of the first logged epoch to the end (start-up left out), or
+# over the whole run when it ended inside its first epoch.
 first = log[0]
-per_step = (seconds - first["elapsed_s"]) / max(1, steps - first["step"])
+if len(log) > 1:
+    per_step = (seconds - first["elapsed_s"]) / max(1, steps - first["step"])
+else:
+    per_step = seconds / max(1, steps)
 patch = plan["volumetric"]["patch_size"] if conf == "3d" else plan["patch_size"]
 batch = int(re.search(r"^batch_size = (\d+)", open(f"{run}/config.toml").read(), re.M)[1])
 voxels = batch
