@@ -72,11 +72,16 @@ fn a_3d_run_trains_and_predicts_with_tta_and_on_a_thin_volume() {
     assert_eq!(plan["configuration"], "3d");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("spatial_dims = 3"), "{config}");
-    // The plan's batch, recorded in the run.
+    // The plan's batch, recorded in the run: on a CPU with two or more cores split between two
+    // replicas, so rounded up to an even number.
     let batch = plan["volumetric"]["batch_size"].as_u64().unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let replicas: u64 = if cores >= 2 { 2 } else { 1 };
+    let want = batch.div_ceil(replicas) * replicas;
     assert!(
-        config.contains(&format!("batch_size = {batch}")),
-        "{config}"
+        config.contains(&format!("batch_size = {want}"))
+            && config.contains(&format!("replicas = {replicas}")),
+        "plan batch {batch}, {cores} cores:\n{config}"
     );
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
     assert!(log.contains("val_dice"), "validation ran in 3D: {log}");

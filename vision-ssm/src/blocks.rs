@@ -5,6 +5,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
+use crate::linear::{linear, LinearBackend};
 use crate::scan::{ScanBackend, ScanKernel};
 use crate::ss2d::{Ss2d, Ss2dConfig};
 
@@ -141,7 +142,7 @@ impl PatchMergingConfig {
     }
 }
 
-impl<B: Backend> PatchMerging<B> {
+impl<B: LinearBackend> PatchMerging<B> {
     /// `[batch, height, width, channels]` (even height and width) -> `[batch, height/2, width/2, 2·channels]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, height, width, channels] = x.dims();
@@ -151,6 +152,6 @@ impl<B: Backend> PatchMerging<B> {
             .reshape([batch, h2, 2, w2, 2, channels])
             .permute([0, 1, 3, 4, 2, 5])
             .reshape([batch, h2, w2, 4 * channels]);
-        self.reduction.forward(self.norm.forward(x))
+        linear(&self.reduction, self.norm.forward(x))
     }
 }

@@ -6,6 +6,7 @@ use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
+use crate::linear::{linear, LinearBackend};
 use crate::scan::{ScanBackend, ScanKernel};
 use crate::ss3d::{Ss3d, Ss3dConfig};
 
@@ -184,12 +185,14 @@ impl<B: Backend> PatchMerging3d<B> {
     pub fn stride(&self) -> [usize; 3] {
         self.stride
     }
+}
 
+impl<B: LinearBackend> PatchMerging3d<B> {
     /// `[batch, depth, height, width, channels]` (each divisible by its stride) ->
     /// `[batch, depth/sd, height/sh, width/sw, 2·channels]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let x = concat_neighbours(x, self.stride);
-        self.reduction.forward(self.norm.forward(x))
+        linear(&self.reduction, self.norm.forward(x))
     }
 }
 
@@ -317,7 +320,7 @@ mod tests {
 
     #[test]
     fn vss_block_3d_keeps_shape_and_runs_either_scan_kernel() {
-        let _serial = crate::ss3d::autodiff_lock();
+        let _serial = crate::host::autodiff_lock();
         type Ad = Autodiff<Flex>;
         let config = VssBlock3dConfig::new(4).with_d_state(3).with_directions(4);
         assert_eq!(config.scan_kernel, ScanKernel::Fused);

@@ -88,3 +88,12 @@ pub fn matmul(
         );
     }
 }
+
+/// Serialises the tests that call `backward()`: in burn 0.21 a backward pass on one thread can
+/// free the autodiff steps of a graph another thread is still building, so a parameter's gradient
+/// goes missing (tracel-ai/burn#5573).
+#[cfg(test)]
+pub(crate) fn autodiff_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

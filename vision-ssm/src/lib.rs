@@ -16,6 +16,7 @@ pub mod linear;
 pub mod scan;
 pub mod ss2d;
 pub mod ss3d;
+pub mod weighted;
 
 pub use blocks::{
     PatchEmbed, PatchEmbedConfig, PatchMerging, PatchMergingConfig, VssBlock, VssBlockConfig,
@@ -26,6 +27,7 @@ pub use blocks3d::{
 };
 pub use cross_scan::{cross_merge, cross_scan};
 pub use cross_scan3d::{cross_merge_3d, cross_scan_3d};
+pub use linear::LinearBackend;
 pub use scan::{selective_scan, ScanBackend, ScanKernel};
 pub use ss2d::{Ss2d, Ss2dConfig};
 pub use ss3d::{Ss3d, Ss3dConfig};

@@ -11,34 +11,92 @@
 //! `dy · Wᵀ`, both on contiguous buffers read with the strides GEMM takes. GPU backends keep
 //! burn's backward.
 
-use burn::backend::autodiff::{
-    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-    grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
-    Autodiff,
-};
+use burn::backend::autodiff::{checkpoint::strategy::CheckpointStrategy, Autodiff};
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use crate::host::{from_host, matmul, to_host, FloatTensor};
-use crate::scan::ScanBackend;
 
 /// Gradients of a linear layer: input (when asked for), weight, bias (when asked for).
-pub type LinearGrads<B> = (
-    Option<FloatTensor<B>>,
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-);
+pub type LinearGrads<B> = crate::weighted::WeightedGrads<B>;
+
+/// A burn backend's linear layer for rows of features and its backward pass: Flex runs the host
+/// backward above, autodiff records it, GPU backends keep burn's.
+pub trait LinearBackend: Backend {
+    /// `x: [n, d_in] · weight: [d_in, d_out] (+ bias: [d_out])` -> `[n, d_out]`. By default
+    /// burn's linear.
+    fn linear_2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        <Self as burn::tensor::ops::ModuleOps<Self>>::linear(x, weight, bias)
+    }
+
+    /// Gradients of [`LinearBackend::linear_2d`] given `dy: [n, d_out]`: of `x` when `need_dx`,
+    /// of the weight, of the bias when `need_db`. By default burn's linear backward.
+    fn linear_2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        need_dx: bool,
+        need_db: bool,
+    ) -> LinearGrads<Self> {
+        generic_backward::<Self>(x, weight, dy, need_dx, need_db)
+    }
+}
+
+/// Flex computes the gradients on its host buffers with one GEMM each.
+impl LinearBackend for burn::backend::Flex {
+    fn linear_2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        need_dx: bool,
+        need_db: bool,
+    ) -> LinearGrads<Self> {
+        host_backward::<Self>(x, weight, dy, need_dx, need_db)
+    }
+}
+
+/// Autodiff runs the inner backend's forward and records its backward.
+impl<B: LinearBackend, C: CheckpointStrategy> LinearBackend for Autodiff<B, C> {
+    fn linear_2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        crate::weighted::record::<B, C>(B::linear_2d, B::linear_2d_backward, x, weight, bias)
+    }
+}
+
+/// CubeCL backends keep burn's linear and its backward.
+#[cfg(feature = "cubecl")]
+impl<R, F, I, BT> LinearBackend for burn_cubecl::CubeBackend<R, F, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+}
+
+/// The fusion wrapper keeps burn's linear (fused with its neighbours) and its backward.
+#[cfg(feature = "fusion")]
+impl<B: burn_fusion::FusionBackend + LinearBackend> LinearBackend for burn_fusion::Fusion<B> {}
 
 /// Fewest rows a thread's block of the weight gradient gets: below this a block's GEMM costs
 /// less than its partial sum's `C_in x C_out` buffer and addition.
 const MIN_ROWS_PER_BLOCK: usize = 256;
 
 /// `layer` applied to the last axis of `x: [..., d_in]` -> `[..., d_out]`, as
-/// `Linear::forward`, through [`ScanBackend::linear_2d`] on the rows of `x`.
-pub fn linear<B: ScanBackend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+/// `Linear::forward`, through [`LinearBackend::linear_2d`] on the rows of `x`.
+pub fn linear<B: LinearBackend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
     let dims = x.dims();
     let weight = layer.weight.val();
     let [d_in, d_out] = weight.dims();
@@ -64,7 +122,7 @@ pub fn linear<B: ScanBackend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>
 }
 
 /// burn's own linear backward: what backends without a host backward run.
-pub(crate) fn generic_backward<B: Backend>(
+fn generic_backward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     dy: FloatTensor<B>,
@@ -77,7 +135,7 @@ pub(crate) fn generic_backward<B: Backend>(
 }
 
 /// The host backward of `y = x · W + b` for `x: [n, d_in]`, `W: [d_in, d_out]`, `dy: [n, d_out]`.
-pub(crate) fn host_backward<B: Backend>(
+fn host_backward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     dy: FloatTensor<B>,
@@ -152,77 +210,6 @@ fn weight_and_bias_grads(
         db.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
     }
     (dw, db)
-}
-
-/// Backward of [`ScanBackend::linear_2d`] under autodiff; `N` is 2 without a bias, 3 with one.
-#[derive(Debug)]
-struct LinearBackward<const N: usize>;
-
-impl<B: ScanBackend, const N: usize> Backward<B, N> for LinearBackward<N> {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = grads.consume::<B>(&ops.node);
-        let (x, weight) = ops.state;
-        let need_dx = ops.parents[0].is_some();
-        let need_db = N == 3 && ops.parents[N - 1].is_some();
-        let (dx, dw, db) = B::linear_2d_backward(x, weight, dy, need_dx, need_db);
-        let mut out = [dx, Some(dw), db].into_iter();
-        for parent in ops.parents {
-            if let (Some(node), Some(grad)) = (parent, out.next().flatten()) {
-                grads.register::<B>(node.id, grad);
-            }
-        }
-    }
-}
-
-/// [`ScanBackend::linear_2d`] of the autodiff backend: the inner backend's forward, recorded
-/// with [`LinearBackward`].
-pub(crate) fn autodiff_linear<B: ScanBackend, C: CheckpointStrategy>(
-    x: FloatTensor<Autodiff<B, C>>,
-    weight: FloatTensor<Autodiff<B, C>>,
-    bias: Option<FloatTensor<Autodiff<B, C>>>,
-) -> FloatTensor<Autodiff<B, C>> {
-    match bias {
-        Some(bias) => {
-            let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
-            match LinearBackward::<3>
-                .prepare::<C>(nodes)
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let y = B::linear_2d(
-                        x.primitive.clone(),
-                        weight.primitive.clone(),
-                        Some(bias.primitive),
-                    );
-                    prep.finish((x.primitive, weight.primitive), y)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(B::linear_2d(
-                    x.primitive,
-                    weight.primitive,
-                    Some(bias.primitive),
-                )),
-            }
-        }
-        None => {
-            let nodes = [x.node.clone(), weight.node.clone()];
-            match LinearBackward::<2>
-                .prepare::<C>(nodes)
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let y = B::linear_2d(x.primitive.clone(), weight.primitive.clone(), None);
-                    prep.finish((x.primitive, weight.primitive), y)
-                }
-                OpsKind::UnTracked(prep) => {
-                    prep.finish(B::linear_2d(x.primitive, weight.primitive, None))
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -302,7 +289,7 @@ mod tests {
 
     #[test]
     fn matches_a_float64_loop_and_its_finite_differences() {
-        let _serial = crate::ss3d::autodiff_lock();
+        let _serial = crate::host::autodiff_lock();
         let mut rng = StdRng::seed_from_u64(3);
         // Rows that split unevenly into blocks across three threads, and fewer rows than a block.
         for (n, di, dout, bias) in [(1031, 5, 7, true), (3, 4, 6, false), (600, 16, 3, true)] {
@@ -368,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_4d_input_gives_burns_linear_and_its_gradients() {
-        let _serial = crate::ss3d::autodiff_lock();
+        let _serial = crate::host::autodiff_lock();
         let mut rng = StdRng::seed_from_u64(11);
         let dims = [2, 3, 5, 8];
         let (di, dout) = (8, 12);

@@ -238,15 +238,6 @@ impl<B: ScanBackend> Ss3d<B> {
     }
 }
 
-/// Serialises the tests that call `backward()`: in burn 0.21 a backward pass on one thread can
-/// free the autodiff steps of a graph another thread is still building, so a parameter's gradient
-/// goes missing (tracel-ai/burn#5573).
-#[cfg(test)]
-pub(crate) fn autodiff_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,7 +297,7 @@ mod tests {
     /// number of directions.
     #[test]
     fn fused_scan_matches_tensor_ops_forward_and_gradients() {
-        let _serial = autodiff_lock();
+        let _serial = crate::host::autodiff_lock();
         for k in [2, 4, 6] {
             let fused = tiny_layer(k);
             assert_eq!(fused.scan_kernel(), ScanKernel::Fused);
@@ -366,7 +357,7 @@ mod tests {
     /// differences of the same loss, summed in float64.
     #[test]
     fn gradients_match_finite_differences() {
-        let _serial = autodiff_lock();
+        let _serial = crate::host::autodiff_lock();
         let layer = tiny_layer(6);
         let x = random::<Ad, 5>(SHAPE, -1.0, 1.0).require_grad();
         let g = random::<Ad, 5>(SHAPE, -1.0, 1.0);

@@ -169,9 +169,10 @@ fn prepare(
     if let (Configuration::Volumetric, Some(v), 0) =
         (configuration, &plan.volumetric, config.train.batch_size)
     {
-        // The plan sizes the 3D batch to its voxel budget, as nnU-Net's does; the run's
-        // config.toml records the number.
-        config.train.batch_size = v.batch_size.max(config.train.replicas);
+        // The plan sizes the 3D batch to its voxel budget, as nnU-Net's does, rounded up so that
+        // every replica gets as many patches; the run's config.toml records the number.
+        let replicas = config.train.replicas.max(1);
+        config.train.batch_size = v.batch_size.max(1).div_ceil(replicas) * replicas;
     }
     if plan.volumetric.is_none() && config.model.context_slices > 0 {
         // Single images have no neighbours: the context would repeat the image itself.

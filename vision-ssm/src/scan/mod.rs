@@ -75,7 +75,7 @@ impl ScanKernel {
 }
 
 /// A burn backend that can run the selective scan and its backward pass.
-pub trait ScanBackend: Backend {
+pub trait ScanBackend: crate::linear::LinearBackend {
     /// Forward scan: returns `y: [B, D, L]`.
     fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
         host_forward::<Self>(x)
@@ -101,28 +101,6 @@ pub trait ScanBackend: Backend {
     ) -> ScanTensors<Self> {
         let _ = saved;
         Self::selective_scan_backward(x, dy)
-    }
-
-    /// `x: [n, d_in] · weight: [d_in, d_out] (+ bias: [d_out])` -> `[n, d_out]`: the linear
-    /// layers of the VSS blocks ([`crate::linear::linear`]). By default burn's linear.
-    fn linear_2d(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: Option<FloatTensor<Self>>,
-    ) -> FloatTensor<Self> {
-        <Self as burn::tensor::ops::ModuleOps<Self>>::linear(x, weight, bias)
-    }
-
-    /// Gradients of [`ScanBackend::linear_2d`] given `dy: [n, d_out]`: of `x` when `need_dx`,
-    /// of the weight, of the bias when `need_db`. By default burn's linear backward.
-    fn linear_2d_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        need_dx: bool,
-        need_db: bool,
-    ) -> crate::linear::LinearGrads<Self> {
-        crate::linear::generic_backward::<Self>(x, weight, dy, need_dx, need_db)
     }
 }
 
@@ -151,16 +129,6 @@ impl std::fmt::Debug for ScanSaved {
 
 /// Flex runs the CPU kernel on its tensors' own memory (a copy only for non-contiguous inputs).
 impl ScanBackend for burn::backend::Flex {
-    fn linear_2d_backward(
-        x: FlexTensor,
-        weight: FlexTensor,
-        dy: FlexTensor,
-        need_dx: bool,
-        need_db: bool,
-    ) -> crate::linear::LinearGrads<Self> {
-        crate::linear::host_backward::<Self>(x, weight, dy, need_dx, need_db)
-    }
-
     fn selective_scan(x: ScanTensors<Self>) -> FlexTensor {
         flex_forward(&x, false).0
     }
@@ -330,14 +298,6 @@ impl<B: ScanBackend> Backward<B, 7> for ScanBackward {
 }
 
 impl<B: ScanBackend, C: CheckpointStrategy> ScanBackend for Autodiff<B, C> {
-    fn linear_2d(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: Option<FloatTensor<Self>>,
-    ) -> FloatTensor<Self> {
-        crate::linear::autodiff_linear::<B, C>(x, weight, bias)
-    }
-
     fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
         let x = x.into_array();
         let nodes = x.each_ref().map(|t| t.node.clone());

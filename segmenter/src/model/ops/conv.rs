@@ -10,12 +10,7 @@
 
 use std::ops::Range;
 
-use burn::backend::autodiff::{
-    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-    grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
-    Autodiff,
-};
+use burn::backend::autodiff::{checkpoint::strategy::CheckpointStrategy, Autodiff};
 use burn::nn::conv::{Conv2d, Conv3d};
 use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
@@ -37,11 +32,7 @@ fn dims_of<B: Backend>(t: &FloatTensor<B>) -> Vec<usize> {
 }
 
 /// Gradients of a convolution: input (when asked for), weight, bias (when it has one).
-pub type ConvGrads<B> = (
-    Option<FloatTensor<B>>,
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-);
+pub type ConvGrads<B> = vision_ssm::weighted::WeightedGrads<B>;
 
 /// A backend that runs the network's "same" convolutions (stride 1, odd square or cubic kernel
 /// `k`, padding `k / 2`, no dilation or groups), 2D or 3D by the weight's rank, and their backward.
@@ -403,74 +394,13 @@ fn host_backward<B: Backend>(
     )
 }
 
-/// Backward of [`ConvBackend::conv_same`] under autodiff; `N` is 2 without a bias, 3 with one.
-#[derive(Debug)]
-struct ConvSameBackward<const N: usize>;
-
-impl<B: ConvBackend, const N: usize> Backward<B, N> for ConvSameBackward<N> {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = grads.consume::<B>(&ops.node);
-        let (x, weight) = ops.state;
-        let need_dx = ops.parents[0].is_some();
-        let need_db = N == 3 && ops.parents[N - 1].is_some();
-        let (dx, dw, db) = B::conv_same_backward(x, weight, dy, need_dx, need_db);
-        let mut out = [dx, Some(dw), db].into_iter();
-        for parent in ops.parents {
-            if let (Some(node), Some(grad)) = (parent, out.next().flatten()) {
-                grads.register::<B>(node.id, grad);
-            }
-        }
-    }
-}
-
 impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
     fn conv_same(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        match bias {
-            Some(bias) => {
-                let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
-                match ConvSameBackward::<3>
-                    .prepare::<C>(nodes)
-                    .compute_bound()
-                    .stateful()
-                {
-                    OpsKind::Tracked(prep) => {
-                        let y = B::conv_same(
-                            x.primitive.clone(),
-                            weight.primitive.clone(),
-                            Some(bias.primitive),
-                        );
-                        prep.finish((x.primitive, weight.primitive), y)
-                    }
-                    OpsKind::UnTracked(prep) => prep.finish(B::conv_same(
-                        x.primitive,
-                        weight.primitive,
-                        Some(bias.primitive),
-                    )),
-                }
-            }
-            None => {
-                let nodes = [x.node.clone(), weight.node.clone()];
-                match ConvSameBackward::<2>
-                    .prepare::<C>(nodes)
-                    .compute_bound()
-                    .stateful()
-                {
-                    OpsKind::Tracked(prep) => {
-                        let y = B::conv_same(x.primitive.clone(), weight.primitive.clone(), None);
-                        prep.finish((x.primitive, weight.primitive), y)
-                    }
-                    OpsKind::UnTracked(prep) => {
-                        prep.finish(B::conv_same(x.primitive, weight.primitive, None))
-                    }
-                }
-            }
-        }
+        vision_ssm::weighted::record::<B, C>(B::conv_same, B::conv_same_backward, x, weight, bias)
     }
 
     fn conv_same_backward(
