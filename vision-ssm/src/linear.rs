@@ -23,7 +23,7 @@ use crate::host::{from_host, matmul, to_host, FloatTensor};
 pub type LinearGrads<B> = crate::weighted::WeightedGrads<B>;
 
 /// A burn backend's linear layer for rows of features and its backward pass: Flex runs the host
-/// backward above, autodiff records it, GPU backends keep burn's.
+/// backward below, autodiff records it, GPU backends keep burn's.
 pub trait LinearBackend: Backend {
     /// `x: [n, d_in] · weight: [d_in, d_out] (+ bias: [d_out])` -> `[n, d_out]`. By default
     /// burn's linear.
