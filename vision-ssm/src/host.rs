@@ -2,8 +2,12 @@
 //! host: the CPU scan and the linear layers' backward here and, in the segmenter crate, the
 //! instance norm and the convolutions' backward pass.
 
+use std::any::Any;
+use std::borrow::Cow;
+
+use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
-use burn::tensor::{TensorData, TensorPrimitive};
+use burn::tensor::{DType, TensorData, TensorMetadata, TensorPrimitive};
 
 /// A backend's float tensor primitive.
 pub type FloatTensor<B> = <B as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
@@ -19,6 +23,21 @@ pub fn to_host<B: Backend>(t: FloatTensor<B>) -> (Vec<f32>, Vec<usize>) {
         .into_vec::<f32>()
         .expect("converted tensor data is f32");
     (values, dims)
+}
+
+/// A float tensor primitive's values (row-major, f32) and its dims, read in place when that
+/// is possible: on Flex, a contiguous f32 tensor's own buffer. The backward passes read tensors
+/// that autodiff also holds, so [`to_host`] could not take their buffers and would copy them.
+pub fn host_view<B: Backend>(t: &FloatTensor<B>) -> (Cow<'_, [f32]>, Vec<usize>) {
+    let dims = t.shape().to_vec();
+    let borrowed = (t as &dyn Any)
+        .downcast_ref::<FlexTensor>()
+        .filter(|flex| flex.dtype() == DType::F32)
+        .and_then(|flex| flex.as_slice::<f32>());
+    match borrowed {
+        Some(values) => (Cow::Borrowed(values), dims),
+        None => (Cow::Owned(to_host::<B>(t.clone()).0), dims),
+    }
 }
 
 /// Host values (row-major) of shape `dims` as a float tensor primitive on `device`.

@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn::tensor::{TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::host::{from_host, matmul, to_host, FloatTensor};
+use crate::host::{from_host, host_view, matmul, FloatTensor};
 
 /// Gradients of a linear layer: input (when asked for), weight, bias (when asked for).
 pub type LinearGrads<B> = crate::weighted::WeightedGrads<B>;
@@ -143,9 +143,9 @@ fn host_backward<B: Backend>(
     need_db: bool,
 ) -> LinearGrads<B> {
     let device = B::float_device(&x);
-    let (x, xdims) = to_host::<B>(x);
-    let (w, wdims) = to_host::<B>(weight);
-    let (dy, _) = to_host::<B>(dy);
+    let (x, xdims) = host_view::<B>(&x);
+    let (w, wdims) = host_view::<B>(&weight);
+    let (dy, _) = host_view::<B>(&dy);
     let (n, d_in, d_out) = (xdims[0], wdims[0], wdims[1]);
     let (dw, db) = weight_and_bias_grads(&x, &dy, [n, d_in, d_out]);
     let dx = need_dx.then(|| {

@@ -5,8 +5,9 @@
 //! convolution of `swap_dims` views, which Flex first copies element by element, and the input
 //! gradient a transposed 3D convolution. Here, per image (or volume), one im2col and two GEMMs on
 //! contiguous buffers give both. A 2D image is a volume of depth 1 with a kernel of depth 1, so
-//! both ranks run the same loops. The forward pass stays burn's (Flex's is already im2col +
-//! GEMM); GPU backends keep burn's backward too.
+//! both ranks run the same loops. On Flex the forward pass is ours too: the same im2col (row
+//! copies, where Flex's fills element by element) in tiles that stay in cache, one GEMM per tile.
+//! GPU backends keep burn's convolutions.
 
 use std::ops::Range;
 
@@ -18,7 +19,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use vision_ssm::host::{from_host, matmul, to_host};
+use vision_ssm::host::{from_host, host_view, matmul};
 use vision_ssm::scan::FloatTensor;
 
 /// Stride 1, padding `kernel / 2`, no dilation, no groups: the output has the input's size.
@@ -115,6 +116,14 @@ impl ConvBackend for burn::backend::Cuda {}
 
 impl ConvBackend for burn::backend::Flex {
     const HOST_BACKWARD: bool = true;
+
+    fn conv_same(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        host_forward::<Self>(x, weight, bias, FORWARD_TILE_BYTES)
+    }
 }
 
 /// Runs a convolution's weight and bias through [`ConvBackend::conv_same`].
@@ -162,12 +171,16 @@ pub fn forward_same_3d<B: ConvBackend>(conv: &Conv3d<B>, x: Tensor<B, 5>) -> Ten
     run_same(conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), x)
 }
 
-/// The most bytes one im2col buffer may take; a volume whose buffer would be larger is done in
-/// chunks of whole depth planes. The full buffer of a 3³ conv from 32 channels on a 40×40×56
+/// The most bytes one im2col buffer of the backward pass may take; a volume whose buffer would
+/// be larger is done in chunks of output lines. The full buffer of a 3³ conv from 32 channels on a 40×40×56
 /// patch is 310 MB per sample: buffers that size are fresh mappings whose page faults cost more
 /// than the GEMMs (see the profile), and one per thread adds up. Under glibc's 32 MiB mmap
 /// threshold a buffer is reused from the heap instead.
 const COL_BUDGET_BYTES: usize = 16 << 20;
+
+/// The forward pass's im2col tiles: small enough to stay in a core's L2 cache while the GEMM
+/// reads them, and many per image so that two threads share even a batch of one.
+const FORWARD_TILE_BYTES: usize = 512 << 10;
 
 /// Sizes of one convolution: channels in and out, volume depth, rows and columns, kernel depth
 /// and in-plane side. A 2D convolution is `depth = kd = 1`.
@@ -247,49 +260,50 @@ impl Sizes {
         (start..end.max(start), start + kx - p)
     }
 
-    /// Depth planes per im2col chunk: all of them when the buffer fits [`COL_BUDGET_BYTES`].
-    fn chunk_planes(&self, budget_bytes: usize) -> usize {
-        let per_plane = self.taps() * self.plane() * std::mem::size_of::<f32>();
-        (budget_bytes / per_plane.max(1)).clamp(1, self.depth.max(1))
+    /// Output lines (rows of one depth plane; a volume has `depth · rows` of them) per im2col
+    /// chunk: as many as fit in `budget_bytes`, at least one.
+    fn chunk_lines(&self, budget_bytes: usize) -> usize {
+        let per_line = self.taps() * self.cols * std::mem::size_of::<f32>();
+        (budget_bytes / per_line.max(1)).clamp(1, (self.depth * self.rows).max(1))
+    }
+
+    /// The input voxel offset (within one channel) of output line `line` under kernel plane `kz`
+    /// and row `ky`, if that input line is inside the volume.
+    fn source_line(&self, line: usize, kz: usize, ky: usize) -> Option<usize> {
+        let (z, y) = (line / self.rows, line % self.rows);
+        let sz = source(z, kz, self.kd, self.depth)?;
+        let sy = source(y, ky, self.k, self.rows)?;
+        Some(sz * self.plane() + sy * self.cols)
     }
 }
 
-/// `col[((ci·kd + kz)·k + ky)·k + kx][(z - z0)·H·W + y·W + x] = volume[ci][z + kz - pd][y + ky - p]
-/// [x + kx - p]` for the output planes `z` in `planes` (starting at `z0`), zero outside.
-fn im2col(volume: &[f32], s: Sizes, planes: Range<usize>, col: &mut [f32]) {
-    let (plane, cols) = (s.plane(), s.cols);
-    let n = planes.len() * plane;
+/// `col[((ci·kd + kz)·k + ky)·k + kx][(l - l0)·W + x] = volume[ci][z + kz - pd][y + ky - p]
+/// [x + kx - p]` for the output lines `l = z·H + y` in `lines` (starting at `l0`), zero outside.
+fn im2col(volume: &[f32], s: Sizes, lines: Range<usize>, col: &mut [f32]) {
+    let cols = s.cols;
+    let n = lines.len() * cols;
     for (r, row) in col.chunks_exact_mut(n).enumerate() {
         let (ci, kz, ky, kx) = s.tap(r);
         let (xs, sx0) = s.valid_cols(kx);
         let channel = &volume[ci * s.voxels()..][..s.voxels()];
-        for (z, out_plane) in planes.clone().zip(row.chunks_exact_mut(plane)) {
-            let Some(sz) = source(z, kz, s.kd, s.depth) else {
-                out_plane.fill(0.0);
-                continue;
-            };
-            let src_plane = &channel[sz * plane..][..plane];
-            for y in 0..s.rows {
-                let out = &mut out_plane[y * cols..(y + 1) * cols];
-                match source(y, ky, s.k, s.rows) {
-                    Some(sy) if !xs.is_empty() => {
-                        out[..xs.start].fill(0.0);
-                        out[xs.end..].fill(0.0);
-                        let src = &src_plane[sy * cols + sx0..][..xs.len()];
-                        out[xs.clone()].copy_from_slice(src);
-                    }
-                    _ => out.fill(0.0),
+        for (line, out) in lines.clone().zip(row.chunks_exact_mut(cols)) {
+            match s.source_line(line, kz, ky) {
+                Some(start) if !xs.is_empty() => {
+                    out[..xs.start].fill(0.0);
+                    out[xs.end..].fill(0.0);
+                    out[xs.clone()].copy_from_slice(&channel[start + sx0..][..xs.len()]);
                 }
+                _ => out.fill(0.0),
             }
         }
     }
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the voxel it came from (which may
-/// lie outside `planes`: the kernel reaches `kd / 2` planes beyond them).
-fn col2im_add(col: &[f32], s: Sizes, planes: Range<usize>, volume: &mut [f32]) {
-    let (plane, cols) = (s.plane(), s.cols);
-    let n = planes.len() * plane;
+/// lie outside `lines`: the kernel reaches `k / 2` rows and `kd / 2` planes beyond them).
+fn col2im_add(col: &[f32], s: Sizes, lines: Range<usize>, volume: &mut [f32]) {
+    let cols = s.cols;
+    let n = lines.len() * cols;
     for (r, row) in col.chunks_exact(n).enumerate() {
         let (ci, kz, ky, kx) = s.tap(r);
         let (xs, sx0) = s.valid_cols(kx);
@@ -297,24 +311,19 @@ fn col2im_add(col: &[f32], s: Sizes, planes: Range<usize>, volume: &mut [f32]) {
             continue;
         }
         let channel = &mut volume[ci * s.voxels()..][..s.voxels()];
-        for (z, in_plane) in planes.clone().zip(row.chunks_exact(plane)) {
-            let Some(sz) = source(z, kz, s.kd, s.depth) else {
-                continue;
-            };
-            let dst_plane = &mut channel[sz * plane..][..plane];
-            for y in 0..s.rows {
-                if let Some(sy) = source(y, ky, s.k, s.rows) {
-                    let dst = &mut dst_plane[sy * cols + sx0..][..xs.len()];
-                    let src = &in_plane[y * cols..][xs.clone()];
-                    dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
-                }
+        for (line, src) in lines.clone().zip(row.chunks_exact(cols)) {
+            if let Some(start) = s.source_line(line, kz, ky) {
+                let dst = &mut channel[start + sx0..][..xs.len()];
+                dst.iter_mut()
+                    .zip(&src[xs.clone()])
+                    .for_each(|(d, v)| *d += v);
             }
         }
     }
 }
 
-/// One image's (or volume's) share of the gradients: its weight and bias gradients (returned)
-/// and its input gradient (into `dx` when asked for), `chunk` output planes at a time.
+/// One image's (or volume's) share of the gradients: its transposed weight gradient (`taps ×
+/// C_out`) and bias gradient (returned), and its input gradient (into `dx` when asked for), `chunk` output lines at a time.
 fn sample_backward(
     volume: &[f32],
     dy: &[f32],
@@ -323,29 +332,123 @@ fn sample_backward(
     chunk: usize,
     mut dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (taps, plane, voxels) = (s.taps(), s.plane(), s.voxels());
-    let mut col = vec![0.0f32; taps * chunk * plane];
-    let mut dw = vec![0.0f32; s.cout * taps];
+    let (taps, cols, voxels) = (s.taps(), s.cols, s.voxels());
+    let mut col = vec![0.0f32; taps * chunk * cols];
+    // dWᵀ (taps × C_out), transposed into dW at the end: gemm runs this orientation of the same
+    // product up to 3× faster when C_out is narrow (`benchmarks/results/conv-host-forward.md`).
+    let mut dwt = vec![0.0f32; taps * s.cout];
     if let Some(dx) = dx.as_deref_mut() {
         dx.fill(0.0);
     }
-    for z0 in (0..s.depth).step_by(chunk) {
-        let planes = z0..(z0 + chunk).min(s.depth);
-        let n = planes.len() * plane;
+    let total = s.depth * s.rows;
+    for l0 in (0..total).step_by(chunk) {
+        let lines = l0..(l0 + chunk).min(total);
+        let n = lines.len() * cols;
         let col = &mut col[..taps * n];
-        im2col(volume, s, planes.clone(), col);
+        im2col(volume, s, lines.clone(), col);
         // This chunk's columns of dY (C_out × n, rows `voxels` apart).
-        let dy_chunk = (&dy[z0 * plane..], voxels, 1);
-        // dW (C_out × taps) += dY (C_out × n) · colᵀ (n × taps).
-        matmul(&mut dw, [s.cout, taps, n], dy_chunk, (col, 1, n), z0 > 0);
+        let dy_chunk = (&dy[l0 * cols..], voxels, 1);
+        // dWᵀ (taps × C_out) += col (taps × n) · dYᵀ (n × C_out).
+        let dy_t = (&dy[l0 * cols..], 1, voxels);
+        matmul(&mut dwt, [taps, s.cout, n], (col, n, 1), dy_t, l0 > 0);
         if let Some(dx) = dx.as_deref_mut() {
             // dcol (taps × n) = Wᵀ (taps × C_out) · dY (C_out × n), then back onto the volume.
             matmul(col, [taps, n, s.cout], (weight, 1, taps), dy_chunk, false);
-            col2im_add(col, s, planes, dx);
+            col2im_add(col, s, lines, dx);
         }
     }
     let db = dy.chunks_exact(voxels).map(|c| c.iter().sum()).collect();
-    (dw, db)
+    (dwt, db)
+}
+
+/// One image's (or volume's) output `y` (`C_out × voxels`): per tile of `chunk` output lines,
+/// an im2col and one GEMM, tiles in parallel.
+fn sample_forward(
+    volume: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: Sizes,
+    chunk: usize,
+    y: &mut [f32],
+) {
+    let (taps, cols, voxels) = (s.taps(), s.cols, s.voxels());
+    let total = s.depth * s.rows;
+    let tiles: Vec<(usize, Vec<f32>)> = (0..total)
+        .step_by(chunk.max(1))
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|l0| {
+            let lines = l0..(l0 + chunk).min(total);
+            let n = lines.len() * cols;
+            let mut out = vec![0.0f32; s.cout * n];
+            if s.kd * s.k * s.k == 1 {
+                // A 1×1 kernel's im2col is the input itself.
+                let x = (&volume[l0 * cols..], voxels, 1);
+                matmul(&mut out, [s.cout, n, taps], (weight, taps, 1), x, false);
+            } else {
+                let mut col = vec![0.0f32; taps * n];
+                im2col(volume, s, lines, &mut col);
+                matmul(
+                    &mut out,
+                    [s.cout, n, taps],
+                    (weight, taps, 1),
+                    (&col, n, 1),
+                    false,
+                );
+            }
+            (l0, out)
+        })
+        .collect();
+    for (l0, out) in tiles {
+        let n = out.len() / s.cout.max(1);
+        for (co, row) in out.chunks_exact(n.max(1)).enumerate() {
+            let b = bias.map_or(0.0, |b| b[co]);
+            let dst = &mut y[co * voxels + l0 * cols..][..n];
+            dst.iter_mut().zip(row).for_each(|(d, &v)| *d = v + b);
+        }
+    }
+}
+
+/// The host forward: images in parallel, each in im2col tiles of at most `budget_bytes`.
+fn host_forward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    budget_bytes: usize,
+) -> FloatTensor<B> {
+    let device = B::float_device(&x);
+    let (x, xdims) = host_view::<B>(&x);
+    let (weight, wdims) = host_view::<B>(&weight);
+    let bias = bias.map(|b| host_view::<B>(&b).0.into_owned());
+    let s = Sizes::of(&xdims, &wdims);
+    let chunk = s.chunk_lines(budget_bytes);
+    let (sample_len, out_len) = (s.cin * s.voxels(), s.cout * s.voxels());
+    let mut ydims = xdims.clone();
+    ydims[1] = s.cout;
+    let mut y = vec![0.0f32; xdims[0] * out_len];
+    y.par_chunks_mut(out_len.max(1))
+        .enumerate()
+        .for_each(|(i, yi)| {
+            let volume = &x[i * sample_len..(i + 1) * sample_len];
+            sample_forward(volume, &weight, bias.as_deref(), s, chunk, yi);
+        });
+    from_host::<B>(y, ydims, &device)
+}
+
+/// `rows × cols` (row-major) -> `cols × rows`, in tiles that keep both sides in cache.
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 16;
+    let mut dst = vec![0.0f32; src.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+    dst
 }
 
 /// The host backward: samples in parallel, each in im2col chunks of at most `budget_bytes`.
@@ -358,11 +461,11 @@ fn host_backward<B: Backend>(
     budget_bytes: usize,
 ) -> ConvGrads<B> {
     let device = B::float_device(&x);
-    let (x, xdims) = to_host::<B>(x);
-    let (weight, wdims) = to_host::<B>(weight);
-    let (dy, _) = to_host::<B>(dy);
+    let (x, xdims) = host_view::<B>(&x);
+    let (weight, wdims) = host_view::<B>(&weight);
+    let (dy, _) = host_view::<B>(&dy);
     let s = Sizes::of(&xdims, &wdims);
-    let chunk = s.chunk_planes(budget_bytes);
+    let chunk = s.chunk_lines(budget_bytes);
     let (sample_len, out_len) = (s.cin * s.voxels(), s.cout * s.voxels());
     let one = |i: usize, dx: Option<&mut [f32]>| {
         let volume = &x[i * sample_len..(i + 1) * sample_len];
@@ -381,12 +484,13 @@ fn host_backward<B: Backend>(
             .map(|i| one(i, None))
             .collect()
     };
-    let mut dw = vec![0.0f32; weight.len()];
+    let mut dwt = vec![0.0f32; weight.len()];
     let mut db = vec![0.0f32; s.cout];
     for (pw, pb) in parts {
-        dw.iter_mut().zip(pw).for_each(|(d, v)| *d += v);
+        dwt.iter_mut().zip(pw).for_each(|(d, v)| *d += v);
         db.iter_mut().zip(pb).for_each(|(d, v)| *d += v);
     }
+    let dw = transpose(&dwt, s.taps(), s.cout);
     (
         need_dx.then(|| from_host::<B>(dx, xdims, &device)),
         from_host::<B>(dw, wdims, &device),
@@ -423,6 +527,7 @@ mod tests {
     use burn::tensor::Distribution;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+    use vision_ssm::host::to_host;
 
     type Ad = Autodiff<Flex>;
 
@@ -602,8 +707,8 @@ mod tests {
         let [_, cin, _, rows, cols] = case.dims;
         let s = Sizes::of(&case.dims, &[case.cout, cin, case.kd, case.k, case.k]);
         assert_eq!(s.plane(), rows * cols);
-        let budget = chunk * s.taps() * s.plane() * 4;
-        assert_eq!(s.chunk_planes(budget), chunk.min(case.dims[2]));
+        let budget = chunk * s.taps() * cols * 4;
+        assert_eq!(s.chunk_lines(budget), chunk.min(case.dims[2] * rows));
         let prim = |v: &[f64], dims: Vec<usize>| from_host::<Flex>(f32s(v), dims, &device);
         let wdims = vec![case.cout, cin, case.kd, case.k, case.k];
         let mut gdims = case.dims.to_vec();
@@ -652,13 +757,60 @@ mod tests {
             let g = random(&mut rng, case.out_len());
             let fd = |which| finite_differences(which, [&x, &w, &b, &g], case);
             let (fdx, fdw, fdb) = (fd(0), fd(1), fd(2));
-            // One plane per chunk, two (uneven for depth 5 and 3), all of them.
-            for chunk in [1, 2, depth] {
+            // One line per chunk, two, a plane and one more line (uneven), all of them.
+            for chunk in [1, 2, rows + 1, depth * rows] {
                 let (dx, dw, db) = host_grads([&x, &w, &g], case, chunk);
                 let name = |g: &str| format!("{g} (kernel {}, chunk {chunk})", case.k);
                 close(&name("dx"), &dx, &fdx, 1e-4);
                 close(&name("dw"), &dw, &fdw, 1e-4);
                 close(&name("db"), &db, &fdb, 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn the_host_forward_matches_burns_convolution_in_every_tiling() {
+        let device = Default::default();
+        // (cin, cout, k, bias) on a volume of depth 3 and on an image (depth 1, kd 1).
+        for (cin, cout, k, bias, depth) in
+            [(3, 4, 3, true, 3), (2, 3, 1, false, 3), (2, 5, 3, false, 1)]
+        {
+            let (rows, cols) = (5, 7);
+            let kd = if depth == 1 { 1 } else { k };
+            let x = Tensor::<Flex, 5>::random(
+                [2, cin, depth, rows, cols],
+                Distribution::Uniform(-1.0, 1.0),
+                &device,
+            );
+            let w = Tensor::<Flex, 5>::random(
+                [cout, cin, kd, k, k],
+                Distribution::Uniform(-1.0, 1.0),
+                &device,
+            );
+            let b = bias.then(|| {
+                Tensor::<Flex, 1>::random([cout], Distribution::Uniform(-1.0, 1.0), &device)
+            });
+            let options = ConvOptions::new([1; 3], [kd / 2, k / 2, k / 2], [1; 3], 1);
+            let want = burn::tensor::module::conv3d(x.clone(), w.clone(), b.clone(), options);
+            let want: Vec<f64> = values(want).into_iter().map(f64::from).collect();
+            let s = Sizes::of(&[2, cin, depth, rows, cols], &[cout, cin, kd, k, k]);
+            // One line per tile, two, a plane and one more line (uneven), all of them.
+            for lines in [1, 2, rows + 1, depth * rows] {
+                let budget = lines * s.taps() * cols * 4;
+                assert_eq!(s.chunk_lines(budget), lines.min(depth * rows));
+                let got = host_forward::<Flex>(
+                    x.clone().into_primitive().tensor(),
+                    w.clone().into_primitive().tensor(),
+                    b.clone().map(|b| b.into_primitive().tensor()),
+                    budget,
+                );
+                let got = to_host::<Flex>(got).0;
+                close(
+                    &format!("y (k {k}, depth {depth}, {lines} lines a tile)"),
+                    &got,
+                    &want,
+                    1e-5,
+                );
             }
         }
     }

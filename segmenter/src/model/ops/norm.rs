@@ -19,7 +19,7 @@ use burn::tensor::TensorPrimitive;
 use rayon::prelude::*;
 
 use super::stats::mean_variance;
-use vision_ssm::host::{from_host, to_host};
+use vision_ssm::host::{from_host, host_view, to_host};
 use vision_ssm::scan::FloatTensor;
 
 /// Numerical guard added to the variance.
@@ -149,18 +149,22 @@ fn host_forward<B: Backend>(
     beta: FloatTensor<B>,
 ) -> FloatTensor<B> {
     let device = B::float_device(&x);
-    let (mut values, dims) = to_host::<B>(x);
-    let (gamma, _) = to_host::<B>(gamma);
-    let (beta, _) = to_host::<B>(beta);
-    let (channels, plane) = (dims[1], dims[2..].iter().product::<usize>());
+    let (x, dims) = host_view::<B>(&x);
+    let (gamma, _) = host_view::<B>(&gamma);
+    let (beta, _) = host_view::<B>(&beta);
+    let (channels, plane) = (dims[1], dims[2..].iter().product::<usize>().max(1));
+    let mut values = vec![0.0f32; x.len()];
     values
-        .par_chunks_mut(plane.max(1))
+        .par_chunks_mut(plane)
+        .zip(x.par_chunks(plane))
         .enumerate()
-        .for_each(|(i, p)| {
+        .for_each(|(i, (out, p))| {
             let c = i % channels;
             let (mean, inv) = plane_stats(p);
             let (scale, shift) = (gamma[c] * inv, beta[c] - gamma[c] * inv * mean);
-            p.iter_mut().for_each(|v| *v = *v * scale + shift);
+            out.iter_mut()
+                .zip(p)
+                .for_each(|(o, &v)| *o = v * scale + shift);
         });
     from_host::<B>(values, dims, &device)
 }
@@ -171,8 +175,8 @@ fn host_backward<B: Backend>(
     dy: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let device = B::float_device(&x);
-    let (x, dims) = to_host::<B>(x);
-    let (gamma, gdims) = to_host::<B>(gamma);
+    let (x, dims) = host_view::<B>(&x);
+    let (gamma, gdims) = host_view::<B>(&gamma);
     let (mut dy, _) = to_host::<B>(dy);
     let (channels, plane) = (dims[1], dims[2..].iter().product::<usize>().max(1));
     let m = plane as f32;
