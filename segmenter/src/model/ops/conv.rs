@@ -172,10 +172,10 @@ pub fn forward_same_3d<B: ConvBackend>(conv: &Conv3d<B>, x: Tensor<B, 5>) -> Ten
 }
 
 /// The most bytes one im2col buffer of the backward pass may take; a volume whose buffer would
-/// be larger is done in chunks of output lines. The full buffer of a 3³ conv from 32 channels on a 40×40×56
-/// patch is 310 MB per sample: buffers that size are fresh mappings whose page faults cost more
-/// than the GEMMs (see the profile), and one per thread adds up. Under glibc's 32 MiB mmap
-/// threshold a buffer is reused from the heap instead.
+/// be larger is done in chunks of output lines. The full buffer of a 3³ conv from 32 channels on
+/// a 40×40×56 patch is 310 MB per sample: buffers that size are fresh mappings whose page faults
+/// cost more than the GEMMs (see the profile), and one per thread adds up. Under glibc's 32 MiB
+/// mmap threshold a buffer is reused from the heap instead.
 const COL_BUDGET_BYTES: usize = 16 << 20;
 
 /// The forward pass's im2col tiles: small enough to stay in a core's L2 cache while the GEMM
@@ -322,8 +322,9 @@ fn col2im_add(col: &[f32], s: Sizes, lines: Range<usize>, volume: &mut [f32]) {
     }
 }
 
-/// One image's (or volume's) share of the gradients: its transposed weight gradient (`taps ×
-/// C_out`) and bias gradient (returned), and its input gradient (into `dx` when asked for), `chunk` output lines at a time.
+/// One image's (or volume's) share of the gradients: its transposed weight gradient
+/// (`taps × C_out`) and bias gradient (returned), and its input gradient (into `dx` when asked
+/// for), `chunk` output lines at a time.
 fn sample_backward(
     volume: &[f32],
     dy: &[f32],
@@ -346,13 +347,14 @@ fn sample_backward(
         let n = lines.len() * cols;
         let col = &mut col[..taps * n];
         im2col(volume, s, lines.clone(), col);
-        // This chunk's columns of dY (C_out × n, rows `voxels` apart).
-        let dy_chunk = (&dy[l0 * cols..], voxels, 1);
+        // This chunk's columns of dY (C_out × n, rows `voxels` apart) and their transpose.
+        let dy_chunk = &dy[l0 * cols..];
         // dWᵀ (taps × C_out) += col (taps × n) · dYᵀ (n × C_out).
-        let dy_t = (&dy[l0 * cols..], 1, voxels);
+        let dy_t = (dy_chunk, 1, voxels);
         matmul(&mut dwt, [taps, s.cout, n], (col, n, 1), dy_t, l0 > 0);
         if let Some(dx) = dx.as_deref_mut() {
             // dcol (taps × n) = Wᵀ (taps × C_out) · dY (C_out × n), then back onto the volume.
+            let dy_chunk = (dy_chunk, voxels, 1);
             matmul(col, [taps, n, s.cout], (weight, 1, taps), dy_chunk, false);
             col2im_add(col, s, lines, dx);
         }
@@ -373,11 +375,11 @@ fn sample_forward(
 ) {
     let (taps, cols, voxels) = (s.taps(), s.cols, s.voxels());
     let total = s.depth * s.rows;
-    let tiles: Vec<(usize, Vec<f32>)> = (0..total)
-        .step_by(chunk.max(1))
-        .collect::<Vec<_>>()
+    let chunk = chunk.max(1);
+    let tiles: Vec<(usize, Vec<f32>)> = (0..total.div_ceil(chunk))
         .into_par_iter()
-        .map(|l0| {
+        .map(|tile| {
+            let l0 = tile * chunk;
             let lines = l0..(l0 + chunk).min(total);
             let n = lines.len() * cols;
             let mut out = vec![0.0f32; s.cout * n];
@@ -419,7 +421,7 @@ fn host_forward<B: Backend>(
     let device = B::float_device(&x);
     let (x, xdims) = host_view::<B>(&x);
     let (weight, wdims) = host_view::<B>(&weight);
-    let bias = bias.map(|b| host_view::<B>(&b).0.into_owned());
+    let bias = bias.as_ref().map(|b| host_view::<B>(b).0);
     let s = Sizes::of(&xdims, &wdims);
     let chunk = s.chunk_lines(budget_bytes);
     let (sample_len, out_len) = (s.cin * s.voxels(), s.cout * s.voxels());

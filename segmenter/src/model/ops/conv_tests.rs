@@ -9,6 +9,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vision_ssm::host::to_host;
 
+use crate::model::ops::testing::{close, values};
+
 type Ad = Autodiff<Flex>;
 
 /// Input dims `[batch, cin, depth, rows, cols]`, output channels and kernel `[kd, k]` of a
@@ -86,23 +88,6 @@ fn finite_differences(which: usize, [x, w, b, g]: [&[f64]; 4], case: Case) -> Ve
             (at(h) - at(-h)) / (2.0 * h)
         })
         .collect()
-}
-
-fn values<const D: usize, B: Backend>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().into_vec::<f32>().expect("f32")
-}
-
-/// Asserts `got` equals `want` within `rel` of `want`'s largest magnitude (not all zero).
-fn close(name: &str, got: &[f32], want: &[f64], rel: f64) {
-    assert_eq!(got.len(), want.len(), "{name}");
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0, "{name}: the reference is all zero");
-    for (i, (a, r)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (f64::from(*a) - r).abs() <= rel * scale,
-            "{name}[{i}]: {a} vs {r}"
-        );
-    }
 }
 
 fn random(rng: &mut StdRng, count: usize) -> Vec<f64> {

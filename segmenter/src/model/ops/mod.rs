@@ -4,3 +4,5 @@
 pub mod conv;
 pub mod norm;
 pub mod stats;
+#[cfg(test)]
+mod testing;

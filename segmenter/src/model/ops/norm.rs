@@ -325,6 +325,8 @@ mod tests {
     use burn::tensor::ops::FloatTensorOps;
     use burn::tensor::{Distribution, Tolerance};
 
+    use crate::model::ops::testing::{close, values as flat};
+
     type B = Autodiff<Flex>;
 
     #[test]
@@ -369,23 +371,6 @@ mod tests {
         );
         ba.into_data()
             .assert_approx_eq::<f32>(&bb.into_data(), Tolerance::rel_abs(1e-3, 1e-4));
-    }
-
-    fn flat<const D: usize, X: Backend>(t: Tensor<X, D>) -> Vec<f32> {
-        t.into_data().into_vec::<f32>().expect("f32")
-    }
-
-    /// Asserts `got` equals `want` within `rel` of `want`'s largest magnitude (not all zero).
-    fn close(name: &str, got: &[f32], want: &[f64], rel: f64) {
-        assert_eq!(got.len(), want.len(), "{name}");
-        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        assert!(scale > 0.0, "{name}: the reference is all zero");
-        for (i, (a, r)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (f64::from(*a) - r).abs() <= rel * scale,
-                "{name}[{i}]: {a} vs {r}"
-            );
-        }
     }
 
     fn f64s(v: Vec<f32>) -> Vec<f64> {

@@ -1,0 +1,22 @@
+//! Helpers the ops' tests share: host values of a tensor and the comparison against a float64
+//! reference.
+
+use burn::prelude::*;
+
+/// A tensor's values as host f32s.
+pub fn values<const D: usize, B: Backend>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().into_vec::<f32>().expect("f32")
+}
+
+/// Asserts `got` equals `want` within `rel` of `want`'s largest magnitude (not all zero).
+pub fn close(name: &str, got: &[f32], want: &[f64], rel: f64) {
+    assert_eq!(got.len(), want.len(), "{name}");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{name}: the reference is all zero");
+    for (i, (a, r)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (f64::from(*a) - r).abs() <= rel * scale,
+            "{name}[{i}]: {a} vs {r}"
+        );
+    }
+}
