@@ -428,12 +428,16 @@ fn a_time_budget_alone_sets_the_runs_length_and_spaces_validations() {
 
     // No epoch count: the budget (6 s) decides; validations at least a tenth of it apart.
     let run = dir.path().join("budget");
+    let started = std::time::Instant::now();
     let printed = train(&run, &["--time-budget-min", "0.1"]);
+    // The run lasts its budget. (Its last log line may be earlier: when the budget runs out
+    // during an epoch's validation or checkpoint, the next epoch stops before a step, logging
+    // nothing new.)
+    assert!(started.elapsed().as_secs_f64() >= 6.0);
     assert!(printed.contains("Time budget reached"), "{printed}");
     let written = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(written.contains("epochs = 1000000"), "{written}");
     let log = log_of(&run);
-    assert!(log.last().unwrap()["elapsed_s"].as_f64().unwrap() >= 6.0);
     let validated: Vec<f64> = log
         .iter()
         .filter(|e| e.get("val_dice").is_some())
