@@ -1,5 +1,5 @@
 //! Float tensors to and from host memory, and a strided GEMM, for ops whose passes run on the
-//! host: the CPU scan and the linear layers' backward here and, in the segmenter crate, the
+//! host: the CPU scan, the cross-scan and the linear layers' backward here and, in the segmenter crate, the
 //! instance norm and the convolutions' backward pass.
 
 use std::any::Any;
@@ -105,6 +105,33 @@ pub fn matmul(
             false,
             gemm::Parallelism::None,
         );
+    }
+}
+
+/// `rows × cols` (row-major) -> `cols × rows`, in tiles that keep both sides in cache.
+pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut dst = vec![0.0f32; src.len()];
+    transpose_into(&mut dst, src, rows, cols);
+    dst
+}
+
+/// [`transpose`] into `dst` (`cols × rows`, overwritten).
+pub fn transpose_into(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    const TILE: usize = 16;
+    assert!(
+        src.len() >= rows * cols && dst.len() >= rows * cols,
+        "transpose: {rows} × {cols} from {} into {} values",
+        src.len(),
+        dst.len()
+    );
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
     }
 }
 

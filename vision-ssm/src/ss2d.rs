@@ -7,7 +7,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation;
 
-use crate::cross_scan::{cross_merge, cross_scan, DIRECTIONS};
+use crate::cross_scan::DIRECTIONS;
+use crate::crossing::{Channels, Crossing};
 use crate::linear::linear;
 use crate::scan::{ScanBackend, ScanKernel};
 use crate::ss3d::vmamba_scan_params;
@@ -132,7 +133,12 @@ impl<B: ScanBackend> Ss2d<B> {
         let z = xz.clone().narrow(3, di, di);
         let xs = xz.narrow(3, 0, di).permute([0, 3, 1, 2]);
         let xs = activation::silu(self.conv2d.forward(xs));
-        let xs = cross_scan(xs); // [B, K, di, L]
+        let crossing = |channels| Crossing {
+            spatial: [1, height, width],
+            directions: k,
+            channels,
+        };
+        let xs = crossing(Channels::First).scan(xs.reshape([batch, di, len])); // [B, K, di, L]
 
         let x_proj = self
             .x_proj_weight
@@ -160,8 +166,8 @@ impl<B: ScanBackend> Ss2d<B> {
             self.ds.val(),
             self.dt_projs_bias.val().reshape([k * di]),
         );
-        let y = cross_merge(y.reshape([batch, k, di, len]), height, width);
-        let y = y.swap_dims(1, 2).reshape([batch, height, width, di]);
+        let y = crossing(Channels::Last).merge(y.reshape([batch, k, di, len])); // [B, L, di]
+        let y = y.reshape([batch, height, width, di]);
         let y = self.out_norm.forward(y) * activation::silu(z);
         linear(&self.out_proj, y)
     }

@@ -8,7 +8,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig3d
 use burn::prelude::*;
 use burn::tensor::{activation, Distribution};
 
-use crate::cross_scan3d::{cross_merge_3d, cross_scan_3d, orders_of};
+use crate::cross_scan3d::orders_of;
+use crate::crossing::{Channels, Crossing};
 use crate::linear::linear;
 use crate::scan::{ScanBackend, ScanKernel};
 
@@ -41,7 +42,7 @@ pub struct Ss3dConfig {
     /// The scan implementation the layer runs.
     #[config(default = "ScanKernel::Fused")]
     pub scan_kernel: ScanKernel,
-    /// Scan directions K: 2, 4 or 6 (see [`cross_scan_3d`]).
+    /// Scan directions K: 2, 4 or 6 (see [`crate::cross_scan3d`]).
     #[config(default = 6)]
     pub directions: usize,
 }
@@ -203,7 +204,12 @@ impl<B: ScanBackend> Ss3d<B> {
         let z = xz.clone().narrow(4, di, di);
         let xs = xz.narrow(4, 0, di).permute([0, 4, 1, 2, 3]);
         let xs = activation::silu(self.conv3d.forward(xs));
-        let xs = cross_scan_3d(xs, k); // [B, K, di, L]
+        let crossing = |channels| Crossing {
+            spatial: [depth, height, width],
+            directions: k,
+            channels,
+        };
+        let xs = crossing(Channels::First).scan(xs.reshape([batch, di, len])); // [B, K, di, L]
 
         let x_proj = self
             .x_proj_weight
@@ -231,8 +237,8 @@ impl<B: ScanBackend> Ss3d<B> {
             self.ds.val(),
             self.dt_projs_bias.val().reshape([k * di]),
         );
-        let y = cross_merge_3d(y.reshape([batch, k, di, len]), depth, height, width);
-        let y = y.swap_dims(1, 2).reshape([batch, depth, height, width, di]);
+        let y = crossing(Channels::Last).merge(y.reshape([batch, k, di, len])); // [B, L, di]
+        let y = y.reshape([batch, depth, height, width, di]);
         let y = self.out_norm.forward(y) * activation::silu(z);
         linear(&self.out_proj, y)
     }

@@ -75,7 +75,7 @@ impl ScanKernel {
 }
 
 /// A burn backend that can run the selective scan and its backward pass.
-pub trait ScanBackend: crate::linear::LinearBackend {
+pub trait ScanBackend: crate::linear::LinearBackend + crate::crossing::CrossScanBackend {
     /// Forward scan: returns `y: [B, D, L]`.
     fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
         host_forward::<Self>(x)

@@ -19,7 +19,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use vision_ssm::host::{from_host, host_view, matmul};
+use vision_ssm::host::{from_host, host_view, matmul, transpose};
 use vision_ssm::scan::FloatTensor;
 
 /// Stride 1, padding `kernel / 2`, no dilation, no groups: the output has the input's size.
@@ -435,22 +435,6 @@ fn host_forward<B: Backend>(
             sample_forward(volume, &weight, bias.as_deref(), s, chunk, yi);
         });
     from_host::<B>(y, ydims, &device)
-}
-
-/// `rows × cols` (row-major) -> `cols × rows`, in tiles that keep both sides in cache.
-fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 16;
-    let mut dst = vec![0.0f32; src.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for c in c0..(c0 + TILE).min(cols) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    dst[c * rows + r] = src[r * cols + c];
-                }
-            }
-        }
-    }
-    dst
 }
 
 /// The host backward: samples in parallel, each in im2col chunks of at most `budget_bytes`.
