@@ -12,6 +12,7 @@ pub mod blocks3d;
 pub mod cross_scan;
 pub mod cross_scan3d;
 pub mod crossing;
+pub mod depthwise;
 pub mod host;
 pub mod linear;
 pub mod scan;
@@ -29,6 +30,7 @@ pub use blocks3d::{
 pub use cross_scan::{cross_merge, cross_scan};
 pub use cross_scan3d::{cross_merge_3d, cross_scan_3d};
 pub use crossing::{Channels, CrossScanBackend, Crossing};
+pub use depthwise::DepthwiseBackend;
 pub use linear::LinearBackend;
 pub use scan::{selective_scan, ScanBackend, ScanKernel};
 pub use ss2d::{Ss2d, Ss2dConfig};

@@ -9,6 +9,7 @@ use burn::tensor::activation;
 
 use crate::cross_scan::DIRECTIONS;
 use crate::crossing::{Channels, Crossing};
+use crate::depthwise::depthwise_2d;
 use crate::linear::linear;
 use crate::scan::{ScanBackend, ScanKernel};
 use crate::ss3d::vmamba_scan_params;
@@ -132,7 +133,7 @@ impl<B: ScanBackend> Ss2d<B> {
         let xz = linear(&self.in_proj, x);
         let z = xz.clone().narrow(3, di, di);
         let xs = xz.narrow(3, 0, di).permute([0, 3, 1, 2]);
-        let xs = activation::silu(self.conv2d.forward(xs));
+        let xs = activation::silu(depthwise_2d(&self.conv2d, xs));
         let crossing = |channels| Crossing {
             spatial: [1, height, width],
             directions: k,

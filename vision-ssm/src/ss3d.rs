@@ -10,6 +10,7 @@ use burn::tensor::{activation, Distribution};
 
 use crate::cross_scan3d::orders_of;
 use crate::crossing::{Channels, Crossing};
+use crate::depthwise::depthwise_3d;
 use crate::linear::linear;
 use crate::scan::{ScanBackend, ScanKernel};
 
@@ -203,7 +204,7 @@ impl<B: ScanBackend> Ss3d<B> {
         let xz = linear(&self.in_proj, x);
         let z = xz.clone().narrow(4, di, di);
         let xs = xz.narrow(4, 0, di).permute([0, 4, 1, 2, 3]);
-        let xs = activation::silu(self.conv3d.forward(xs));
+        let xs = activation::silu(depthwise_3d(&self.conv3d, xs));
         let crossing = |channels| Crossing {
             spatial: [depth, height, width],
             directions: k,

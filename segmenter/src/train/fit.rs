@@ -377,6 +377,8 @@ where
     let mut lr = t.learning_rate;
     let mut ahead: Option<(usize, Batch)> = None;
     let mut last_validation_s = state.elapsed_s;
+    // The step whose weights were last validated; a resumed run's checkpoint counts as validated.
+    let mut validated_step = (state.step > 0).then_some(state.step);
     while state.epochs_done < t.epochs {
         let epoch = state.epochs_done;
         let (trained, steps) = run_loop.epoch(model, &mut optimizer, &mut state, &mut ahead, lr);
@@ -389,8 +391,14 @@ where
             // and validate the same weights a second time.
             out_of_time = true;
         }
-        if out_of_time && steps.loss_count + steps.skipped == 0 && state.step > 0 {
-            // Nothing trained since the last checkpoint (a run resumed with its budget spent).
+        if out_of_time
+            && steps.loss_count + steps.skipped == 0
+            && state.step > 0
+            && validated_step == Some(state.step)
+        {
+            // Nothing trained since the last checkpoint, whose weights are validated: a run
+            // resumed with its budget spent, or a budget that ran out during the last epoch's
+            // validation. Had that epoch skipped its validation, these weights get one below.
             break;
         }
         let spaced = run_loop.budget.is_none_or(|b| {
@@ -403,6 +411,7 @@ where
         let val = if validate_now {
             let dice = validate(&model, &plan, &val_volumes, device);
             last_validation_s = run_loop.started.elapsed().as_secs_f64();
+            validated_step = Some(state.step);
             dice
         } else {
             None

@@ -75,7 +75,11 @@ impl ScanKernel {
 }
 
 /// A burn backend that can run the selective scan and its backward pass.
-pub trait ScanBackend: crate::linear::LinearBackend + crate::crossing::CrossScanBackend {
+pub trait ScanBackend:
+    crate::linear::LinearBackend
+    + crate::crossing::CrossScanBackend
+    + crate::depthwise::DepthwiseBackend
+{
     /// Forward scan: returns `y: [B, D, L]`.
     fn selective_scan(x: ScanTensors<Self>) -> FloatTensor<Self> {
         host_forward::<Self>(x)
