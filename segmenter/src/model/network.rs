@@ -30,6 +30,7 @@ use vision_ssm::{
 use super::config::{EncoderKind, ModelConfig};
 use super::ops::conv::{forward_same, ConvBackend};
 use super::ops::norm::{FusedInstanceNorm, NormBackend};
+use super::ops::upconv::upsample;
 
 /// Number of deep-supervision heads (full, 1/2, 1/4 and 1/8 resolution).
 pub const DEEP_SUPERVISION_HEADS: usize = 4;
@@ -269,7 +270,7 @@ impl<B: NormBackend + ConvBackend> UpBlock<B> {
     /// `x: [B, cin, H, W]` and `skip: [B, cout, 2H, 2W]` -> `[B, cout, 2H, 2W]`.
     fn forward(&self, x: Tensor<B, 4>, skip: Tensor<B, 4>) -> Tensor<B, 4> {
         self.conv_block
-            .forward(Tensor::cat(vec![self.transp_conv.forward(x), skip], 1))
+            .forward(Tensor::cat(vec![upsample(&self.transp_conv, x), skip], 1))
     }
 }
 

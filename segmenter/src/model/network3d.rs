@@ -29,6 +29,7 @@ use super::config::{EncoderKind, ModelConfig};
 use super::network::ModelBackend;
 use super::ops::conv::{forward_same_3d, ConvBackend};
 use super::ops::norm::{FusedInstanceNorm, NormBackend};
+use super::ops::upconv::upsample_3d;
 
 /// The strides `[depth, rows, cols]` of the five downsamplings: the stem, the patch embedding and
 /// the three patch mergings.
@@ -280,8 +281,10 @@ impl<B: Backend> UpBlock3d<B> {
 impl<B: NormBackend + ConvBackend> UpBlock3d<B> {
     /// `x: [B, cin, D, H, W]` and `skip: [B, cout, D·sd, H·sh, W·sw]` -> the skip's shape.
     fn forward(&self, x: Tensor<B, 5>, skip: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.conv_block
-            .forward(Tensor::cat(vec![self.transp_conv.forward(x), skip], 1))
+        self.conv_block.forward(Tensor::cat(
+            vec![upsample_3d(&self.transp_conv, x), skip],
+            1,
+        ))
     }
 }
 

@@ -89,6 +89,32 @@ pub trait ConvBackend: Backend {
             ref other => panic!("conv_same_backward: a weight of rank 4 or 5, not {other:?}"),
         }
     }
+
+    /// The decoders' upsampling: a transposed convolution whose kernel is its stride, with no
+    /// padding. 2D: `x: [B, C_in, H, W]`, `weight: [C_in, C_out, kh, kw]` ->
+    /// `[B, C_out, H·kh, W·kw]`; 3D likewise with a depth. By default burn's.
+    fn conv_up(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        super::upconv::generic_forward::<Self>(x, weight, bias)
+    }
+
+    /// Gradients of [`ConvBackend::conv_up`] given `dy`, as [`ConvBackend::conv_same_backward`]
+    /// gives them.
+    fn conv_up_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        need_dx: bool,
+        need_db: bool,
+    ) -> ConvGrads<Self> {
+        if Self::HOST_BACKWARD {
+            return super::upconv::host_backward::<Self>(x, weight, dy, need_dx, need_db);
+        }
+        super::upconv::generic_backward::<Self>(x, weight, dy, need_dx, need_db)
+    }
 }
 
 /// The bias gradient: `dy` summed over every axis but the channels.
@@ -123,6 +149,14 @@ impl ConvBackend for burn::backend::Flex {
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         host_forward::<Self>(x, weight, bias, FORWARD_TILE_BYTES)
+    }
+
+    fn conv_up(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        super::upconv::host_forward::<Self>(x, weight, bias)
     }
 }
 
@@ -502,6 +536,25 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
     ) -> ConvGrads<Self> {
         // Reached only for second-order derivatives, which training never asks for.
         unimplemented!("second-order gradients of the convolution are not supported")
+    }
+
+    fn conv_up(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        vision_ssm::weighted::record::<B, C>(B::conv_up, B::conv_up_backward, x, weight, bias)
+    }
+
+    fn conv_up_backward(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: bool,
+        _: bool,
+    ) -> ConvGrads<Self> {
+        // As for conv_same_backward: only second-order derivatives reach it.
+        unimplemented!("second-order gradients of the transposed convolution are not supported")
     }
 }
 
