@@ -20,3 +20,10 @@ pub fn close(name: &str, got: &[f32], want: &[f64], rel: f64) {
         );
     }
 }
+
+/// Serialises the tests here that call `backward()` (tracel-ai/burn#5573: in burn 0.21 a
+/// backward pass on one thread can free the autodiff steps of a graph another thread builds).
+pub fn autodiff_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

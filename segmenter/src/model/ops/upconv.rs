@@ -349,7 +349,7 @@ mod tests {
         wdims: &[usize],
         ydims: &[usize],
     ) -> [Vec<f32>; 3] {
-        let _guard = vision_ssm::host::autodiff_lock();
+        let _guard = super::super::testing::autodiff_lock();
         let xt = tensor::<Ad, D>(x, xdims).require_grad();
         let wt = tensor::<Ad, D>(w, wdims).require_grad();
         let bt = tensor::<Ad, 1>(b, &[b.len()]).require_grad();
