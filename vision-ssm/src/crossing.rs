@@ -157,20 +157,8 @@ impl<B: CrossScanBackend, C: CheckpointStrategy> CrossScanBackend for Autodiff<B
     }
 }
 
-/// CubeCL backends keep the tensor ops.
-#[cfg(feature = "cubecl")]
-impl<R, F, I, BT> CrossScanBackend for burn_cubecl::CubeBackend<R, F, I, BT>
-where
-    R: burn_cubecl::CubeRuntime,
-    F: burn_cubecl::FloatElement,
-    I: burn_cubecl::IntElement,
-    BT: burn_cubecl::BoolElement,
-{
-}
-
-/// The fusion wrapper keeps the tensor ops (fused with their neighbours).
-#[cfg(feature = "fusion")]
-impl<B: burn_fusion::FusionBackend + CrossScanBackend> CrossScanBackend for burn_fusion::Fusion<B> {}
+// CubeCL backends and the fusion wrapper keep burn's ops and their backward.
+crate::gpu_backends_keep_defaults!(CrossScanBackend);
 
 /// The cross-scan as tensor ops: what backends without a host pass run.
 fn generic_scan<B: Backend>(x: FloatTensor<B>, crossing: Crossing) -> FloatTensor<B> {

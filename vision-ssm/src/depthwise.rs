@@ -90,20 +90,8 @@ impl<B: DepthwiseBackend, C: CheckpointStrategy> DepthwiseBackend for Autodiff<B
     }
 }
 
-/// CubeCL backends keep burn's grouped convolution and its backward.
-#[cfg(feature = "cubecl")]
-impl<R, F, I, BT> DepthwiseBackend for burn_cubecl::CubeBackend<R, F, I, BT>
-where
-    R: burn_cubecl::CubeRuntime,
-    F: burn_cubecl::FloatElement,
-    I: burn_cubecl::IntElement,
-    BT: burn_cubecl::BoolElement,
-{
-}
-
-/// The fusion wrapper keeps burn's grouped convolution and its backward.
-#[cfg(feature = "fusion")]
-impl<B: burn_fusion::FusionBackend + DepthwiseBackend> DepthwiseBackend for burn_fusion::Fusion<B> {}
+// CubeCL backends and the fusion wrapper keep burn's ops and their backward.
+crate::gpu_backends_keep_defaults!(DepthwiseBackend);
 
 /// `layer` (a depthwise, stride-1, "same" `Conv2d` such as SS2D's) applied to `x: [B, C, H, W]`
 /// through [`DepthwiseBackend::depthwise`].

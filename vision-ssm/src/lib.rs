@@ -7,6 +7,26 @@
 
 #![warn(missing_docs)]
 
+/// Implements a backend-op trait with its default methods (burn's own ops) for the CubeCL
+/// backends and the fusion wrapper: the host passes are for Flex only.
+macro_rules! gpu_backends_keep_defaults {
+    ($op:ident) => {
+        #[cfg(feature = "cubecl")]
+        impl<R, F, I, BT> $op for burn_cubecl::CubeBackend<R, F, I, BT>
+        where
+            R: burn_cubecl::CubeRuntime,
+            F: burn_cubecl::FloatElement,
+            I: burn_cubecl::IntElement,
+            BT: burn_cubecl::BoolElement,
+        {
+        }
+
+        #[cfg(feature = "fusion")]
+        impl<B: burn_fusion::FusionBackend + $op> $op for burn_fusion::Fusion<B> {}
+    };
+}
+pub(crate) use gpu_backends_keep_defaults;
+
 pub mod blocks;
 pub mod blocks3d;
 pub mod cross_scan;

@@ -72,20 +72,8 @@ impl<B: LinearBackend, C: CheckpointStrategy> LinearBackend for Autodiff<B, C> {
     }
 }
 
-/// CubeCL backends keep burn's linear and its backward.
-#[cfg(feature = "cubecl")]
-impl<R, F, I, BT> LinearBackend for burn_cubecl::CubeBackend<R, F, I, BT>
-where
-    R: burn_cubecl::CubeRuntime,
-    F: burn_cubecl::FloatElement,
-    I: burn_cubecl::IntElement,
-    BT: burn_cubecl::BoolElement,
-{
-}
-
-/// The fusion wrapper keeps burn's linear (fused with its neighbours) and its backward.
-#[cfg(feature = "fusion")]
-impl<B: burn_fusion::FusionBackend + LinearBackend> LinearBackend for burn_fusion::Fusion<B> {}
+// CubeCL backends and the fusion wrapper keep burn's ops and their backward.
+crate::gpu_backends_keep_defaults!(LinearBackend);
 
 /// Fewest rows a thread's block of the weight gradient gets: below this a block's GEMM costs
 /// less than its partial sum's `C_in x C_out` buffer and addition.
