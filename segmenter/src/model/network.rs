@@ -28,9 +28,8 @@ use vision_ssm::{
 };
 
 use super::config::{EncoderKind, ModelConfig};
-use super::ops::conv::{forward_same, ConvBackend};
+use super::ops::conv::{forward_same, upsample, ConvBackend};
 use super::ops::norm::{FusedInstanceNorm, NormBackend};
-use super::ops::upconv::upsample;
 
 /// Number of deep-supervision heads (full, 1/2, 1/4 and 1/8 resolution).
 pub const DEEP_SUPERVISION_HEADS: usize = 4;

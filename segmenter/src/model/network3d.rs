@@ -27,9 +27,8 @@ use vision_ssm::{
 
 use super::config::{EncoderKind, ModelConfig};
 use super::network::ModelBackend;
-use super::ops::conv::{forward_same_3d, ConvBackend};
+use super::ops::conv::{forward_same_3d, upsample_3d, ConvBackend};
 use super::ops::norm::{FusedInstanceNorm, NormBackend};
-use super::ops::upconv::upsample_3d;
 
 /// The strides `[depth, rows, cols]` of the five downsamplings: the stem, the patch embedding and
 /// the three patch mergings.

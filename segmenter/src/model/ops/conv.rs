@@ -12,7 +12,7 @@
 use std::ops::Range;
 
 use burn::backend::autodiff::{checkpoint::strategy::CheckpointStrategy, Autodiff};
-use burn::nn::conv::{Conv2d, Conv3d};
+use burn::nn::conv::{Conv2d, Conv3d, ConvTranspose2d, ConvTranspose3d};
 use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
@@ -203,6 +203,46 @@ pub fn forward_same_3d<B: ConvBackend>(conv: &Conv3d<B>, x: Tensor<B, 5>) -> Ten
         "forward_same_3d needs a stride-1 'same' convolution"
     );
     run_same(conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), x)
+}
+
+/// `layer` applied to `x: [B, C_in, H, W]` through [`ConvBackend::conv_up`]; `layer` must have
+/// kernel = stride and no padding, dilation or groups, as `network.rs` builds its decoders'.
+pub fn upsample<B: ConvBackend>(layer: &ConvTranspose2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    debug_assert!(
+        layer.kernel_size == layer.stride
+            && layer.padding == [0; 2]
+            && layer.padding_out == [0; 2]
+            && layer.dilation == [1; 2]
+            && layer.groups == 1,
+        "upsample needs a transposed conv with kernel = stride and no padding"
+    );
+    run_up(layer.weight.val(), layer.bias.as_ref().map(|b| b.val()), x)
+}
+
+/// The 3D [`upsample`], for `network3d.rs`'s decoders.
+pub fn upsample_3d<B: ConvBackend>(layer: &ConvTranspose3d<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
+    debug_assert!(
+        layer.kernel_size == layer.stride
+            && layer.padding == [0; 3]
+            && layer.padding_out == [0; 3]
+            && layer.dilation == [1; 3]
+            && layer.groups == 1,
+        "upsample_3d needs a transposed conv with kernel = stride and no padding"
+    );
+    run_up(layer.weight.val(), layer.bias.as_ref().map(|b| b.val()), x)
+}
+
+/// `x` through the backend's [`ConvBackend::conv_up`] with `weight` and `bias`.
+fn run_up<B: ConvBackend, const D: usize>(
+    weight: Tensor<B, D>,
+    bias: Option<Tensor<B, 1>>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::conv_up(
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.map(|b| b.into_primitive().tensor()),
+    )))
 }
 
 /// The most bytes one im2col buffer of the backward pass may take; a volume whose buffer would

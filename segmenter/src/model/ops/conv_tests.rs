@@ -328,3 +328,73 @@ fn forward_same_3d_matches_burns_conv3d_and_its_generic_backward() {
         }
     }
 }
+
+/// The gradients that training gets through `upsample` and `upsample_3d` (autodiff recording
+/// the host backward of `upconv.rs`) are those of burn's own transposed convolution.
+#[test]
+fn upsampling_through_autodiff_gives_burns_transposed_conv_gradients() {
+    use burn::nn::conv::{ConvTranspose2dConfig, ConvTranspose3dConfig};
+    let _guard = crate::model::ops::testing::autodiff_lock();
+    let device = Default::default();
+    let (g2, g3): (Tensor<Ad, 4>, Tensor<Ad, 5>) = (
+        Tensor::random([2, 4, 8, 10], Distribution::Uniform(-1.0, 1.0), &device),
+        Tensor::random([2, 3, 4, 6, 8], Distribution::Uniform(-1.0, 1.0), &device),
+    );
+    let layer2 = ConvTranspose2dConfig::new([3, 4], [2, 2])
+        .with_stride([2, 2])
+        .init::<Ad>(&device);
+    let layer3 = ConvTranspose3dConfig::new([2, 3], [2, 2, 2])
+        .with_stride([2, 2, 2])
+        .with_bias(false)
+        .init::<Ad>(&device);
+    let x2: Tensor<Ad, 4> = Tensor::random([2, 3, 4, 5], Distribution::Default, &device);
+    let x3: Tensor<Ad, 5> = Tensor::random([2, 2, 2, 3, 4], Distribution::Default, &device);
+    let (x2, x3) = (x2.require_grad(), x3.require_grad());
+    let grads2 = [
+        (upsample(&layer2, x2.clone()) * g2.clone())
+            .sum()
+            .backward(),
+        (layer2.forward(x2.clone()) * g2).sum().backward(),
+    ];
+    let grads3 = [
+        (upsample_3d(&layer3, x3.clone()) * g3.clone())
+            .sum()
+            .backward(),
+        (layer3.forward(x3.clone()) * g3).sum().backward(),
+    ];
+    let f64s = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+    let [ours, burns] = &grads2;
+    let pairs = [
+        (
+            "2D dx",
+            values(x2.grad(ours).unwrap()),
+            values(x2.grad(burns).unwrap()),
+        ),
+        (
+            "2D dw",
+            values(layer2.weight.grad(ours).unwrap()),
+            values(layer2.weight.grad(burns).unwrap()),
+        ),
+        (
+            "2D db",
+            values(layer2.bias.as_ref().unwrap().grad(ours).unwrap()),
+            values(layer2.bias.as_ref().unwrap().grad(burns).unwrap()),
+        ),
+    ];
+    for (name, got, want) in pairs {
+        close(name, &got, &f64s(want), 1e-5);
+    }
+    let [ours, burns] = &grads3;
+    close(
+        "3D dx",
+        &values(x3.grad(ours).unwrap()),
+        &f64s(values(x3.grad(burns).unwrap())),
+        1e-5,
+    );
+    close(
+        "3D dw",
+        &values(layer3.weight.grad(ours).unwrap()),
+        &f64s(values(layer3.weight.grad(burns).unwrap())),
+        1e-5,
+    );
+}

@@ -9,16 +9,15 @@
 //! burn's generic backward of a transposed convolution runs convolutions of `swap_dims` views,
 //! which Flex copies element by element. GPU backends keep burn's.
 
-use burn::nn::conv::{ConvTranspose2d, ConvTranspose3d};
 use burn::prelude::*;
 use burn::tensor::ops::ConvTransposeOptions;
-use burn::tensor::{TensorData, TensorMetadata, TensorPrimitive};
+use burn::tensor::{TensorData, TensorMetadata};
 use rayon::prelude::*;
 
 use vision_ssm::host::{from_host, host_view, matmul};
 use vision_ssm::scan::FloatTensor;
 
-use super::conv::{ConvBackend, ConvGrads};
+use vision_ssm::weighted::WeightedGrads;
 
 /// Kernel = stride, no padding, dilation or groups.
 fn options<const D: usize>(kernel: [usize; D]) -> ConvTransposeOptions<D> {
@@ -45,7 +44,7 @@ pub(super) fn generic_backward<B: Backend>(
     dy: FloatTensor<B>,
     need_dx: bool,
     need_db: bool,
-) -> ConvGrads<B> {
+) -> WeightedGrads<B> {
     let device = B::float_device(&x);
     let cout = weight.shape().to_vec()[1];
     let bias = || B::float_zeros([cout].into(), &device, x.dtype().into());
@@ -194,7 +193,7 @@ pub(super) fn host_backward<B: Backend>(
     dy: FloatTensor<B>,
     need_dx: bool,
     need_db: bool,
-) -> ConvGrads<B> {
+) -> WeightedGrads<B> {
     let device = B::float_device(&x);
     let (xv, xdims) = host_view::<B>(&x);
     let (w, wdims) = host_view::<B>(&weight);
@@ -247,55 +246,13 @@ pub(super) fn host_backward<B: Backend>(
     )
 }
 
-/// `layer` applied to `x: [B, C_in, H, W]` through [`ConvBackend::conv_up`]; `layer` must have
-/// kernel = stride and no padding, dilation or groups, as `network.rs` builds its decoders'.
-pub fn upsample<B: ConvBackend>(layer: &ConvTranspose2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    debug_assert!(
-        layer.kernel_size == layer.stride
-            && layer.padding == [0; 2]
-            && layer.padding_out == [0; 2]
-            && layer.dilation == [1; 2]
-            && layer.groups == 1,
-        "upsample needs a transposed conv with kernel = stride and no padding"
-    );
-    run_up(layer.weight.val(), layer.bias.as_ref().map(|b| b.val()), x)
-}
-
-/// The 3D [`upsample`], for `network3d.rs`'s decoders.
-pub fn upsample_3d<B: ConvBackend>(layer: &ConvTranspose3d<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
-    debug_assert!(
-        layer.kernel_size == layer.stride
-            && layer.padding == [0; 3]
-            && layer.padding_out == [0; 3]
-            && layer.dilation == [1; 3]
-            && layer.groups == 1,
-        "upsample_3d needs a transposed conv with kernel = stride and no padding"
-    );
-    run_up(layer.weight.val(), layer.bias.as_ref().map(|b| b.val()), x)
-}
-
-/// `x` through the backend's [`ConvBackend::conv_up`] with `weight` and `bias`.
-fn run_up<B: ConvBackend, const D: usize>(
-    weight: Tensor<B, D>,
-    bias: Option<Tensor<B, 1>>,
-    x: Tensor<B, D>,
-) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::conv_up(
-        x.into_primitive().tensor(),
-        weight.into_primitive().tensor(),
-        bias.map(|b| b.into_primitive().tensor()),
-    )))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{close, values};
+    use super::super::testing::close;
     use super::*;
-    use burn::backend::{Autodiff, Flex};
+    use burn::backend::Flex;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-
-    type Ad = Autodiff<Flex>;
 
     /// `(x dims, C_out, kernel = stride)`: 2D cases have rank-4 inputs.
     const CASES: [(&[usize], usize, &[usize]); 4] = [
@@ -342,23 +299,24 @@ mod tests {
         Tensor::from_data(TensorData::new(v, dims.to_vec()), &Default::default())
     }
 
-    /// `Σ g ⊙ up(x)` and its gradients (x, w, b) on autodiff through [`run_up`].
-    fn grads<const D: usize>(
+    /// `up(x)` and the host backward's gradients (x, w, b) of `Σ g ⊙ up(x)`.
+    fn host_passes<const D: usize>(
         (x, w, b, g): (&[f64], &[f64], &[f64], &[f64]),
         xdims: &[usize],
         wdims: &[usize],
         ydims: &[usize],
-    ) -> [Vec<f32>; 3] {
-        let _guard = super::super::testing::autodiff_lock();
-        let xt = tensor::<Ad, D>(x, xdims).require_grad();
-        let wt = tensor::<Ad, D>(w, wdims).require_grad();
-        let bt = tensor::<Ad, 1>(b, &[b.len()]).require_grad();
-        let y = run_up(wt.clone(), Some(bt.clone()), xt.clone());
-        let grads = (y * tensor::<Ad, D>(g, ydims)).sum().backward();
+    ) -> [Vec<f32>; 4] {
+        let prim = |v: &[f64], d: &[usize]| tensor::<Flex, D>(v, d).into_primitive().tensor();
+        let bias = tensor::<Flex, 1>(b, &[b.len()]).into_primitive().tensor();
+        let y = host_forward::<Flex>(prim(x, xdims), prim(w, wdims), Some(bias));
+        let (dx, dw, db) =
+            host_backward::<Flex>(prim(x, xdims), prim(w, wdims), prim(g, ydims), true, true);
+        let host = |t| vision_ssm::host::to_host::<Flex>(t).0;
         [
-            values(xt.grad(&grads).unwrap()),
-            values(wt.grad(&grads).unwrap()),
-            values(bt.grad(&grads).unwrap()),
+            host(y),
+            host(dx.expect("dx asked for")),
+            host(dw),
+            host(db.expect("db asked for")),
         ]
     }
 
@@ -416,26 +374,10 @@ mod tests {
                 *d = central(&bump);
             }
             let name = format!("{xdims:?} k {k:?}");
-            let ([dx, dw, db], y) = if xdims.len() == 4 {
-                let y = run_up(
-                    tensor::<Flex, 4>(&w, &wdims),
-                    Some(tensor::<Flex, 1>(&b, &[cout])),
-                    tensor::<Flex, 4>(&x, xdims),
-                );
-                (
-                    grads::<4>((&x, &w, &b, &g), xdims, &wdims, &ydims),
-                    values(y),
-                )
+            let [y, dx, dw, db] = if xdims.len() == 4 {
+                host_passes::<4>((&x, &w, &b, &g), xdims, &wdims, &ydims)
             } else {
-                let y = run_up(
-                    tensor::<Flex, 5>(&w, &wdims),
-                    Some(tensor::<Flex, 1>(&b, &[cout])),
-                    tensor::<Flex, 5>(&x, xdims),
-                );
-                (
-                    grads::<5>((&x, &w, &b, &g), xdims, &wdims, &ydims),
-                    values(y),
-                )
+                host_passes::<5>((&x, &w, &b, &g), xdims, &wdims, &ydims)
             };
             close(&format!("y of {name}"), &y, &want, 1e-5);
             close(&format!("dx of {name}"), &dx, &want_dx, 1e-4);
