@@ -414,20 +414,12 @@ fn host_backward<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{random, tensor};
     use burn::backend::Flex;
     use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
 
     type Ad = Autodiff<Flex>;
-
-    fn random(rng: &mut StdRng, count: usize) -> Vec<f64> {
-        (0..count).map(|_| rng.random_range(-1.0..1.0)).collect()
-    }
-
-    fn tensor<B: Backend, const D: usize>(v: &[f64], dims: [usize; D]) -> Tensor<B, D> {
-        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        Tensor::from_data(TensorData::new(v, dims), &Default::default())
-    }
 
     fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
         t.into_data()

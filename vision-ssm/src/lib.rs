@@ -38,6 +38,8 @@ pub mod linear;
 pub mod scan;
 pub mod ss2d;
 pub mod ss3d;
+#[cfg(test)]
+mod testing;
 pub mod weighted;
 
 pub use blocks::{
