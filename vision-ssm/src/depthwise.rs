@@ -96,6 +96,10 @@ crate::gpu_backends_keep_defaults!(DepthwiseBackend);
 /// `layer` (a depthwise, stride-1, "same" `Conv2d` such as SS2D's) applied to `x: [B, C, H, W]`
 /// through [`DepthwiseBackend::depthwise`].
 pub fn depthwise_2d<B: DepthwiseBackend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    debug_assert!(
+        layer.stride == [1, 1] && layer.dilation == [1, 1] && layer.groups == x.dims()[1],
+        "depthwise_2d needs a stride-1, one-filter-per-channel convolution"
+    );
     let bias = layer.bias.as_ref().map(|b| b.val());
     apply(x, layer.weight.val(), bias)
 }
@@ -103,6 +107,10 @@ pub fn depthwise_2d<B: DepthwiseBackend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> 
 /// `layer` (a depthwise, stride-1, "same" `Conv3d` such as SS3D's) applied to
 /// `x: [B, C, D, H, W]` through [`DepthwiseBackend::depthwise`].
 pub fn depthwise_3d<B: DepthwiseBackend>(layer: &Conv3d<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
+    debug_assert!(
+        layer.stride == [1, 1, 1] && layer.dilation == [1, 1, 1] && layer.groups == x.dims()[1],
+        "depthwise_3d needs a stride-1, one-filter-per-channel convolution"
+    );
     let bias = layer.bias.as_ref().map(|b| b.val());
     apply(x, layer.weight.val(), bias)
 }
